@@ -1,0 +1,202 @@
+//! The `Backend` contract every storage backend implements.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::error::{BdevError, Result};
+use crate::mount::{self, MountGuard};
+use crate::revert::Revert;
+use crate::spec::{BackendKind, VolumeSpec};
+
+/// What a backend can do. Callers branch on these flags, never on backend names,
+/// and refuse an operation up front when its flag is off.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Caps {
+    /// Read-only, named point-in-time snapshots (`snapshot`).
+    pub snapshot: bool,
+    /// A writable clone of a snapshot without copying data.
+    pub clone_from_snapshot: bool,
+    /// A writable clone of a volume without copying data (`snapshot_clone`).
+    pub snapshot_clone: bool,
+    /// Clones share unchanged blocks with their origin.
+    pub copy_on_write: bool,
+    /// A snapshot clone keeps reading from its origin, so the origin (and the
+    /// snapshot it came from) must outlive it.
+    pub clone_pins_origin: bool,
+    /// Snapshot clones can stack on plain-tree volumes of other backends (dir, btrfs).
+    pub stacks_on_trees: bool,
+    /// Volumes have an enforced size (`CreateOpts::size`).
+    pub size_limit: bool,
+    /// Volumes live on a block device or image that holds a filesystem.
+    pub block_backed: bool,
+    /// Volumes can be grown (`resize`).
+    pub resize: bool,
+    /// Kernel filesystems this backend needs, as named in /proc/filesystems.
+    pub kernel_fs: &'static [&'static str],
+    /// Host programs this backend runs.
+    pub tools: &'static [&'static str],
+}
+
+/// Filesystems a block-backed volume can be formatted with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsType {
+    #[default]
+    Ext4,
+    Xfs,
+    Btrfs,
+}
+
+impl FsType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FsType::Ext4 => "ext4",
+            FsType::Xfs => "xfs",
+            FsType::Btrfs => "btrfs",
+        }
+    }
+}
+
+impl std::str::FromStr for FsType {
+    type Err = BdevError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "ext4" => Ok(FsType::Ext4),
+            "xfs" => Ok(FsType::Xfs),
+            "btrfs" => Ok(FsType::Btrfs),
+            _ => Err(BdevError::Parse {
+                what: "filesystem type",
+                reason: format!("{s:?} is not one of ext4, xfs, btrfs"),
+            }),
+        }
+    }
+}
+
+impl std::fmt::Display for FsType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Options for a new volume.
+#[derive(Debug, Clone, Default)]
+pub struct CreateOpts {
+    /// Size in bytes for backends with `size_limit` (default: the backend's).
+    pub size: Option<u64>,
+    /// Filesystem for block-backed volumes (default ext4).
+    pub fstype: Option<FsType>,
+}
+
+/// Default size of block-backed volumes: 1 GiB, sparse.
+pub const DEFAULT_SIZE: u64 = 1 << 30;
+
+/// How a usage figure was counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UsageKind {
+    /// Blocks only this volume holds (not shared with origin or snapshots).
+    Exclusive,
+    /// Blocks this volume refers to, shared ones included.
+    Referenced,
+    /// Blocks allocated to the volume's files or image (du-style).
+    Allocated,
+}
+
+/// Space a volume takes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    pub used_bytes: u64,
+    pub kind: UsageKind,
+    /// The volume's size limit, if it has one.
+    pub limit_bytes: Option<u64>,
+    /// Anything the figure leaves out, e.g. "exclusive size needs btrfs quotas".
+    pub note: Option<String>,
+}
+
+/// A storage backend bound to one pool.
+///
+/// Optional operations return `BdevError::Unsupported` by default; each one has a
+/// `Caps` flag, and the conformance suite checks that the two agree.
+pub trait Backend: Send + Sync {
+    fn kind(&self) -> BackendKind;
+
+    fn name(&self) -> &'static str {
+        self.kind().as_str()
+    }
+
+    fn caps(&self) -> Caps;
+
+    /// Checks that the host can run this backend (kernel filesystem, tools, pool
+    /// present) before anything is touched; the error names what is missing.
+    fn probe(&self) -> Result<()>;
+
+    /// Facts for `berth info`, such as which mechanism mounts the volumes.
+    fn describe(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
+
+    /// Creates an empty volume called `name` in this pool. Every step registers its
+    /// undo in `rv`.
+    fn create(&self, name: &str, opts: &CreateOpts, rv: &mut Revert) -> Result<VolumeSpec>;
+
+    /// Mounts the volume's root filesystem on the existing directory `at`.
+    fn mount(&self, v: &VolumeSpec, at: &Path, read_only: bool) -> Result<MountGuard>;
+
+    /// Undoes a mount that outlived its guard (`berth mount`, or a crash), including
+    /// any helper process or loop device the mount needed.
+    fn unmount(&self, _v: &VolumeSpec, at: &Path) -> Result<()> {
+        mount::unmount(at)?;
+        Ok(())
+    }
+
+    /// Removes the volume and its data. Dependency checks are the caller's.
+    fn destroy(&self, v: &VolumeSpec) -> Result<()>;
+
+    fn usage(&self, v: &VolumeSpec) -> Result<Usage>;
+
+    /// Takes a read-only snapshot `snap` of the volume called `name`.
+    fn snapshot(
+        &self,
+        _v: &VolumeSpec,
+        _name: &str,
+        _snap: &str,
+        _rv: &mut Revert,
+    ) -> Result<VolumeSpec> {
+        Err(BdevError::unsupported(self.name(), "snapshot"))
+    }
+
+    /// Removes a snapshot made by `snapshot`.
+    fn destroy_snapshot(&self, snap: &VolumeSpec) -> Result<()> {
+        self.destroy(snap)
+    }
+
+    /// Creates `name` as a copy-on-write clone of `src` (a volume or a snapshot,
+    /// possibly of another backend when `stacks_on_trees`) without copying data.
+    fn snapshot_clone(
+        &self,
+        _src: &VolumeSpec,
+        _name: &str,
+        _rv: &mut Revert,
+    ) -> Result<VolumeSpec> {
+        Err(BdevError::unsupported(self.name(), "snapshot clone"))
+    }
+
+    /// Creates `name` as an independent full copy of `src` (same backend) with the
+    /// backend's own tool (`zfs send | recv`, `qemu-img convert`, a sparse image copy).
+    /// `Unsupported` makes the caller copy through mounts instead.
+    fn copy_clone(
+        &self,
+        _src: &VolumeSpec,
+        _name: &str,
+        _opts: &CreateOpts,
+        _rv: &mut Revert,
+    ) -> Result<VolumeSpec> {
+        Err(BdevError::unsupported(self.name(), "native copy"))
+    }
+
+    /// Grows the volume (and its filesystem) to `size` bytes.
+    fn resize(&self, _v: &VolumeSpec, _size: u64) -> Result<()> {
+        Err(BdevError::unsupported(self.name(), "resize"))
+    }
+}

@@ -1,0 +1,305 @@
+//! The one way berth runs an external program.
+//!
+//! Never through a shell, always with `LC_ALL=C` so that parsed output and error
+//! text do not depend on the user's locale, and with stderr captured into the error.
+
+use std::ffi::{OsStr, OsString};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+
+use tracing::debug;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CmdError {
+    #[error("cannot run {prog}: {source}; is it installed?")]
+    Spawn {
+        prog: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{prog} {args} failed ({status}): {stderr}")]
+    Failed {
+        prog: String,
+        args: String,
+        status: String,
+        stderr: String,
+    },
+
+    #[error("scripted runner: unexpected call {prog} {args}")]
+    Unexpected { prog: String, args: String },
+}
+
+impl CmdError {
+    /// The captured stderr of a failed command, empty for other errors.
+    pub fn stderr(&self) -> &str {
+        match self {
+            CmdError::Failed { stderr, .. } => stderr,
+            _ => "",
+        }
+    }
+}
+
+/// What a successful command printed.
+#[derive(Debug, Clone, Default)]
+pub struct CmdOutput {
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub trait Runner: Send + Sync {
+    /// Runs `prog` with `args`, failing on a non-zero exit.
+    fn run(&self, prog: &str, args: &[&OsStr]) -> Result<CmdOutput, CmdError>;
+
+    /// Runs `first | second`, e.g. `zfs send | zfs recv`, failing if either fails.
+    fn pipe(
+        &self,
+        first: (&str, &[&OsStr]),
+        second: (&str, &[&OsStr]),
+    ) -> Result<CmdOutput, CmdError>;
+}
+
+/// Convenience for string arguments.
+pub fn run(r: &dyn Runner, prog: &str, args: &[&str]) -> Result<CmdOutput, CmdError> {
+    let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    r.run(prog, &args)
+}
+
+/// Runs programs on the host.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct HostRunner;
+
+fn join_args(args: &[&OsStr]) -> String {
+    args.iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn command(prog: &str, args: &[&OsStr]) -> Command {
+    let mut c = Command::new(prog);
+    c.args(args).env("LC_ALL", "C").stdin(Stdio::null());
+    c
+}
+
+fn check(prog: &str, args: &[&OsStr], out: std::process::Output) -> Result<CmdOutput, CmdError> {
+    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    if !out.status.success() {
+        return Err(CmdError::Failed {
+            prog: prog.to_owned(),
+            args: join_args(args),
+            status: out.status.to_string(),
+            stderr,
+        });
+    }
+    Ok(CmdOutput {
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr,
+    })
+}
+
+impl Runner for HostRunner {
+    fn run(&self, prog: &str, args: &[&OsStr]) -> Result<CmdOutput, CmdError> {
+        debug!(prog, args = %join_args(args), "run");
+        let out = command(prog, args)
+            .output()
+            .map_err(|source| CmdError::Spawn {
+                prog: prog.to_owned(),
+                source,
+            })?;
+        check(prog, args, out)
+    }
+
+    fn pipe(
+        &self,
+        (p1, a1): (&str, &[&OsStr]),
+        (p2, a2): (&str, &[&OsStr]),
+    ) -> Result<CmdOutput, CmdError> {
+        debug!(first = p1, args1 = %join_args(a1), second = p2, args2 = %join_args(a2), "pipe");
+        let spawn_err = |prog: &str| {
+            let prog = prog.to_owned();
+            move |source| CmdError::Spawn { prog, source }
+        };
+        let mut first = command(p1, a1)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(spawn_err(p1))?;
+        let Some(first_out) = first.stdout.take() else {
+            let _ = first.kill();
+            let _ = first.wait();
+            return Err(CmdError::Spawn {
+                prog: p1.to_owned(),
+                source: std::io::Error::other("no stdout pipe"),
+            });
+        };
+        let second = command(p2, a2)
+            .stdin(Stdio::from(first_out))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn();
+        let second = match second {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = first.kill();
+                let _ = first.wait();
+                return Err(spawn_err(p2)(e));
+            }
+        };
+        let second_out = second.wait_with_output().map_err(spawn_err(p2))?;
+        let first_out = first.wait_with_output().map_err(spawn_err(p1))?;
+        check(p1, a1, first_out)?;
+        check(p2, a2, second_out)
+    }
+}
+
+/// A test double: answers calls from a script, in order, and records them.
+#[derive(Debug, Default)]
+pub struct ScriptedRunner {
+    script: Mutex<Vec<(String, Result<String, String>)>>,
+    calls: Mutex<Vec<String>>,
+}
+
+impl ScriptedRunner {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Expects a call whose `prog args…` line starts with `prefix`; answers `stdout`.
+    pub fn expect(self, prefix: &str, stdout: &str) -> Self {
+        self.push(prefix, Ok(stdout.to_owned()))
+    }
+
+    /// Expects a call whose line starts with `prefix`; fails it with `stderr`.
+    pub fn fail(self, prefix: &str, stderr: &str) -> Self {
+        self.push(prefix, Err(stderr.to_owned()))
+    }
+
+    fn push(self, prefix: &str, answer: Result<String, String>) -> Self {
+        if let Ok(mut s) = self.script.lock() {
+            s.push((prefix.to_owned(), answer));
+        }
+        self
+    }
+
+    /// Every call made so far, as `prog args…` lines.
+    pub fn calls(&self) -> Vec<String> {
+        self.calls.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    fn answer(&self, line: String) -> Result<CmdOutput, CmdError> {
+        if let Ok(mut c) = self.calls.lock() {
+            c.push(line.clone());
+        }
+        let next = self.script.lock().ok().and_then(|mut s| {
+            if s.is_empty() {
+                None
+            } else {
+                Some(s.remove(0))
+            }
+        });
+        let (prog, args) = line.split_once(' ').unwrap_or((&line, ""));
+        match next {
+            Some((prefix, answer)) if line.starts_with(&prefix) => match answer {
+                Ok(stdout) => Ok(CmdOutput {
+                    stdout,
+                    stderr: String::new(),
+                }),
+                Err(stderr) => Err(CmdError::Failed {
+                    prog: prog.to_owned(),
+                    args: args.to_owned(),
+                    status: "exit status: 1".to_owned(),
+                    stderr,
+                }),
+            },
+            _ => Err(CmdError::Unexpected {
+                prog: prog.to_owned(),
+                args: args.to_owned(),
+            }),
+        }
+    }
+}
+
+impl Runner for ScriptedRunner {
+    fn run(&self, prog: &str, args: &[&OsStr]) -> Result<CmdOutput, CmdError> {
+        self.answer(format!("{prog} {}", join_args(args)))
+    }
+
+    fn pipe(
+        &self,
+        (p1, a1): (&str, &[&OsStr]),
+        (p2, a2): (&str, &[&OsStr]),
+    ) -> Result<CmdOutput, CmdError> {
+        self.answer(format!("{p1} {} | {p2} {}", join_args(a1), join_args(a2)))
+    }
+}
+
+/// Whether `prog` is on `PATH` (for probes, before touching anything).
+pub fn have_program(prog: &str) -> bool {
+    let Some(path) = std::env::var_os("PATH") else {
+        return false;
+    };
+    std::env::split_paths(&path).any(|d| {
+        let p = d.join(prog);
+        p.is_file()
+            && std::fs::metadata(&p)
+                .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0)
+                .unwrap_or(false)
+    })
+}
+
+/// Builds an owned argument list from mixed strings and paths.
+pub fn args<I, S>(items: I) -> Vec<OsString>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    items.into_iter().map(|s| s.as_ref().to_owned()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_runner_captures_stderr_and_status() {
+        let err = run(&HostRunner, "sh", &["-c", "echo oops >&2; exit 3"]).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("oops"), "{msg}");
+        assert!(msg.contains("exit status: 3"), "{msg}");
+    }
+
+    #[test]
+    fn host_runner_forces_c_locale() {
+        let out = run(&HostRunner, "sh", &["-c", "echo $LC_ALL"]).unwrap();
+        assert_eq!(out.stdout.trim(), "C");
+    }
+
+    #[test]
+    fn pipe_connects_two_programs() {
+        let out = HostRunner
+            .pipe(
+                ("printf", &[OsStr::new("a\\nb\\n")]),
+                ("wc", &[OsStr::new("-l")]),
+            )
+            .unwrap();
+        assert_eq!(out.stdout.trim(), "2");
+    }
+
+    #[test]
+    fn scripted_runner_answers_in_order_and_rejects_surprises() {
+        let r = ScriptedRunner::new()
+            .expect("zfs get", "12\n")
+            .fail("zfs destroy", "dataset is busy");
+        assert_eq!(run(&r, "zfs", &["get", "used"]).unwrap().stdout, "12\n");
+        assert!(run(&r, "zfs", &["destroy", "x"])
+            .unwrap_err()
+            .stderr()
+            .contains("busy"));
+        assert!(matches!(
+            run(&r, "zpool", &["list"]),
+            Err(CmdError::Unexpected { .. })
+        ));
+        assert_eq!(r.calls().len(), 3);
+    }
+}

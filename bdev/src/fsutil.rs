@@ -1,0 +1,159 @@
+//! Small filesystem helpers shared by backends and the store.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use crate::error::{BdevError, Result};
+
+/// Writes `data` to `path` atomically: a temp file beside it, fsync, rename, fsync
+/// the directory. Readers see the old content or the new, never a torn file.
+pub fn atomic_write(path: &Path, data: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    };
+    write().map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        BdevError::Io {
+            op: "write",
+            path: path.to_path_buf(),
+            source: e,
+        }
+    })
+}
+
+/// Creates `path` and its parents.
+pub fn create_dir_all(path: &Path) -> Result<()> {
+    fs::create_dir_all(path).map_err(BdevError::io("create directory", path))
+}
+
+/// Whether the kernel lists `fstype` in /proc/filesystems.
+pub fn kernel_has_fs(fstype: &str) -> bool {
+    fs::read_to_string("/proc/filesystems")
+        .map(|t| {
+            t.lines()
+                .any(|l| l.split_whitespace().last() == Some(fstype))
+        })
+        .unwrap_or(false)
+}
+
+/// Fails with `Unavailable` unless the kernel has `fstype`.
+pub fn require_kernel_fs(backend: &'static str, fstype: &str) -> Result<()> {
+    if kernel_has_fs(fstype) {
+        return Ok(());
+    }
+    Err(BdevError::Unavailable {
+        backend,
+        missing: format!("the kernel has no {fstype} filesystem (not in /proc/filesystems)"),
+        hint: format!("load it with `modprobe {fstype}` or pick another backend"),
+    })
+}
+
+/// Fails with `Unavailable` unless `prog` is installed; `package` is the Debian
+/// package that provides it.
+pub fn require_tool(backend: &'static str, prog: &str, package: &str) -> Result<()> {
+    if crate::cmd::have_program(prog) {
+        return Ok(());
+    }
+    Err(BdevError::Unavailable {
+        backend,
+        missing: format!("{prog} is not installed"),
+        hint: format!("install it with `apt-get install {package}`"),
+    })
+}
+
+/// Whether files in `dir` can be reflinked (FICLONE), found by trying it.
+pub fn reflink_supported(dir: &Path) -> bool {
+    let a = dir.join(format!(".berth-reflink-probe-a.{}", std::process::id()));
+    let b = dir.join(format!(".berth-reflink-probe-b.{}", std::process::id()));
+    let ok = (|| -> std::io::Result<bool> {
+        let mut src = File::create(&a)?;
+        src.write_all(&[0u8; 4096])?;
+        src.sync_all()?;
+        let dst = File::create(&b)?;
+        Ok(rustix::fs::ioctl_ficlone(dst.as_fd(), src.as_fd()).is_ok())
+    })()
+    .unwrap_or(false);
+    let _ = fs::remove_file(&a);
+    let _ = fs::remove_file(&b);
+    ok
+}
+
+/// Space allocated to `path`'s blocks (st_blocks * 512), summed over a tree without
+/// following symlinks or crossing into other filesystems; hardlinks count once.
+pub fn allocated_bytes(path: &Path) -> Result<u64> {
+    use std::collections::HashSet;
+    use std::os::unix::fs::MetadataExt;
+    let root = fs::symlink_metadata(path).map_err(BdevError::io("stat", path))?;
+    let dev = root.dev();
+    let mut seen = HashSet::new();
+    let mut total = 0u64;
+    let mut stack: Vec<PathBuf> = vec![path.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let md = match fs::symlink_metadata(&p) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                return Err(BdevError::Io {
+                    op: "stat",
+                    path: p,
+                    source: e,
+                })
+            }
+        };
+        if md.dev() != dev {
+            continue;
+        }
+        if md.nlink() > 1 && !md.is_dir() && !seen.insert(md.ino()) {
+            continue;
+        }
+        total += md.blocks() * 512;
+        if md.is_dir() {
+            let rd = fs::read_dir(&p).map_err(BdevError::io("read directory", &p))?;
+            for e in rd.flatten() {
+                stack.push(e.path());
+            }
+        }
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_content_and_leaves_no_temp() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state.toml");
+        atomic_write(&p, b"one").unwrap();
+        atomic_write(&p, b"two").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"two");
+        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn proc_filesystems_lookup() {
+        assert!(kernel_has_fs("proc"));
+        assert!(!kernel_has_fs("no-such-fs"));
+        let e = require_kernel_fs("x", "no-such-fs")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no-such-fs"), "{e}");
+    }
+}
