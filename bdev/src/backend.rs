@@ -24,6 +24,10 @@ pub struct Caps {
     /// A snapshot clone keeps reading from its origin, so the origin (and the
     /// snapshot it came from) must outlive it.
     pub clone_pins_origin: bool,
+    /// Clones read the origin's live data (a lower layer, a backing file), so the
+    /// origin must stay read-only while they exist. False where clones depend on a
+    /// frozen snapshot instead (zfs).
+    pub clone_reads_live_origin: bool,
     /// Snapshot clones can stack on plain-tree volumes of other backends (dir, btrfs).
     pub stacks_on_trees: bool,
     /// Volumes have an enforced size (`CreateOpts::size`).

@@ -16,11 +16,13 @@ pub mod loopdev;
 pub mod mount;
 pub mod names;
 pub mod plan;
+pub mod pool;
 pub mod revert;
 pub mod spec;
 
 pub use backend::{Backend, Caps, CreateOpts, FsType, Usage, UsageKind, DEFAULT_SIZE};
 pub use error::{BdevError, Result};
 pub use mount::MountGuard;
+pub use pool::PoolConfig;
 pub use revert::Revert;
 pub use spec::{BackendKind, VolumeSpec};

@@ -10,8 +10,8 @@ use std::time::Duration;
 use rustix::fs::CWD;
 use rustix::io::Errno;
 use rustix::mount::{
-    fsconfig_create, fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen, move_mount,
-    open_tree, unmount as umount2, FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags,
+    fsconfig_create, fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen, mount_remount, move_mount,
+    open_tree, unmount as umount2, FsMountFlags, FsOpenFlags, MountAttrFlags, MountFlags, MoveMountFlags,
     OpenTreeFlags, UnmountFlags,
 };
 use tracing::{debug, warn};
@@ -152,9 +152,9 @@ pub fn mount_fs(
     .map_err(|e| create_err(e, &fs))
 }
 
-/// Bind-mounts `src` (recursively) on `dst`.
-pub fn bind(src: &Path, dst: &Path) -> Result<(), MountError> {
-    debug!(src = %src.display(), dst = %dst.display(), "bind mount");
+/// Bind-mounts `src` (recursively) on `dst`, read-only if asked.
+pub fn bind(src: &Path, dst: &Path, read_only: bool) -> Result<(), MountError> {
+    debug!(src = %src.display(), dst = %dst.display(), read_only, "bind mount");
     let err = |source| MountError::Bind {
         src: src.to_path_buf(),
         dst: dst.to_path_buf(),
@@ -175,7 +175,15 @@ pub fn bind(src: &Path, dst: &Path) -> Result<(), MountError> {
         dst,
         MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
     )
-    .map_err(err)
+    .map_err(err)?;
+    if read_only {
+        // A bind mount inherits the source's flags; read-only needs a remount.
+        if let Err(e) = mount_remount(dst, MountFlags::BIND | MountFlags::RDONLY, "") {
+            let _ = unmount_detach(dst);
+            return Err(err(e));
+        }
+    }
+    Ok(())
 }
 
 /// Unmounts `target`, retrying briefly while it is busy (a process may just be

@@ -1,1 +1,11 @@
+//! berth's application layer: the on-disk store and the operations behind each
+//! command. The `berth` binary (main.rs) parses arguments and prints.
+#![forbid(unsafe_code)]
 
+pub mod error;
+pub mod ops;
+pub mod progress;
+pub mod store;
+
+pub use error::{BerthError, Result};
+pub use ops::Berth;

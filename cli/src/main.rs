@@ -1,1 +1,114 @@
-fn main() {}
+//! The `berth` command: argument parsing and output. The work is in `berth_cli::ops`.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+mod cmd_bench;
+mod cmd_container;
+mod cmd_pool;
+mod cmd_run;
+mod cmd_snapshot;
+mod output;
+
+#[derive(Parser, Debug)]
+#[command(name = "berth", version, about = "Container root filesystems on pluggable storage backends")]
+pub struct Cli {
+    /// State directory.
+    #[arg(long, global = true, env = "BERTH_ROOT", default_value = berth_cli::store::DEFAULT_ROOT)]
+    pub root: PathBuf,
+
+    /// Output format of listings.
+    #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+
+    /// More log output (-v info, -vv debug); BERTH_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Manage storage pools.
+    #[command(subcommand)]
+    Pool(cmd_pool::PoolCmd),
+    /// Create a container from a template.
+    Create(cmd_container::CreateArgs),
+    /// Clone a container (snapshot clone or full copy, any backend to any other).
+    Clone(cmd_container::CloneArgs),
+    /// Destroy a container.
+    Destroy(cmd_container::DestroyArgs),
+    /// List containers.
+    #[command(visible_alias = "list")]
+    Ls,
+    /// Show a container's configuration, storage and capabilities.
+    Info(NameArg),
+    /// Mount a container's rootfs; prints the path on its last line.
+    Mount(NameArg),
+    /// Unmount what `berth mount` mounted.
+    #[command(visible_alias = "unmount")]
+    Umount(NameArg),
+    /// Run a command in a container.
+    Run(cmd_run::RunArgs),
+    /// Take, list, restore and remove snapshots.
+    Snapshot(cmd_snapshot::SnapshotArgs),
+    /// Measure copies and clones.
+    #[command(subcommand)]
+    Bench(cmd_bench::BenchCmd),
+}
+
+#[derive(Args, Debug)]
+pub struct NameArg {
+    pub name: String,
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let result = match &cli.command {
+        Command::Pool(c) => cmd_pool::run(&cli, c),
+        Command::Create(a) => cmd_container::create(&cli, a),
+        Command::Clone(a) => cmd_container::clone(&cli, a),
+        Command::Destroy(a) => cmd_container::destroy(&cli, a),
+        Command::Ls => cmd_container::ls(&cli),
+        Command::Info(a) => cmd_container::info(&cli, &a.name),
+        Command::Mount(a) => cmd_container::mount(&cli, &a.name),
+        Command::Umount(a) => cmd_container::umount(&cli, &a.name),
+        Command::Run(a) => cmd_run::run(&cli, a),
+        Command::Snapshot(a) => cmd_snapshot::run(&cli, a),
+        Command::Bench(c) => cmd_bench::run(&cli, c),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("berth: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,10 @@
+//! Shared harness for berth's privileged integration tests (root, real kernel).
+//!
+//! `harness` has the scratch filesystems, leak checks and the skip rule;
+//! `conformance` has one generic test per backend property; `pools` sets up one
+//! pool per backend.
 
+pub mod conformance;
+pub mod harness;
+pub mod ops;
+pub mod pools;

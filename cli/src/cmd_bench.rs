@@ -1,0 +1,193 @@
+//! `berth bench`: compare copy speed with `cp -a`, and clone speed across pools.
+//! Numbers are medians of several runs; they go to the README, not into tests.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use berth_bdev::cmd::{self, HostRunner};
+use berth_bdev::copy::{copy_tree, NoProgress};
+use berth_bdev::delete::remove_tree;
+use berth_bdev::plan::CloneMode;
+use berth_cli::ops::{CloneRequest, DestroyRequest};
+use berth_cli::Berth;
+use clap::{Args, Subcommand};
+use serde::Serialize;
+
+use crate::output::print_list;
+use crate::Cli;
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCmd {
+    /// berth's tree copy against `cp -a` on the same tree.
+    Copy(CopyArgs),
+    /// Snapshot clone and full copy of a container into each pool.
+    Clone(CloneArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CopyArgs {
+    /// The tree to copy, e.g. a Debian minbase rootfs (`berth mount` one).
+    #[arg(long)]
+    pub from: PathBuf,
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct CloneArgs {
+    /// The container to clone.
+    pub name: String,
+    /// Pools to clone into (default: every pool).
+    #[arg(long, value_delimiter = ',')]
+    pub pools: Vec<String>,
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1000.0)
+}
+
+#[derive(Serialize)]
+struct CopyResult {
+    files: u64,
+    bytes: u64,
+    berth_ms: f64,
+    cp_a_ms: f64,
+    speedup: f64,
+}
+
+fn bench_copy(cli: &Cli, a: &CopyArgs) -> anyhow::Result<()> {
+    let scratch = cli.root.join("tmp");
+    std::fs::create_dir_all(&scratch)?;
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    let mut stats = None;
+    for _ in 0..a.runs.max(1) {
+        let dst = tempfile::Builder::new().prefix("bench-").tempdir_in(&scratch)?;
+        let t = Instant::now();
+        stats = Some(copy_tree(&a.from, dst.path(), &NoProgress)?);
+        ours.push(t.elapsed());
+        remove_tree(dst.path(), &scratch)?;
+
+        let dst = tempfile::Builder::new().prefix("bench-").tempdir_in(&scratch)?;
+        let target: &Path = dst.path();
+        let t = Instant::now();
+        cmd::run(
+            &HostRunner,
+            "cp",
+            &[
+                "-a",
+                "--",
+                &format!("{}/.", a.from.display()),
+                &target.display().to_string(),
+            ],
+        )?;
+        theirs.push(t.elapsed());
+        remove_tree(dst.path(), &scratch)?;
+    }
+    let (o, t) = (median(ours), median(theirs));
+    let s = stats.unwrap_or_default();
+    let r = CopyResult {
+        files: s.files,
+        bytes: s.bytes,
+        berth_ms: o.as_secs_f64() * 1000.0,
+        cp_a_ms: t.as_secs_f64() * 1000.0,
+        speedup: t.as_secs_f64() / o.as_secs_f64().max(1e-9),
+    };
+    print_list(
+        cli.format,
+        &["FILES", "BYTES", "BERTH_MS", "CP_A_MS", "CP_A/BERTH"],
+        vec![vec![
+            r.files.to_string(),
+            r.bytes.to_string(),
+            ms(o),
+            ms(t),
+            format!("{:.2}", r.speedup),
+        ]],
+        &r,
+    )
+}
+
+#[derive(Serialize)]
+struct CloneResult {
+    pool: String,
+    backend: String,
+    mode: String,
+    median_ms: Option<f64>,
+    error: Option<String>,
+}
+
+fn bench_clone(cli: &Cli, a: &CloneArgs) -> anyhow::Result<()> {
+    let pools: Vec<String> = if a.pools.is_empty() {
+        Berth::open(&cli.root, false)?
+            .pools()?
+            .into_iter()
+            .map(|p| p.name)
+            .collect()
+    } else {
+        a.pools.clone()
+    };
+    let mut results = Vec::new();
+    for pool in &pools {
+        for mode in [CloneMode::Snapshot, CloneMode::Copy] {
+            let b = Berth::open(&cli.root, true)?;
+            let backend = b.store().pool(pool)?.backend.to_string();
+            let req = CloneRequest {
+                mode,
+                pool: Some(pool.clone()),
+                backend: None,
+                ephemeral: false,
+            };
+            let mut times = Vec::new();
+            let mut error = None;
+            for i in 0..a.runs.max(1) {
+                let dst = format!("{}-bench-{i}", a.name);
+                let t = Instant::now();
+                match b.clone_container(&a.name, &dst, &req, &NoProgress) {
+                    Ok(_) => {
+                        times.push(t.elapsed());
+                        b.destroy(&dst, DestroyRequest::default())?;
+                    }
+                    Err(e) => {
+                        error = Some(e.to_string());
+                        break;
+                    }
+                }
+            }
+            results.push(CloneResult {
+                pool: pool.clone(),
+                backend,
+                mode: format!("{mode:?}").to_lowercase(),
+                median_ms: (!times.is_empty()).then(|| median(times).as_secs_f64() * 1000.0),
+                error,
+            });
+        }
+    }
+    let rows = results
+        .iter()
+        .map(|r| {
+            vec![
+                r.pool.clone(),
+                r.backend.clone(),
+                r.mode.clone(),
+                r.median_ms.map_or_else(|| "-".to_owned(), |m| format!("{m:.1}")),
+                r.error.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    print_list(cli.format, &["POOL", "BACKEND", "MODE", "MEDIAN_MS", "NOTE"], rows, &results)
+}
+
+pub fn run(cli: &Cli, c: &BenchCmd) -> anyhow::Result<ExitCode> {
+    match c {
+        BenchCmd::Copy(a) => bench_copy(cli, a)?,
+        BenchCmd::Clone(a) => bench_clone(cli, a)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,308 @@
+//! `berth create|clone|destroy|ls|info|mount|umount`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use berth_bdev::plan::CloneMode;
+use berth_bdev::{BackendKind, FsType};
+use berth_cli::ops::{CloneRequest, CreateRequest, DestroyRequest};
+use berth_cli::progress::CopyBar;
+use berth_cli::Berth;
+use berth_fixtures::templates::Template;
+use clap::Args;
+use serde::Serialize;
+
+use crate::output::{human, parse_size, print_list, say};
+use crate::Cli;
+
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    pub name: String,
+    /// Template: minimal (default, offline), debootstrap[:SUITE].
+    #[arg(short = 't', long, conflicts_with_all = ["from_dir", "from_tar"])]
+    pub template: Option<String>,
+    /// Import the rootfs from a directory.
+    #[arg(long, conflicts_with = "from_tar")]
+    pub from_dir: Option<PathBuf>,
+    /// Import the rootfs from a tarball (plain, gz, xz, zst, bz2).
+    #[arg(long)]
+    pub from_tar: Option<PathBuf>,
+    /// Debian mirror for debootstrap (default: the host's apt sources).
+    #[arg(long)]
+    pub mirror: Option<String>,
+    /// Pool to create the volume in.
+    #[arg(long, conflicts_with = "backend")]
+    pub pool: Option<String>,
+    /// Backend to use (its pool is made under the state root when needed).
+    #[arg(short = 'B', long)]
+    pub backend: Option<BackendKind>,
+    /// Volume size for block-backed backends, e.g. 2G.
+    #[arg(long, value_parser = parse_size)]
+    pub size: Option<u64>,
+    /// Filesystem for block-backed backends: ext4, xfs or btrfs.
+    #[arg(long)]
+    pub fstype: Option<FsType>,
+}
+
+#[derive(Args, Debug)]
+pub struct CloneArgs {
+    /// Source container, or NAME@SNAP to clone one of its snapshots.
+    pub src: String,
+    pub dst: String,
+    /// Copy-on-write clone sharing data with the source (refused where impossible).
+    #[arg(short, long, conflicts_with = "copy")]
+    pub snapshot: bool,
+    /// Independent full copy (the default).
+    #[arg(short, long)]
+    pub copy: bool,
+    /// Target pool (default: the source's).
+    #[arg(long, conflicts_with = "backend")]
+    pub pool: Option<String>,
+    /// Target backend.
+    #[arg(short = 'B', long)]
+    pub backend: Option<BackendKind>,
+    /// Destroy the clone when it stops (implies --snapshot unless --copy).
+    #[arg(short, long)]
+    pub ephemeral: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DestroyArgs {
+    pub name: String,
+    /// Also destroy the clones that depend on it.
+    #[arg(short, long)]
+    pub force: bool,
+    /// Also destroy its snapshots.
+    #[arg(short = 's', long)]
+    pub with_snapshots: bool,
+}
+
+fn template_of(a: &CreateArgs) -> anyhow::Result<Template> {
+    if let Some(d) = &a.from_dir {
+        return Ok(Template::FromDir(d.clone()));
+    }
+    if let Some(t) = &a.from_tar {
+        return Ok(Template::FromTar(t.clone()));
+    }
+    let mut t: Template = a.template.as_deref().unwrap_or("minimal").parse()?;
+    if let (Template::Debootstrap { mirror, .. }, Some(m)) = (&mut t, &a.mirror) {
+        *mirror = Some(m.clone());
+    } else if a.mirror.is_some() {
+        anyhow::bail!("--mirror only applies to -t debootstrap");
+    }
+    Ok(t)
+}
+
+pub fn create(cli: &Cli, a: &CreateArgs) -> anyhow::Result<ExitCode> {
+    let req = CreateRequest {
+        pool: a.pool.clone(),
+        backend: a.backend,
+        template: Some(template_of(a)?),
+        size: a.size,
+        fstype: a.fstype,
+    };
+    let b = Berth::open(&cli.root, true)?;
+    let bar = CopyBar::new(format!("creating {}", a.name));
+    let c = b.create(&a.name, &req, &bar)?;
+    bar.finish();
+    say(format!("created {} on pool {} ({})", c.name, c.pool, c.volume))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn clone(cli: &Cli, a: &CloneArgs) -> anyhow::Result<ExitCode> {
+    let mode = if a.snapshot || (a.ephemeral && !a.copy) {
+        CloneMode::Snapshot
+    } else {
+        CloneMode::Copy
+    };
+    let req = CloneRequest {
+        mode,
+        pool: a.pool.clone(),
+        backend: a.backend,
+        ephemeral: a.ephemeral,
+    };
+    let b = Berth::open(&cli.root, true)?;
+    let bar = CopyBar::new(format!("copying {}", a.src));
+    let c = b.clone_container(&a.src, &a.dst, &req, &bar)?;
+    bar.finish();
+    let how = match mode {
+        CloneMode::Snapshot => "snapshot clone",
+        CloneMode::Copy => "copy",
+    };
+    say(format!("cloned {} to {} ({how}, pool {}, {})", a.src, c.name, c.pool, c.volume))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn destroy(cli: &Cli, a: &DestroyArgs) -> anyhow::Result<ExitCode> {
+    let b = Berth::open(&cli.root, true)?;
+    let done = b.destroy(
+        &a.name,
+        DestroyRequest {
+            force: a.force,
+            with_snapshots: a.with_snapshots,
+        },
+    )?;
+    for n in done {
+        say(format!("destroyed {n}"))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Serialize)]
+struct ListEntry {
+    name: String,
+    pool: String,
+    backend: String,
+    state: String,
+    origin: Option<String>,
+    snapshots: usize,
+    ephemeral: bool,
+}
+
+pub fn ls(cli: &Cli) -> anyhow::Result<ExitCode> {
+    let b = Berth::open(&cli.root, false)?;
+    let mut entries = Vec::new();
+    for c in b.store().containers()? {
+        let state = match b.store().run_state(&c.name)? {
+            Some(s) if s.pid.is_none() => "mounted",
+            Some(s) if s.process_alive() => "running",
+            _ => "stopped",
+        };
+        entries.push(ListEntry {
+            backend: c.volume.kind().to_string(),
+            state: state.to_owned(),
+            origin: c.origin.as_ref().map(|o| match &o.snapshot {
+                Some(s) => format!("{}@{s}", o.container),
+                None => o.container.clone(),
+            }),
+            snapshots: c.snapshots.len(),
+            ephemeral: c.ephemeral,
+            name: c.name,
+            pool: c.pool,
+        });
+    }
+    let rows = entries
+        .iter()
+        .map(|e| {
+            vec![
+                e.name.clone(),
+                e.state.clone(),
+                e.backend.clone(),
+                e.pool.clone(),
+                e.origin.clone().unwrap_or_else(|| "-".to_owned()),
+                e.snapshots.to_string(),
+            ]
+        })
+        .collect();
+    print_list(
+        cli.format,
+        &["NAME", "STATE", "BACKEND", "POOL", "ORIGIN", "SNAPSHOTS"],
+        rows,
+        &entries,
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Serialize)]
+struct Info {
+    #[serde(flatten)]
+    container: berth_cli::store::Container,
+    backend: String,
+    caps: berth_bdev::Caps,
+    mechanism: std::collections::BTreeMap<String, String>,
+    usage: Option<berth_bdev::Usage>,
+    dependents: Vec<String>,
+}
+
+pub fn info(cli: &Cli, name: &str) -> anyhow::Result<ExitCode> {
+    let b = Berth::open(&cli.root, false)?;
+    let c = b.store().container(name)?;
+    let backend = b.backend_of(&c)?;
+    let usage = backend.usage(&c.volume).ok();
+    let dependents = berth_cli::store::dependents(&b.store().containers()?, name)
+        .into_iter()
+        .map(|(d, s)| match s {
+            Some(s) => format!("{d} (from @{s})"),
+            None => d,
+        })
+        .collect();
+    let info = Info {
+        backend: backend.name().to_owned(),
+        caps: backend.caps(),
+        mechanism: backend
+            .describe()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
+        usage,
+        dependents,
+        container: c,
+    };
+    if cli.format == crate::Format::Json {
+        print_list(cli.format, &[], Vec::new(), &info)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let c = &info.container;
+    say(format!("name:       {}", c.name))?;
+    say(format!("pool:       {} ({})", c.pool, info.backend))?;
+    say(format!("volume:     {}", c.volume))?;
+    if let Some(t) = &c.template {
+        say(format!("template:   {t}"))?;
+    }
+    if let Some(o) = &c.origin {
+        let from = match &o.snapshot {
+            Some(s) => format!("{}@{s}", o.container),
+            None => o.container.clone(),
+        };
+        let dep = if o.pinned { "depends on it" } else { "independent" };
+        say(format!("origin:     {from} ({}, {dep})", o.mode))?;
+    }
+    if c.ephemeral {
+        say("ephemeral:  yes (destroyed when it stops)")?;
+    }
+    if let Some(u) = &info.usage {
+        let limit = u.limit_bytes.map(|l| format!(" of {}", human(l))).unwrap_or_default();
+        let kind = format!("{:?}", u.kind).to_lowercase();
+        say(format!("usage:      {}{limit} ({kind})", human(u.used_bytes)))?;
+        if let Some(n) = &u.note {
+            say(format!("            {n}"))?;
+        }
+    }
+    for (k, v) in &info.mechanism {
+        say(format!("{:<11} {v}", format!("{k}:")))?;
+    }
+    let caps = serde_json::to_value(info.caps)?;
+    let on: Vec<String> = caps
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter(|(_, v)| v.as_bool() == Some(true))
+                .map(|(k, _)| k.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    say(format!("caps:       {}", on.join(", ")))?;
+    if !c.snapshots.is_empty() {
+        let names: Vec<&str> = c.snapshots.iter().map(|s| s.name.as_str()).collect();
+        say(format!("snapshots:  {}", names.join(", ")))?;
+    }
+    if !info.dependents.is_empty() {
+        say(format!("dependents: {}", info.dependents.join(", ")))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn mount(cli: &Cli, name: &str) -> anyhow::Result<ExitCode> {
+    let b = Berth::open(&cli.root, true)?;
+    let at = b.mount(name).with_context(|| format!("mount {name}"))?;
+    say(at.display())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn umount(cli: &Cli, name: &str) -> anyhow::Result<ExitCode> {
+    let b = Berth::open(&cli.root, true)?;
+    b.umount(name)?;
+    say(format!("unmounted {name}"))?;
+    Ok(ExitCode::SUCCESS)
+}

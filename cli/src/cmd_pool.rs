@@ -1,0 +1,88 @@
+//! `berth pool add|ls|rm`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use berth_bdev::{BackendKind, FsType, PoolConfig};
+use berth_cli::Berth;
+use clap::{Args, Subcommand};
+
+use crate::output::{parse_size, print_list, say};
+use crate::Cli;
+
+#[derive(Subcommand, Debug)]
+pub enum PoolCmd {
+    /// Add a pool (checked with the backend's probe first).
+    Add(PoolAddArgs),
+    /// List pools.
+    #[command(visible_alias = "list")]
+    Ls,
+    /// Remove a pool that holds no containers (its data is left in place).
+    Rm { name: String },
+}
+
+#[derive(Args, Debug)]
+pub struct PoolAddArgs {
+    pub name: String,
+    /// dir, btrfs, zfs, lvm, loop, aufs, overlay or qcow2.
+    #[arg(long, short = 'B')]
+    pub backend: BackendKind,
+    /// Directory holding the volumes (dir, btrfs, loop, aufs, overlay, qcow2; zfs mount points).
+    #[arg(long)]
+    pub path: Option<PathBuf>,
+    /// Parent dataset (zfs), e.g. tank/berth.
+    #[arg(long)]
+    pub dataset: Option<String>,
+    /// Volume group (lvm).
+    #[arg(long)]
+    pub vg: Option<String>,
+    /// Thin pool in the volume group (lvm).
+    #[arg(long)]
+    pub thinpool: Option<String>,
+    /// Default size of new volumes (block-backed backends), e.g. 2G.
+    #[arg(long, value_parser = parse_size)]
+    pub size: Option<u64>,
+    /// Default filesystem of new volumes (loop, qcow2, lvm).
+    #[arg(long)]
+    pub fstype: Option<FsType>,
+}
+
+pub fn run(cli: &Cli, cmd: &PoolCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        PoolCmd::Add(a) => {
+            let b = Berth::open(&cli.root, true)?;
+            let mut pool = PoolConfig::new(&a.name, a.backend);
+            pool.path = a.path.clone();
+            pool.dataset = a.dataset.clone();
+            pool.vg = a.vg.clone();
+            pool.thinpool = a.thinpool.clone();
+            pool.size = a.size;
+            pool.fstype = a.fstype;
+            b.pool_add(&pool)?;
+            say(format!("pool {} added ({})", a.name, a.backend))?;
+        }
+        PoolCmd::Ls => {
+            let b = Berth::open(&cli.root, false)?;
+            let pools = b.pools()?;
+            let rows = pools
+                .iter()
+                .map(|p| {
+                    let place = p
+                        .path
+                        .as_ref()
+                        .map(|x| x.display().to_string())
+                        .or_else(|| p.dataset.clone())
+                        .or_else(|| p.vg.clone())
+                        .unwrap_or_default();
+                    vec![p.name.clone(), p.backend.to_string(), place]
+                })
+                .collect();
+            print_list(cli.format, &["NAME", "BACKEND", "LOCATION"], rows, &pools)?;
+        }
+        PoolCmd::Rm { name } => {
+            Berth::open(&cli.root, true)?.pool_rm(name)?;
+            say(format!("pool {name} removed"))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

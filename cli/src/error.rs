@@ -1,0 +1,81 @@
+//! Errors of berth's store and operations.
+
+use std::path::PathBuf;
+
+use berth_bdev::BdevError;
+
+pub type Result<T, E = BerthError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BerthError {
+    #[error("container {0:?} does not exist (see `berth ls`)")]
+    NoContainer(String),
+
+    #[error("container {0:?} already exists")]
+    ContainerExists(String),
+
+    #[error("pool {0:?} does not exist (see `berth pool ls`)")]
+    NoPool(String),
+
+    #[error("pool {0:?} already exists")]
+    PoolExists(String),
+
+    #[error("pool {pool:?} still holds containers: {}; destroy them first", .containers.join(", "))]
+    PoolInUse { pool: String, containers: Vec<String> },
+
+    #[error("container {name:?} has no snapshot {snap:?} (see `berth snapshot ls {name}`)")]
+    NoSnapshot { name: String, snap: String },
+
+    #[error("container {name:?} already has a snapshot {snap:?}")]
+    SnapshotExists { name: String, snap: String },
+
+    #[error("{what} is needed by {}; destroy those first, or pass --force to destroy them too", .dependents.join(", "))]
+    HasDependents { what: String, dependents: Vec<String> },
+
+    #[error("container {name:?} has snapshots ({}); pass --with-snapshots (-s) to destroy them too", .snaps.join(", "))]
+    HasSnapshots { name: String, snaps: Vec<String> },
+
+    #[error("container {name:?} is {state}; {hint}")]
+    Busy {
+        name: String,
+        state: &'static str,
+        hint: &'static str,
+    },
+
+    #[error("{0}")]
+    Invalid(String),
+
+    #[error("cannot read {path:?}: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+
+    #[error("lock {path:?}")]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{op} {path:?}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error(transparent)]
+    Bdev(#[from] BdevError),
+
+    #[error(transparent)]
+    Template(#[from] berth_fixtures::templates::TemplateError),
+
+    #[error(transparent)]
+    Runtime(#[from] berth_runtime::RuntimeError),
+}
+
+impl BerthError {
+    pub fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| BerthError::Io { op, path, source }
+    }
+}

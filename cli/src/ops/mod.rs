@@ -1,0 +1,151 @@
+//! What berth's commands do, on top of the store and the backends. The CLI only
+//! parses arguments and prints; tests drive these functions directly.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use berth_bdev::cmd::{HostRunner, Runner};
+use berth_bdev::{Backend, BackendKind, PoolConfig};
+use tracing::warn;
+
+use crate::error::{BerthError, Result};
+use crate::store::{Container, Store};
+
+mod clone;
+mod create;
+mod destroy;
+mod mount;
+mod pool;
+mod snapshot;
+
+pub use clone::CloneRequest;
+pub use create::CreateRequest;
+pub use destroy::DestroyRequest;
+pub use mount::Mounted;
+
+/// An open berth state root. Commands that change state hold its lock exclusively.
+pub struct Berth {
+    store: Store,
+    runner: Arc<dyn Runner>,
+}
+
+impl Berth {
+    /// Opens the state root; an exclusive open also cleans up after crashed runs
+    /// (stale mounts, ephemeral containers whose berth died).
+    pub fn open(root: &Path, exclusive: bool) -> Result<Berth> {
+        let b = Berth {
+            store: Store::open(root, exclusive)?,
+            runner: Arc::new(HostRunner),
+        };
+        if exclusive {
+            if let Err(e) = b.collect_garbage() {
+                warn!(error = %e, "cleaning up after an earlier crash failed");
+            }
+        }
+        Ok(b)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn runner(&self) -> Arc<dyn Runner> {
+        self.runner.clone()
+    }
+
+    /// Opens a pool's backend and checks that the host can run it.
+    pub fn backend(&self, pool: &PoolConfig) -> Result<Box<dyn Backend>> {
+        let b = berth_backends::open(pool, self.runner.clone())?;
+        b.probe()?;
+        Ok(b)
+    }
+
+    pub fn backend_of(&self, c: &Container) -> Result<Box<dyn Backend>> {
+        self.backend(&self.store.pool(&c.pool)?)
+    }
+
+    /// Picks the target pool: `--pool`, else the only pool of kind `-B`, else
+    /// `fallback`. `-B KIND` with no such pool makes one under the state root for
+    /// backends that only need a directory.
+    pub fn resolve_pool(
+        &self,
+        pool: Option<&str>,
+        kind: Option<BackendKind>,
+        fallback: &str,
+    ) -> Result<PoolConfig> {
+        if let Some(name) = pool {
+            let p = self.store.pool(name)?;
+            if let Some(k) = kind {
+                if p.backend != k {
+                    return Err(BerthError::Invalid(format!(
+                        "pool {name:?} uses the {} backend, not {k}",
+                        p.backend
+                    )));
+                }
+            }
+            return Ok(p);
+        }
+        let Some(kind) = kind else {
+            return self.store.pool(fallback);
+        };
+        let matching: Vec<PoolConfig> = self
+            .store
+            .pools()?
+            .into_iter()
+            .filter(|p| p.backend == kind)
+            .collect();
+        match matching.as_slice() {
+            [one] => return Ok(one.clone()),
+            [] => {}
+            _ => {
+                let names: Vec<&str> = matching.iter().map(|p| p.name.as_str()).collect();
+                return Err(BerthError::Invalid(format!(
+                    "there are several {kind} pools ({}); pick one with --pool",
+                    names.join(", ")
+                )));
+            }
+        }
+        if matches!(kind, BackendKind::Zfs | BackendKind::Lvm) {
+            return Err(BerthError::Invalid(format!(
+                "there is no {kind} pool yet; add one first, e.g. `berth pool add NAME --backend {kind} {}`",
+                if kind == BackendKind::Zfs { "--dataset tank/berth" } else { "--vg VG" }
+            )));
+        }
+        let pool = PoolConfig::new(kind.as_str(), kind)
+            .with_path(self.store.root().join("storage").join(kind.as_str()));
+        self.backend(&pool)?;
+        self.store.add_pool(&pool)?;
+        Ok(pool)
+    }
+
+    /// A scratch directory for mount points of copies.
+    pub fn scratch(&self) -> PathBuf {
+        self.store.scratch()
+    }
+
+    /// Whether the live volume of `name` must stay read-only because clones read
+    /// it directly (overlay lowers, qcow2 backing files).
+    pub fn pinned_read_only(&self, name: &str) -> Result<Vec<String>> {
+        let all = self.store.containers()?;
+        let mut readers = Vec::new();
+        for c in &all {
+            let Some(o) = &c.origin else { continue };
+            if !(o.pinned && o.container == name && o.snapshot.is_none()) {
+                continue;
+            }
+            let caps = self.backend_of(c)?.caps();
+            if caps.clone_reads_live_origin {
+                readers.push(c.name.clone());
+            }
+        }
+        Ok(readers)
+    }
+}
+
+/// Splits `NAME@SNAP`.
+pub fn split_snapshot_ref(s: &str) -> (&str, Option<&str>) {
+    match s.split_once('@') {
+        Some((n, snap)) => (n, Some(snap)),
+        None => (s, None),
+    }
+}

@@ -1,0 +1,154 @@
+//! Mounting a container's rootfs: for `berth mount` (kept until `berth umount`)
+//! and for `berth run` (released when the command exits), and the cleanup of what
+//! a crashed berth left mounted.
+
+use std::path::PathBuf;
+
+use berth_bdev::MountGuard;
+use tracing::{info, warn};
+
+use super::{Berth, DestroyRequest};
+use crate::error::{BerthError, Result};
+use crate::store::{proc_starttime, Container, RunState};
+
+/// A rootfs mounted for `berth run`. Release it with `Berth::finish_run`.
+pub struct Mounted {
+    pub container: Container,
+    pub rootfs: PathBuf,
+    pub read_only: bool,
+    guard: MountGuard,
+}
+
+impl Berth {
+    /// Fails with `Busy` while the container runs or is mounted.
+    pub fn refuse_if_active(&self, name: &str, hint: &'static str) -> Result<()> {
+        let Some(s) = self.store().run_state(name)? else {
+            return Ok(());
+        };
+        let state = if s.pid.is_none() {
+            "mounted"
+        } else if s.process_alive() {
+            "running"
+        } else {
+            return Ok(());
+        };
+        Err(BerthError::Busy {
+            name: name.to_owned(),
+            state,
+            hint,
+        })
+    }
+
+    fn mount_rootfs(&self, c: &Container) -> Result<(MountGuard, PathBuf, bool)> {
+        self.refuse_if_active(&c.name, "stop it, or `berth umount` it, first")?;
+        let backend = self.backend_of(c)?;
+        // Clones read this volume directly: keep it read-only while they exist.
+        let read_only = !self.pinned_read_only(&c.name)?.is_empty();
+        let at = self.store().mountpoint(&c.name);
+        std::fs::create_dir_all(&at).map_err(BerthError::io("create directory", &at))?;
+        let guard = backend.mount(&c.volume, &at, read_only)?;
+        Ok((guard, at, read_only))
+    }
+
+    /// `berth mount`: mounts the rootfs until `umount`; returns where.
+    pub fn mount(&self, name: &str) -> Result<PathBuf> {
+        let c = self.store().container(name)?;
+        let (guard, at, _) = self.mount_rootfs(&c)?;
+        self.store().save_run_state(
+            name,
+            &RunState {
+                pid: None,
+                starttime: None,
+                mountpoint: at.clone(),
+                volume: c.volume.clone(),
+            },
+        )?;
+        let _ = guard.persist();
+        Ok(at)
+    }
+
+    /// `berth umount`.
+    pub fn umount(&self, name: &str) -> Result<()> {
+        let c = self.store().container(name)?;
+        let state = match self.store().run_state(name)? {
+            Some(s) if s.pid.is_none() => s,
+            Some(_) => {
+                return Err(BerthError::Busy {
+                    name: name.to_owned(),
+                    state: "running",
+                    hint: "it is unmounted when its command exits",
+                })
+            }
+            None => {
+                return Err(BerthError::Invalid(format!(
+                    "container {name:?} is not mounted"
+                )))
+            }
+        };
+        self.backend_of(&c)?.unmount(&state.volume, &state.mountpoint)?;
+        self.store().clear_run_state(name)?;
+        Ok(())
+    }
+
+    /// Mounts the rootfs for `berth run` and records this process as its runner.
+    pub fn start_run(&self, name: &str) -> Result<Mounted> {
+        let c = self.store().container(name)?;
+        let (guard, rootfs, read_only) = self.mount_rootfs(&c)?;
+        let pid = std::process::id();
+        self.store().save_run_state(
+            name,
+            &RunState {
+                pid: Some(pid),
+                starttime: proc_starttime(pid),
+                mountpoint: rootfs.clone(),
+                volume: c.volume.clone(),
+            },
+        )?;
+        Ok(Mounted {
+            container: c,
+            rootfs,
+            read_only,
+            guard,
+        })
+    }
+
+    /// Unmounts after `berth run`, and destroys an ephemeral container.
+    pub fn finish_run(&self, m: Mounted) -> Result<()> {
+        let name = m.container.name.clone();
+        let released = m.guard.release();
+        self.store().clear_run_state(&name)?;
+        released?;
+        if m.container.ephemeral {
+            self.destroy(&name, DestroyRequest { force: false, with_snapshots: true })?;
+        }
+        Ok(())
+    }
+
+    /// Cleans up after runs whose berth process died: unmounts what they left, and
+    /// destroys ephemeral containers among them.
+    pub(super) fn collect_garbage(&self) -> Result<()> {
+        for (name, state) in self.store().run_states()? {
+            if state.pid.is_none() || state.process_alive() {
+                continue;
+            }
+            info!(name, "cleaning up after a berth that died while running it");
+            let Ok(c) = self.store().container(&name) else {
+                self.store().clear_run_state(&name)?;
+                continue;
+            };
+            if let Err(e) = self
+                .backend_of(&c)
+                .and_then(|b| Ok(b.unmount(&state.volume, &state.mountpoint)?))
+            {
+                warn!(name, error = %e, "stale mount left in place");
+                continue;
+            }
+            self.store().clear_run_state(&name)?;
+            if c.ephemeral {
+                self.destroy(&name, DestroyRequest { force: false, with_snapshots: true })?;
+            }
+        }
+        Ok(())
+    }
+}
+

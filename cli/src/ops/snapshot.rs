@@ -1,0 +1,116 @@
+//! `berth snapshot`: take, list, restore and remove snapshots (lxc-snapshot).
+
+use berth_bdev::generic::copy_volume;
+use berth_bdev::names::validate_name;
+use berth_bdev::{BdevError, CreateOpts, Revert};
+use tracing::warn;
+
+use super::Berth;
+use crate::error::{BerthError, Result};
+use crate::store::{dependents, now, Snapshot};
+
+impl Berth {
+    /// Takes snapshot `snap` (default `snapN`, as lxc-snapshot names them).
+    pub fn snapshot(&self, name: &str, snap: Option<&str>) -> Result<Snapshot> {
+        let mut c = self.store().container(name)?;
+        let snap = match snap {
+            Some(s) => s.to_owned(),
+            None => (0..)
+                .map(|i| format!("snap{i}"))
+                .find(|s| c.snapshots.iter().all(|x| &x.name != s))
+                .unwrap_or_else(|| "snap".to_owned()),
+        };
+        validate_name(&snap)?;
+        if c.snapshots.iter().any(|s| s.name == snap) {
+            return Err(BerthError::SnapshotExists {
+                name: name.to_owned(),
+                snap,
+            });
+        }
+        let backend = self.backend_of(&c)?;
+        let mut rv = Revert::new();
+        let volume = backend.snapshot(&c.volume, name, &snap, &mut rv)?;
+        let s = Snapshot {
+            name: snap,
+            volume,
+            created: now(),
+        };
+        c.snapshots.push(s.clone());
+        self.store().save(&c)?;
+        rv.commit();
+        Ok(s)
+    }
+
+    pub fn snapshots(&self, name: &str) -> Result<Vec<Snapshot>> {
+        Ok(self.store().container(name)?.snapshots)
+    }
+
+    /// Removes a snapshot no clone depends on.
+    pub fn snapshot_rm(&self, name: &str, snap: &str) -> Result<()> {
+        let mut c = self.store().container(name)?;
+        let s = c.snapshot(snap)?.clone();
+        let users: Vec<String> = dependents(&self.store().containers()?, name)
+            .into_iter()
+            .filter(|(_, on)| on.as_deref() == Some(snap))
+            .map(|(d, _)| d)
+            .collect();
+        if !users.is_empty() {
+            return Err(BerthError::HasDependents {
+                what: format!("snapshot {name}@{snap}"),
+                dependents: users,
+            });
+        }
+        self.backend_of(&c)?.destroy_snapshot(&s.volume)?;
+        c.snapshots.retain(|x| x.name != snap);
+        self.store().save(&c)?;
+        Ok(())
+    }
+
+    /// Restores `name` to snapshot `snap` atomically: the restored volume is built
+    /// beside the current one, the container record is switched to it in one
+    /// rename, and only then is the old volume destroyed.
+    pub fn restore(&self, name: &str, snap: &str) -> Result<()> {
+        let mut c = self.store().container(name)?;
+        let s = c.snapshot(snap)?.clone();
+        self.refuse_if_active(name, "stop it, or `berth umount` it, before restoring")?;
+        let readers = self.pinned_read_only(name)?;
+        if !readers.is_empty() {
+            return Err(BerthError::HasDependents {
+                what: format!("the current rootfs of {name:?}"),
+                dependents: readers,
+            });
+        }
+        let backend = self.backend_of(&c)?;
+        let caps = backend.caps();
+        let new_name = format!("{name}.restore-{}", now());
+        let mut rv = Revert::new();
+        // A clone that kept reading the snapshot would pin it; restore by copy there.
+        let volume = if caps.clone_from_snapshot && !caps.clone_pins_origin {
+            backend.snapshot_clone(&s.volume, &new_name, &mut rv)?
+        } else {
+            let opts = CreateOpts::default();
+            match backend.copy_clone(&s.volume, &new_name, &opts, &mut rv) {
+                Err(BdevError::Unsupported { .. }) => {
+                    let v = backend.create(&new_name, &opts, &mut rv)?;
+                    copy_volume(
+                        backend.as_ref(),
+                        &s.volume,
+                        backend.as_ref(),
+                        &v,
+                        &self.scratch(),
+                        &berth_bdev::copy::NoProgress,
+                    )?;
+                    v
+                }
+                other => other?,
+            }
+        };
+        let old = std::mem::replace(&mut c.volume, volume);
+        self.store().save(&c)?;
+        rv.commit();
+        if let Err(e) = backend.destroy(&old) {
+            warn!(name, volume = %old, error = %e, "restored, but the old volume could not be removed");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,441 @@
+//! berth's on-disk state under the state root (default /var/lib/berth):
+//!
+//! ```text
+//! ROOT/lock                   flock: one writer at a time
+//! ROOT/pools/NAME.toml        pool configs (the `default` dir pool is built in)
+//! ROOT/containers/NAME.toml   container configs
+//! ROOT/storage/default/       volumes of the default pool
+//! ROOT/run/NAME.toml          what a running or mounted container holds
+//! ROOT/mnt/NAME/              where `berth mount` and `berth run` mount rootfs
+//! ROOT/tmp/                   scratch mount points for copies
+//! ```
+//! Every write goes to a temp file, is fsynced, then renamed over the old one.
+
+use std::fs::{self, File, OpenOptions};
+use std::path::{Path, PathBuf};
+
+use berth_bdev::fsutil::atomic_write;
+use berth_bdev::names::validate_name;
+use berth_bdev::{BackendKind, PoolConfig, VolumeSpec};
+use rustix::fs::{flock, FlockOperation};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{BerthError, Result};
+
+pub const DEFAULT_ROOT: &str = "/var/lib/berth";
+pub const DEFAULT_POOL: &str = "default";
+
+/// Where a clone came from, and whether it still depends on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    pub container: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    /// A real dependency: the clone reads data that lives in the origin.
+    pub pinned: bool,
+    /// "snapshot" or "copy".
+    pub mode: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub name: String,
+    pub volume: VolumeSpec,
+    pub created: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Container {
+    pub name: String,
+    pub pool: String,
+    pub volume: VolumeSpec,
+    pub created: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Origin>,
+    /// Destroyed when it stops (lxc-copy -e).
+    #[serde(default)]
+    pub ephemeral: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snapshots: Vec<Snapshot>,
+}
+
+impl Container {
+    pub fn snapshot(&self, snap: &str) -> Result<&Snapshot> {
+        self.snapshots
+            .iter()
+            .find(|s| s.name == snap)
+            .ok_or_else(|| BerthError::NoSnapshot {
+                name: self.name.clone(),
+                snap: snap.to_owned(),
+            })
+    }
+}
+
+/// What a container holds while it runs or is mounted by `berth mount`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunState {
+    /// The berth process that runs it (None for a plain `berth mount`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// Its start time in clock ticks since boot, so a reused pid is not mistaken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starttime: Option<u64>,
+    pub mountpoint: PathBuf,
+    pub volume: VolumeSpec,
+}
+
+impl RunState {
+    /// Whether the process that recorded this state still exists.
+    pub fn process_alive(&self) -> bool {
+        match (self.pid, self.starttime) {
+            (Some(pid), Some(start)) => proc_starttime(pid) == Some(start),
+            _ => false,
+        }
+    }
+}
+
+/// Field 22 of /proc/PID/stat.
+pub fn proc_starttime(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses: split after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(19)?.parse().ok()
+}
+
+/// An open state root, locked for the lifetime of the value.
+#[derive(Debug)]
+pub struct Store {
+    root: PathBuf,
+    _lock: File,
+}
+
+fn read_toml<T: DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = fs::read_to_string(path).map_err(BerthError::io("read", path))?;
+    toml::from_str(&text).map_err(|e| BerthError::Corrupt {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+fn write_toml<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let text = toml::to_string_pretty(value).map_err(|e| BerthError::Corrupt {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    Ok(atomic_write(path, text.as_bytes())?)
+}
+
+fn toml_names(dir: &Path) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(names),
+        Err(e) => return Err(BerthError::io("read directory", dir)(e)),
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(stem) = name.strip_suffix(".toml") {
+            if !stem.starts_with('.') {
+                names.push(stem.to_owned());
+            }
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+impl Store {
+    /// Opens (creating if needed) the state root and takes its lock: exclusive for
+    /// commands that change state, shared for those that only read.
+    pub fn open(root: &Path, exclusive: bool) -> Result<Store> {
+        if !root.is_absolute() {
+            return Err(BerthError::Invalid(format!(
+                "state root {root:?} must be an absolute path"
+            )));
+        }
+        for d in ["pools", "containers", "run", "mnt", "tmp", "storage"] {
+            let p = root.join(d);
+            fs::create_dir_all(&p).map_err(BerthError::io("create directory", &p))?;
+        }
+        let lock_path = root.join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(BerthError::io("open", &lock_path))?;
+        let op = if exclusive {
+            FlockOperation::LockExclusive
+        } else {
+            FlockOperation::LockShared
+        };
+        flock(&lock, op).map_err(|e| BerthError::Lock {
+            path: lock_path.clone(),
+            source: e.into(),
+        })?;
+        Ok(Store {
+            root: root.to_path_buf(),
+            _lock: lock,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Scratch space for temporary mount points.
+    pub fn scratch(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    /// Where `berth mount` / `berth run` mount a container's rootfs.
+    pub fn mountpoint(&self, name: &str) -> PathBuf {
+        self.root.join("mnt").join(name)
+    }
+
+    fn pool_file(&self, name: &str) -> PathBuf {
+        self.root.join("pools").join(format!("{name}.toml"))
+    }
+
+    fn container_file(&self, name: &str) -> PathBuf {
+        self.root.join("containers").join(format!("{name}.toml"))
+    }
+
+    fn run_file(&self, name: &str) -> PathBuf {
+        self.root.join("run").join(format!("{name}.toml"))
+    }
+
+    /// The built-in pool: the dir backend under the state root.
+    pub fn default_pool(&self) -> PoolConfig {
+        PoolConfig::new(DEFAULT_POOL, BackendKind::Dir).with_path(self.root.join("storage/default"))
+    }
+
+    pub fn pools(&self) -> Result<Vec<PoolConfig>> {
+        let mut pools = vec![self.default_pool()];
+        for name in toml_names(&self.root.join("pools"))? {
+            if name != DEFAULT_POOL {
+                pools.push(read_toml(&self.pool_file(&name))?);
+            }
+        }
+        Ok(pools)
+    }
+
+    pub fn pool(&self, name: &str) -> Result<PoolConfig> {
+        if name == DEFAULT_POOL {
+            return Ok(self.default_pool());
+        }
+        validate_name(name)?;
+        let path = self.pool_file(name);
+        if !path.exists() {
+            return Err(BerthError::NoPool(name.to_owned()));
+        }
+        read_toml(&path)
+    }
+
+    pub fn add_pool(&self, pool: &PoolConfig) -> Result<()> {
+        validate_name(&pool.name)?;
+        if pool.name == DEFAULT_POOL || self.pool_file(&pool.name).exists() {
+            return Err(BerthError::PoolExists(pool.name.clone()));
+        }
+        write_toml(&self.pool_file(&pool.name), pool)
+    }
+
+    pub fn remove_pool(&self, name: &str) -> Result<()> {
+        if name == DEFAULT_POOL {
+            return Err(BerthError::Invalid(
+                "the default pool is built in and cannot be removed".to_owned(),
+            ));
+        }
+        let users: Vec<String> = self
+            .containers()?
+            .into_iter()
+            .filter(|c| c.pool == name)
+            .map(|c| c.name)
+            .collect();
+        if !users.is_empty() {
+            return Err(BerthError::PoolInUse {
+                pool: name.to_owned(),
+                containers: users,
+            });
+        }
+        let path = self.pool_file(name);
+        if !path.exists() {
+            return Err(BerthError::NoPool(name.to_owned()));
+        }
+        fs::remove_file(&path).map_err(BerthError::io("remove", &path))
+    }
+
+    pub fn containers(&self) -> Result<Vec<Container>> {
+        toml_names(&self.root.join("containers"))?
+            .iter()
+            .map(|n| read_toml(&self.container_file(n)))
+            .collect()
+    }
+
+    pub fn exists(&self, name: &str) -> bool {
+        self.container_file(name).exists()
+    }
+
+    pub fn container(&self, name: &str) -> Result<Container> {
+        validate_name(name)?;
+        let path = self.container_file(name);
+        if !path.exists() {
+            return Err(BerthError::NoContainer(name.to_owned()));
+        }
+        read_toml(&path)
+    }
+
+    pub fn save(&self, c: &Container) -> Result<()> {
+        validate_name(&c.name)?;
+        write_toml(&self.container_file(&c.name), c)
+    }
+
+    pub fn remove(&self, name: &str) -> Result<()> {
+        let path = self.container_file(name);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(BerthError::io("remove", &path)(e)),
+        }
+    }
+
+    pub fn run_state(&self, name: &str) -> Result<Option<RunState>> {
+        let path = self.run_file(name);
+        if !path.exists() {
+            return Ok(None);
+        }
+        read_toml(&path).map(Some)
+    }
+
+    pub fn run_states(&self) -> Result<Vec<(String, RunState)>> {
+        toml_names(&self.root.join("run"))?
+            .into_iter()
+            .map(|n| {
+                let s = read_toml(&self.run_file(&n))?;
+                Ok((n, s))
+            })
+            .collect()
+    }
+
+    pub fn save_run_state(&self, name: &str, s: &RunState) -> Result<()> {
+        write_toml(&self.run_file(name), s)
+    }
+
+    pub fn clear_run_state(&self, name: &str) -> Result<()> {
+        let path = self.run_file(name);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(BerthError::io("remove", &path)(e)),
+        }
+    }
+}
+
+/// Containers that depend on `name` (or on one of its snapshots), with what they
+/// depend on: the edges that make destroying `name` unsafe.
+pub fn dependents(all: &[Container], name: &str) -> Vec<(String, Option<String>)> {
+    let mut out: Vec<(String, Option<String>)> = all
+        .iter()
+        .filter_map(|c| match &c.origin {
+            Some(o) if o.pinned && o.container == name => {
+                Some((c.name.clone(), o.snapshot.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Seconds since the epoch, for `created` fields.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn container(name: &str, origin: Option<(&str, Option<&str>, bool)>) -> Container {
+        Container {
+            name: name.to_owned(),
+            pool: "default".to_owned(),
+            volume: format!("dir:/p/{name}").parse().unwrap(),
+            created: 1,
+            template: None,
+            origin: origin.map(|(c, s, pinned)| Origin {
+                container: c.to_owned(),
+                snapshot: s.map(str::to_owned),
+                pinned,
+                mode: "snapshot".to_owned(),
+            }),
+            ephemeral: false,
+            snapshots: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn only_pinned_edges_are_dependents() {
+        let all = vec![
+            container("base", None),
+            container("copy", Some(("base", None, false))),
+            container("ov", Some(("base", None, true))),
+            container("fromsnap", Some(("base", Some("s1"), true))),
+            container("other", Some(("ov", None, true))),
+        ];
+        assert_eq!(
+            dependents(&all, "base"),
+            vec![
+                ("fromsnap".to_owned(), Some("s1".to_owned())),
+                ("ov".to_owned(), None)
+            ]
+        );
+        assert_eq!(dependents(&all, "copy"), vec![]);
+        assert_eq!(dependents(&all, "ov"), vec![("other".to_owned(), None)]);
+    }
+
+    #[test]
+    fn store_round_trips_and_validates() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path(), true).unwrap();
+        let mut c = container("c1", Some(("c0", None, false)));
+        c.snapshots.push(Snapshot {
+            name: "snap0".into(),
+            volume: "dir:/p/.snapshots/c1/snap0".parse().unwrap(),
+            created: 2,
+        });
+        s.save(&c).unwrap();
+        assert_eq!(s.container("c1").unwrap(), c);
+        assert_eq!(s.containers().unwrap().len(), 1);
+        assert!(matches!(s.container("nope"), Err(BerthError::NoContainer(_))));
+        assert!(s.container("../etc").is_err());
+        let p = PoolConfig::new("fast", BackendKind::Btrfs).with_path("/srv/b");
+        s.add_pool(&p).unwrap();
+        assert!(matches!(s.add_pool(&p), Err(BerthError::PoolExists(_))));
+        assert_eq!(s.pools().unwrap().len(), 2);
+        assert_eq!(s.pool("fast").unwrap(), p);
+        assert!(s.remove_pool("default").is_err());
+        s.remove_pool("fast").unwrap();
+    }
+
+    #[test]
+    fn corrupt_config_names_the_file() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path(), true).unwrap();
+        fs::write(d.path().join("containers/bad.toml"), "name = [").unwrap();
+        let e = s.container("bad").unwrap_err().to_string();
+        assert!(e.contains("bad.toml"), "{e}");
+    }
+
+    #[test]
+    fn starttime_of_self_is_found() {
+        assert!(proc_starttime(std::process::id()).is_some());
+        assert!(proc_starttime(u32::MAX).is_none());
+    }
+}

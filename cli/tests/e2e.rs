@@ -1,0 +1,170 @@
+//! The `berth` binary end to end, as root on the real kernel: the README's main job,
+//! dependency refusal, mount/umount, exit codes and bad input.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+
+use berth_bdev::cmd::{CmdError, HostRunner, Runner};
+
+struct Root {
+    dir: tempfile::TempDir,
+}
+
+impl Root {
+    fn new() -> Root {
+        Root {
+            dir: tempfile::Builder::new()
+                .prefix("berth-e2e-")
+                .tempdir_in("/var/tmp")
+                .unwrap(),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs berth; Ok(stdout) on success, Err((exit code, stderr)) otherwise.
+    fn berth(&self, args: &[&str]) -> Result<String, (i32, String)> {
+        let mut all: Vec<&OsStr> = vec![OsStr::new("--root"), self.path().as_os_str()];
+        all.extend(args.iter().map(OsStr::new));
+        match HostRunner.run(env!("CARGO_BIN_EXE_berth"), &all) {
+            Ok(out) => Ok(out.stdout),
+            Err(CmdError::Failed { status, stderr, .. }) => {
+                let code = status
+                    .rsplit(' ')
+                    .next()
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(-1);
+                Err((code, stderr))
+            }
+            Err(e) => panic!("berth did not run: {e}"),
+        }
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        self.berth(args)
+            .unwrap_or_else(|(code, err)| panic!("berth {args:?} failed ({code}): {err}"))
+    }
+
+    fn fails(&self, args: &[&str]) -> String {
+        match self.berth(args) {
+            Ok(out) => panic!("berth {args:?} should fail, printed: {out}"),
+            Err((code, err)) => {
+                assert_ne!(code, 0);
+                assert!(!err.contains("panicked"), "berth {args:?} panicked: {err}");
+                err
+            }
+        }
+    }
+}
+
+impl Drop for Root {
+    fn drop(&mut self) {
+        let leaked = berth_bdev::mount::mounts_under(self.path());
+        for m in &leaked {
+            let _ = berth_bdev::mount::unmount_detach(m);
+        }
+        if !std::thread::panicking() {
+            assert!(leaked.is_empty(), "leaked mounts: {leaked:?}");
+        }
+    }
+}
+
+#[test]
+fn readme_main_job_create_clone_run() {
+    let r = Root::new();
+    r.ok(&["create", "c1"]);
+    r.ok(&["clone", "c1", "c2", "--copy"]);
+    let out = r.ok(&["run", "c2", "--", "/bin/sh", "-c", "hostname; echo ok"]);
+    assert_eq!(out, "c2\nok\n");
+
+    // The exit status of the command is berth's.
+    assert_eq!(r.berth(&["run", "c2", "--", "/bin/sh", "-c", "exit 7"]).unwrap_err().0, 7);
+
+    // A copy does not depend on its origin: c1 can go.
+    r.ok(&["destroy", "c1"]);
+    let ls: serde_json::Value = serde_json::from_str(&r.ok(&["ls", "--format", "json"])).unwrap();
+    assert_eq!(ls.as_array().unwrap().len(), 1);
+    assert_eq!(ls[0]["name"], "c2");
+    assert_eq!(ls[0]["origin"], "c1");
+    r.ok(&["destroy", "c2"]);
+}
+
+#[test]
+fn snapshot_clone_pins_its_origin() {
+    let r = Root::new();
+    r.ok(&["create", "base"]);
+    // dir cannot share data with dir: refused, with the alternatives named.
+    let err = r.fails(&["clone", "base", "x", "--snapshot"]);
+    assert!(err.contains("-B overlay") && err.contains("--copy"), "{err}");
+    r.ok(&["clone", "base", "ov", "--snapshot", "-B", "overlay"]);
+    let err = r.fails(&["destroy", "base"]);
+    assert!(err.contains("ov"), "{err}");
+    let info = r.ok(&["info", "ov"]);
+    assert!(info.contains("depends on it"), "{info}");
+    // The origin is read-only while the overlay clone reads it.
+    let err = r.berth(&["run", "base", "--", "/bin/sh", "-c", "touch /x"]).unwrap_err();
+    assert_ne!(err.0, 0);
+    let out = r.ok(&["destroy", "base", "--force"]);
+    assert_eq!(out, "destroyed ov\ndestroyed base\n");
+}
+
+#[test]
+fn mount_prints_path_and_umount_releases() {
+    let r = Root::new();
+    r.ok(&["create", "m1"]);
+    let out = r.ok(&["mount", "m1"]);
+    let path = PathBuf::from(out.lines().last().unwrap());
+    assert!(path.join("bin").exists());
+    assert!(berth_bdev::mount::is_mountpoint(&path));
+    let err = r.fails(&["destroy", "m1"]);
+    assert!(err.contains("mounted"), "{err}");
+    r.ok(&["umount", "m1"]);
+    assert!(!berth_bdev::mount::is_mountpoint(&path));
+    r.ok(&["destroy", "m1"]);
+}
+
+#[test]
+fn snapshots_restore_and_remove() {
+    let r = Root::new();
+    r.ok(&["create", "s1"]);
+    r.ok(&["run", "s1", "--", "/bin/sh", "-c", "echo one > /state"]);
+    r.ok(&["snapshot", "s1"]);
+    r.ok(&["snapshot", "s1", "named"]);
+    r.ok(&["run", "s1", "--", "/bin/sh", "-c", "echo two > /state"]);
+    let ls = r.ok(&["snapshot", "ls", "s1"]);
+    assert!(ls.contains("snap0") && ls.contains("named"), "{ls}");
+    r.ok(&["snapshot", "restore", "s1", "snap0"]);
+    assert_eq!(r.ok(&["run", "s1", "--", "/bin/cat", "/state"]), "one\n");
+    let err = r.fails(&["destroy", "s1"]);
+    assert!(err.contains("--with-snapshots"), "{err}");
+    r.ok(&["snapshot", "rm", "s1", "named"]);
+    r.ok(&["destroy", "s1", "-s"]);
+}
+
+#[test]
+fn bad_input_gets_clear_errors() {
+    let r = Root::new();
+    for (args, want) in [
+        (vec!["create", "a/b"], "'/'"),
+        (vec!["create", "a..b"], ".."),
+        (vec!["create", &"x".repeat(65)], "64"),
+        (vec!["create", "--", "-rf"], "'-'"),
+        (vec!["run", "nope", "--", "/bin/true"], "does not exist"),
+        (vec!["create", "c", "--pool", "nope"], "pool \"nope\" does not exist"),
+        (vec!["create", "c", "-B", "floppy"], "unknown backend"),
+        (vec!["create", "c", "--from-dir", "/does/not/exist"], "/does/not/exist"),
+        (vec!["pool", "add", "p", "-B", "btrfs", "--path", "relative"], "absolute"),
+        (vec!["snapshot", "restore", "nope", "s"], "does not exist"),
+    ] {
+        let err = r.fails(&args);
+        assert!(err.contains(want), "berth {args:?}: wanted {want:?} in: {err}");
+    }
+    r.ok(&["create", "c"]);
+    let err = r.fails(&["create", "c"]);
+    assert!(err.contains("already exists"), "{err}");
+    let err = r.fails(&["run", "c", "--", "/bin/no-such-command"]);
+    assert!(err.contains("no-such-command"), "{err}");
+    r.ok(&["destroy", "c"]);
+}

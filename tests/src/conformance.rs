@@ -1,0 +1,304 @@
+//! The backend conformance suite: one function per property, run against every
+//! backend by `conformance!` (as Docker's graphtest serves its drivers).
+//!
+//! Each property checks what the backend's `Caps` promise, and that operations whose
+//! flag is off answer `Unsupported` rather than doing something else.
+
+use std::fs;
+use std::path::Path;
+
+use berth_bdev::copy::NoProgress;
+use berth_bdev::generic::{copy_volume, with_mounted};
+use berth_bdev::{BdevError, CreateOpts, Revert, VolumeSpec};
+
+use crate::harness::Harness;
+
+fn opts() -> CreateOpts {
+    CreateOpts {
+        size: Some(256 << 20),
+        fstype: None,
+    }
+}
+
+fn create(h: &Harness, name: &str) -> VolumeSpec {
+    let mut rv = Revert::new();
+    let v = h
+        .backend
+        .create(name, &opts(), &mut rv)
+        .unwrap_or_else(|e| panic!("create {name}: {e}"));
+    rv.commit();
+    v
+}
+
+fn write(h: &Harness, v: &VolumeSpec, files: &[(&str, &str)]) {
+    with_mounted(h.backend.as_ref(), v, &h.scratch("mnt"), false, |root| {
+        for (rel, content) in files {
+            let p = root.join(rel);
+            if let Some(parent) = p.parent() {
+                fs::create_dir_all(parent).map_err(BdevError::io("mkdir", parent))?;
+            }
+            fs::write(&p, content).map_err(BdevError::io("write", &p))?;
+        }
+        Ok(())
+    })
+    .unwrap_or_else(|e| panic!("write into {v}: {e}"));
+}
+
+fn remove(h: &Harness, v: &VolumeSpec, rel: &str) {
+    with_mounted(h.backend.as_ref(), v, &h.scratch("mnt"), false, |root| {
+        fs::remove_file(root.join(rel)).map_err(BdevError::io("remove", root.join(rel)))
+    })
+    .unwrap_or_else(|e| panic!("remove {rel} from {v}: {e}"));
+}
+
+/// Reads `rel` from the volume; `None` when absent.
+fn read(h: &Harness, v: &VolumeSpec, rel: &str) -> Option<String> {
+    with_mounted(h.backend.as_ref(), v, &h.scratch("mnt"), true, |root| {
+        Ok(fs::read_to_string(root.join(rel)).ok())
+    })
+    .unwrap_or_else(|e| panic!("read {rel} from {v}: {e}"))
+}
+
+fn destroy(h: &Harness, v: &VolumeSpec) {
+    h.backend
+        .destroy(v)
+        .unwrap_or_else(|e| panic!("destroy {v}: {e}"));
+}
+
+fn is_unsupported<T>(r: &Result<T, BdevError>) -> bool {
+    matches!(r, Err(BdevError::Unsupported { .. }))
+}
+
+/// create → mount → write → unmount → mount again → read → destroy.
+pub fn create_write_read_destroy(h: &Harness) {
+    let v = create(h, "c1");
+    assert_eq!(v.kind(), h.backend.kind());
+    write(h, &v, &[("etc/hostname", "c1\n"), ("a/b/c.txt", "deep")]);
+    assert_eq!(read(h, &v, "etc/hostname").as_deref(), Some("c1\n"));
+    assert_eq!(read(h, &v, "a/b/c.txt").as_deref(), Some("deep"));
+    let mut rv = Revert::new();
+    let dup = h.backend.create("c1", &opts(), &mut rv);
+    assert!(dup.is_err(), "creating c1 twice must fail");
+    drop(rv);
+    assert_eq!(read(h, &v, "a/b/c.txt").as_deref(), Some("deep"), "failed duplicate create must not harm c1");
+    destroy(h, &v);
+    let mut rv = Revert::new();
+    let again = h.backend.create("c1", &opts(), &mut rv);
+    assert!(again.is_ok(), "create after destroy: {again:?}");
+    drop(rv); // reverts the create
+    let mut rv = Revert::new();
+    let third = h.backend.create("c1", &opts(), &mut rv);
+    assert!(third.is_ok(), "a reverted create must leave nothing behind: {third:?}");
+}
+
+/// A read-only mount refuses writes.
+pub fn read_only_mount(h: &Harness) {
+    let v = create(h, "ro");
+    write(h, &v, &[("f", "x")]);
+    let r = with_mounted(h.backend.as_ref(), &v, &h.scratch("mnt"), true, |root| {
+        Ok(fs::write(root.join("g"), "y").is_err())
+    });
+    if v.tree_path().is_none() {
+        assert!(r.unwrap(), "write on a read-only mount succeeded");
+    }
+    destroy(h, &v);
+}
+
+/// Every file type survives a copy into the volume and a remount.
+pub fn file_types_preserved(h: &Harness) {
+    let reference = h.scratch("reference");
+    berth_fixtures::filetypes::build_all_types(&reference).expect("build reference tree");
+    let v = create(h, "types");
+    with_mounted(h.backend.as_ref(), &v, &h.scratch("mnt"), false, |root| {
+        let dst = root.join("types");
+        fs::create_dir(&dst).map_err(BdevError::io("mkdir", &dst))?;
+        berth_bdev::copy::copy_tree(&reference, &dst, &NoProgress)?;
+        Ok(())
+    })
+    .expect("copy into volume");
+    with_mounted(h.backend.as_ref(), &v, &h.scratch("mnt"), true, |root| {
+        berth_fixtures::compare::assert_same_tree(&reference, &root.join("types"));
+        Ok(())
+    })
+    .expect("compare");
+    destroy(h, &v);
+}
+
+/// Usage grows when data is written.
+pub fn usage_changes(h: &Harness) {
+    let v = create(h, "u");
+    let before = h.backend.usage(&v).expect("usage").used_bytes;
+    let data: String = (0..8 << 20).map(|i| char::from(b'a' + (i * 7 % 26) as u8)).collect();
+    write(h, &v, &[("big", &data)]);
+    let after = h.backend.usage(&v).expect("usage").used_bytes;
+    assert!(after >= before + (4 << 20), "usage {before} -> {after} after writing 8 MiB");
+    destroy(h, &v);
+}
+
+/// A snapshot keeps its point in time while the volume changes.
+pub fn snapshot_point_in_time(h: &Harness) {
+    let v = create(h, "s");
+    write(h, &v, &[("f", "before")]);
+    let mut rv = Revert::new();
+    let snap = h.backend.snapshot(&v, "s", "snap1", &mut rv);
+    if !h.backend.caps().snapshot {
+        assert!(is_unsupported(&snap), "snapshot flag off but snapshot answered {snap:?}");
+        destroy(h, &v);
+        return;
+    }
+    let snap = snap.expect("snapshot");
+    rv.commit();
+    write(h, &v, &[("f", "after"), ("new", "n")]);
+    assert_eq!(read(h, &snap, "f").as_deref(), Some("before"));
+    assert_eq!(read(h, &snap, "new"), None);
+    assert_eq!(read(h, &v, "f").as_deref(), Some("after"));
+    h.backend.destroy_snapshot(&snap).expect("destroy snapshot");
+    destroy(h, &v);
+}
+
+/// A snapshot clone starts equal and is independent both ways.
+pub fn snapshot_clone_independent(h: &Harness) {
+    let v = create(h, "origin");
+    write(h, &v, &[("shared", "origin"), ("gone", "x")]);
+    let mut rv = Revert::new();
+    let c = h.backend.snapshot_clone(&v, "clone", &mut rv);
+    if !h.backend.caps().snapshot_clone {
+        assert!(is_unsupported(&c), "snapshot_clone flag off but it answered {c:?}");
+        destroy(h, &v);
+        return;
+    }
+    let c = c.expect("snapshot clone");
+    rv.commit();
+    assert_eq!(read(h, &c, "shared").as_deref(), Some("origin"));
+    write(h, &c, &[("shared", "clone"), ("only-clone", "c")]);
+    remove(h, &c, "gone");
+    assert_eq!(read(h, &v, "shared").as_deref(), Some("origin"));
+    assert_eq!(read(h, &v, "only-clone"), None);
+    assert_eq!(read(h, &v, "gone").as_deref(), Some("x"));
+    if !h.backend.caps().clone_pins_origin {
+        write(h, &v, &[("only-origin", "o")]);
+        assert_eq!(read(h, &c, "only-origin"), None);
+    }
+    destroy(h, &c);
+    destroy(h, &v);
+}
+
+/// A clone of a snapshot sees the snapshot's content, not the volume's later state.
+pub fn clone_from_snapshot(h: &Harness) {
+    let caps = h.backend.caps();
+    if !caps.snapshot {
+        return;
+    }
+    let v = create(h, "cs");
+    write(h, &v, &[("f", "at-snap")]);
+    let mut rv = Revert::new();
+    let snap = h.backend.snapshot(&v, "cs", "s1", &mut rv).expect("snapshot");
+    rv.commit();
+    write(h, &v, &[("f", "later")]);
+    let mut rv = Revert::new();
+    let c = h.backend.snapshot_clone(&snap, "from-snap", &mut rv);
+    if !caps.clone_from_snapshot {
+        assert!(is_unsupported(&c), "clone_from_snapshot flag off but it answered {c:?}");
+    } else {
+        let c = c.expect("clone from snapshot");
+        rv.commit();
+        assert_eq!(read(h, &c, "f").as_deref(), Some("at-snap"));
+        write(h, &c, &[("f", "clone")]);
+        assert_eq!(read(h, &snap, "f").as_deref(), Some("at-snap"));
+        destroy(h, &c);
+    }
+    h.backend.destroy_snapshot(&snap).expect("destroy snapshot");
+    destroy(h, &v);
+}
+
+/// A full copy (the backend's own tool, or through mounts) is independent.
+pub fn copy_independent(h: &Harness) {
+    let v = create(h, "src");
+    write(h, &v, &[("f", "src"), ("d/g", "g")]);
+    let mut rv = Revert::new();
+    let c = match h.backend.copy_clone(&v, "copy", &opts(), &mut rv) {
+        Ok(c) => c,
+        Err(BdevError::Unsupported { .. }) => {
+            let c = h.backend.create("copy", &opts(), &mut rv).expect("create copy");
+            copy_volume(
+                h.backend.as_ref(),
+                &v,
+                h.backend.as_ref(),
+                &c,
+                &h.scratch("mnt"),
+                &NoProgress,
+            )
+            .expect("generic copy");
+            c
+        }
+        Err(e) => panic!("copy clone: {e}"),
+    };
+    rv.commit();
+    assert_eq!(read(h, &c, "d/g").as_deref(), Some("g"));
+    write(h, &c, &[("f", "copy")]);
+    write(h, &v, &[("f", "changed")]);
+    assert_eq!(read(h, &c, "f").as_deref(), Some("copy"));
+    // A copy does not depend on its source.
+    destroy(h, &v);
+    assert_eq!(read(h, &c, "d/g").as_deref(), Some("g"));
+    destroy(h, &c);
+}
+
+/// Declared capabilities match behaviour for resize.
+pub fn resize_matches_caps(h: &Harness) {
+    let v = create(h, "rs");
+    let r = h.backend.resize(&v, 512 << 20);
+    if h.backend.caps().resize {
+        r.expect("resize");
+        write(h, &v, &[("after-resize", "ok")]);
+        assert_eq!(read(h, &v, "after-resize").as_deref(), Some("ok"));
+    } else {
+        assert!(is_unsupported(&r), "resize flag off but it answered {r:?}");
+    }
+    destroy(h, &v);
+}
+
+/// Probing twice is harmless and `describe` does not fail.
+pub fn probe_is_idempotent(h: &Harness) {
+    h.backend.probe().expect("probe");
+    h.backend.probe().expect("probe again");
+    let _ = h.backend.describe();
+    let _ = Path::new("/");
+}
+
+/// Instantiates every property for one backend:
+/// `conformance!(btrfs, berth_tests::pools::btrfs::setup);`
+#[macro_export]
+macro_rules! conformance {
+    ($name:ident, $setup:path) => {
+        mod $name {
+            $crate::conformance!(@props $setup;
+                create_write_read_destroy, read_only_mount, file_types_preserved,
+                usage_changes, snapshot_point_in_time, snapshot_clone_independent,
+                clone_from_snapshot, copy_independent, resize_matches_caps,
+                probe_is_idempotent);
+            $crate::conformance!(@ops $setup;
+                ops_snapshot_restore, ops_dependents, ops_run_and_ephemeral);
+        }
+    };
+    (@ops $setup:path; $($prop:ident),*) => {
+        $(
+            #[test]
+            fn $prop() {
+                if let Some(h) = $crate::harness::harness($setup) {
+                    $crate::ops::$prop(&h);
+                }
+            }
+        )*
+    };
+    (@props $setup:path; $($prop:ident),*) => {
+        $(
+            #[test]
+            fn $prop() {
+                if let Some(h) = $crate::harness::harness($setup) {
+                    $crate::conformance::$prop(&h);
+                }
+            }
+        )*
+    };
+}

@@ -1,0 +1,174 @@
+//! Scratch filesystems, leak checks and the skip rule.
+
+use std::any::Any;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use berth_bdev::cmd::{self, HostRunner, Runner};
+use berth_bdev::loopdev::{self, LoopDevice};
+use berth_bdev::mount::{self, MountGuard};
+use berth_bdev::{Backend, PoolConfig};
+
+/// Under CI (`CI=true`) every tool is installed, so a missing prerequisite is a
+/// failure; elsewhere the test prints `SKIP: reason` and passes.
+pub fn skip(reason: &str) {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("required under CI, but: {reason}");
+    }
+    eprintln!("SKIP: {reason}");
+}
+
+pub fn runner() -> Arc<dyn Runner> {
+    Arc::new(HostRunner)
+}
+
+/// A filesystem on a sparse image file, loop-mounted for the test's lifetime.
+/// Dropping it unmounts (the autoclear loop device goes with the mount) and
+/// deletes the image.
+pub struct ScratchFs {
+    pub mnt: PathBuf,
+    image: PathBuf,
+    guard: Option<MountGuard>,
+}
+
+impl ScratchFs {
+    /// `fstype` is ext4, xfs or btrfs; btrfs wants ≥ 4 GiB or it runs out of
+    /// metadata chunks.
+    pub fn new(dir: &Path, fstype: &str, size: u64) -> Result<ScratchFs, String> {
+        let image = dir.join(format!("{fstype}.img"));
+        let mnt = dir.join(format!("{fstype}-mnt"));
+        std::fs::create_dir_all(&mnt).map_err(|e| e.to_string())?;
+        let f = std::fs::File::create(&image).map_err(|e| e.to_string())?;
+        f.set_len(size).map_err(|e| e.to_string())?;
+        drop(f);
+        let img = image.to_string_lossy().into_owned();
+        let mkfs = match fstype {
+            "btrfs" => cmd::run(&HostRunner, "mkfs.btrfs", &["-q", &img]),
+            "xfs" => cmd::run(&HostRunner, "mkfs.xfs", &["-q", "-m", "reflink=1", &img]),
+            _ => cmd::run(&HostRunner, "mkfs.ext4", &["-q", "-F", &img]),
+        };
+        mkfs.map_err(|e| format!("mkfs.{fstype}: {e}"))?;
+        let dev = LoopDevice::attach(&image, false).map_err(|e| e.to_string())?;
+        mount::mount_fs(fstype, dev.path().as_os_str(), &mnt, &[], false)
+            .map_err(|e| e.to_string())?;
+        drop(dev);
+        Ok(ScratchFs {
+            mnt: mnt.clone(),
+            image,
+            guard: Some(MountGuard::mounted(&mnt)),
+        })
+    }
+}
+
+impl Drop for ScratchFs {
+    fn drop(&mut self) {
+        if let Some(g) = self.guard.take() {
+            if let Err(e) = g.release() {
+                eprintln!("scratch fs: {e}");
+            }
+        }
+        // The autoclear loop device may take a moment to go after the unmount.
+        wait_for(|| loopdev::devices_backed_by(&self.image).is_empty());
+        let _ = std::fs::remove_file(&self.image);
+    }
+}
+
+/// Polls `f` for up to two seconds.
+pub fn wait_for(f: impl Fn() -> bool) -> bool {
+    for _ in 0..200 {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    f()
+}
+
+/// What a test may have leaked below its temp dir: mounts and loop devices.
+pub fn leaks_under(dir: &Path) -> Vec<String> {
+    let mut out: Vec<String> = mount::mounts_under(dir)
+        .into_iter()
+        .map(|m| format!("mount {}", m.display()))
+        .collect();
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    for (dev, backing) in loopdev::attached() {
+        if backing.starts_with(&dir) {
+            out.push(format!("loop {} -> {}", dev.display(), backing.display()));
+        }
+    }
+    out
+}
+
+/// Asserts that nothing is left mounted or attached below `dir`.
+pub fn assert_no_leaks(dir: &Path) {
+    let clean = wait_for(|| leaks_under(dir).is_empty());
+    assert!(clean, "leaked: {:#?}", leaks_under(dir));
+}
+
+/// One backend's pool, ready for tests. Drops the backend first, then whatever
+/// the setup keeps alive (scratch filesystems, daemons), then checks for leaks.
+pub struct Harness {
+    pub backend: Box<dyn Backend>,
+    pub pool: PoolConfig,
+    pub keep: Vec<Box<dyn Any>>,
+    pub tmp: tempfile::TempDir,
+}
+
+impl Harness {
+    /// A scratch directory for mount points and reference trees.
+    pub fn scratch(&self, name: &str) -> PathBuf {
+        let p = self.tmp.path().join(name);
+        let _ = std::fs::create_dir_all(&p);
+        p
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        while let Some(k) = self.keep.pop() {
+            drop(k);
+        }
+        if !std::thread::panicking() {
+            assert_no_leaks(self.tmp.path());
+        }
+    }
+}
+
+/// What a pool setup returns: the pool and the guards it needs kept alive.
+pub struct Setup {
+    pub pool: PoolConfig,
+    pub keep: Vec<Box<dyn Any>>,
+}
+
+/// Makes a harness from a pool setup, or `None` after `skip` when the host lacks
+/// what the backend needs (a failure under CI).
+pub fn harness(setup: fn(&Path) -> Result<Setup, String>) -> Option<Harness> {
+    let tmp = match tempfile::Builder::new().prefix("berth-test-").tempdir_in("/var/tmp") {
+        Ok(t) => t,
+        Err(e) => panic!("temp dir: {e}"),
+    };
+    let s = match setup(tmp.path()) {
+        Ok(s) => s,
+        Err(reason) => {
+            skip(&reason);
+            return None;
+        }
+    };
+    let backend = match berth_backends::open(&s.pool, runner()) {
+        Ok(b) => b,
+        Err(e) => {
+            skip(&e.to_string());
+            return None;
+        }
+    };
+    if let Err(e) = backend.probe() {
+        skip(&e.to_string());
+        return None;
+    }
+    Some(Harness {
+        backend,
+        pool: s.pool,
+        keep: s.keep,
+        tmp,
+    })
+}
