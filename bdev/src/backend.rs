@@ -154,6 +154,13 @@ pub trait Backend: Send + Sync {
         Ok(())
     }
 
+    /// Removes what a crashed berth left behind in this pool (helper daemons, FUSE
+    /// exports, temporary snapshots). Called with the store locked, when nothing of
+    /// berth's can be mid-operation.
+    fn cleanup_stale(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// Removes the volume and its data. Dependency checks are the caller's.
     fn destroy(&self, v: &VolumeSpec) -> Result<()>;
 

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod error;
+pub mod interrupt;
 pub mod ops;
 pub mod progress;
 pub mod store;

@@ -91,6 +91,9 @@ fn init_logging(verbose: u8) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
+    if let Err(e) = berth_cli::interrupt::install() {
+        eprintln!("berth: warning: cannot handle Ctrl-C gracefully: {e}");
+    }
     let result = match &cli.command {
         Command::Pool(c) => cmd_pool::run(&cli, c),
         Command::Create(a) => cmd_container::create(&cli, a),

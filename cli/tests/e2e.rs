@@ -1,5 +1,7 @@
 //! The `berth` binary end to end, as root on the real kernel: the README's main job,
 //! dependency refusal, mount/umount, exit codes and bad input.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -167,4 +169,32 @@ fn bad_input_gets_clear_errors() {
     let err = r.fails(&["run", "c", "--", "/bin/no-such-command"]);
     assert!(err.contains("no-such-command"), "{err}");
     r.ok(&["destroy", "c"]);
+}
+
+/// LXC once deleted users' home directories through a symlink inside a rootfs.
+#[test]
+fn destroy_never_follows_symlinks_out_of_the_rootfs() {
+    let r = Root::new();
+    let victim = tempfile::Builder::new()
+        .prefix("berth-victim-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    std::fs::write(victim.path().join("precious"), "keep me").unwrap();
+
+    r.ok(&["create", "c1"]);
+    let at = PathBuf::from(r.ok(&["mount", "c1"]).lines().last().unwrap());
+    std::os::unix::fs::symlink(victim.path(), at.join("root/victim-home")).unwrap();
+    std::os::unix::fs::symlink(victim.path().join("precious"), at.join("etc/link")).unwrap();
+    std::os::unix::fs::symlink("../../../../../../../..", at.join("up")).unwrap();
+    r.ok(&["umount", "c1"]);
+    r.ok(&["destroy", "c1"]);
+    assert_eq!(std::fs::read_to_string(victim.path().join("precious")).unwrap(), "keep me");
+
+    // A volume directory swapped for a symlink: only the link goes.
+    r.ok(&["create", "c2"]);
+    let vol = r.path().join("storage/default/c2");
+    std::fs::rename(&vol, r.path().join("c2-moved")).unwrap();
+    std::os::unix::fs::symlink(victim.path(), &vol).unwrap();
+    let _ = r.berth(&["destroy", "c2"]);
+    assert_eq!(std::fs::read_to_string(victim.path().join("precious")).unwrap(), "keep me");
 }

@@ -1,1 +1,23 @@
+//! berth-runtime: a thin container runtime. [`run`] starts a command inside
+//! an already-mounted root filesystem, in new mount, pid, uts, ipc and
+//! (unless [`NetMode::Host`]) network namespaces, with its own /proc, a
+//! read-only /sys and a minimal /dev, and returns its exit status.
+//!
+//! All syscalls go through [`sys::Sys`]; [`sys::LinuxSys`] is the real one and
+//! [`sys::FakeSys`] records calls for tests.
 
+mod devices;
+pub mod error;
+mod exec;
+mod rootfs;
+mod spawn;
+pub mod spec;
+mod step;
+pub mod sys;
+
+pub use devices::DEVICES;
+pub use error::RuntimeError;
+pub use rootfs::DEFAULT_CAPS;
+pub use spawn::run;
+pub use spec::{default_env, ExitStatus, NetMode, RunSpec, Stdio, DEFAULT_PATH};
+pub use sys::{Call, FakeSys, LinuxSys, Sys};

@@ -99,7 +99,7 @@ pub fn read_only_mount(h: &Harness) {
         Ok(fs::write(root.join("g"), "y").is_err())
     });
     if v.tree_path().is_none() {
-        assert!(r.unwrap(), "write on a read-only mount succeeded");
+        assert!(r.expect("read-only mount"), "write on a read-only mount succeeded");
     }
     destroy(h, &v);
 }

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use berth_bdev::MountGuard;
+use berth_bdev::{mount, MountGuard};
 use tracing::{info, warn};
 
 use super::{Berth, DestroyRequest};
@@ -124,13 +124,31 @@ impl Berth {
         Ok(())
     }
 
-    /// Cleans up after runs whose berth process died: unmounts what they left, and
-    /// destroys ephemeral containers among them.
+    /// Cleans up after a berth that died: scratch mounts of an interrupted copy or
+    /// create, helper daemons the backends left, and runs whose berth process is
+    /// gone (ephemeral containers among them are destroyed).
     pub(super) fn collect_garbage(&self) -> Result<()> {
+        // We hold the exclusive lock, so no other berth is using scratch space.
+        let scratch = self.scratch();
+        let stale_mounts = mount::mounts_under(&scratch);
+        for m in &stale_mounts {
+            info!(mount = %m.display(), "unmounting what an interrupted berth left");
+            if let Err(e) = mount::unmount(m) {
+                warn!(mount = %m.display(), error = %e, "detaching instead");
+                let _ = mount::unmount_detach(m);
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir(&scratch) {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_dir(e.path());
+            }
+        }
+        let mut stale_runs = false;
         for (name, state) in self.store().run_states()? {
             if state.pid.is_none() || state.process_alive() {
                 continue;
             }
+            stale_runs = true;
             info!(name, "cleaning up after a berth that died while running it");
             let Ok(c) = self.store().container(&name) else {
                 self.store().clear_run_state(&name)?;
@@ -146,6 +164,14 @@ impl Berth {
             self.store().clear_run_state(&name)?;
             if c.ephemeral {
                 self.destroy(&name, DestroyRequest { force: false, with_snapshots: true })?;
+            }
+        }
+        if !stale_mounts.is_empty() || stale_runs {
+            for pool in self.store().pools()? {
+                let cleaned = self.backend(&pool).and_then(|b| Ok(b.cleanup_stale()?));
+                if let Err(e) = cleaned {
+                    warn!(pool = %pool.name, error = %e, "could not clean up the pool");
+                }
             }
         }
         Ok(())

@@ -9,6 +9,14 @@ use super::Berth;
 use crate::error::{BerthError, Result};
 use crate::store::{dependents, now, Snapshot};
 
+/// Nanoseconds since the epoch: two restores in one second still get new names.
+fn unique_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
 impl Berth {
     /// Takes snapshot `snap` (default `snapN`, as lxc-snapshot names them).
     pub fn snapshot(&self, name: &str, snap: Option<&str>) -> Result<Snapshot> {
@@ -82,7 +90,7 @@ impl Berth {
         }
         let backend = self.backend_of(&c)?;
         let caps = backend.caps();
-        let new_name = format!("{name}.restore-{}", now());
+        let new_name = format!("{name}.restore-{}", unique_suffix());
         let mut rv = Revert::new();
         // A clone that kept reading the snapshot would pin it; restore by copy there.
         let volume = if caps.clone_from_snapshot && !caps.clone_pins_origin {

@@ -1,0 +1,220 @@
+//! What to run and how: [`RunSpec`], its defaults and its validation.
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+
+use crate::error::{Result, RuntimeError};
+
+/// The `PATH` a container gets unless the spec's environment sets one.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The longest hostname the kernel accepts (`HOST_NAME_MAX`).
+const HOST_NAME_MAX: usize = 64;
+
+/// Whether the container gets its own network namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NetMode {
+    /// Share the host's network namespace.
+    Host,
+    /// A new network namespace holding only `lo`, brought up.
+    #[default]
+    None,
+}
+
+/// Descriptors to put on the container's fd 0, 1 and 2; `None` inherits ours.
+/// [`crate::run`] only borrows them: close a pipe's write end after it returns.
+#[derive(Debug, Default)]
+pub struct Stdio {
+    pub stdin: Option<OwnedFd>,
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+}
+
+/// Everything [`crate::run`] needs to start a command in a mounted rootfs.
+#[derive(Debug)]
+pub struct RunSpec {
+    /// The mounted root filesystem (absolute path).
+    pub rootfs: PathBuf,
+    /// The container's hostname, usually its name.
+    pub hostname: String,
+    /// The command; `argv[0]` is looked up in the container's `PATH` unless it has a `/`.
+    pub argv: Vec<OsString>,
+    /// The command's whole environment; a later entry overrides an earlier
+    /// one with the same name.
+    pub env: Vec<(OsString, OsString)>,
+    /// Working directory inside the container (absolute).
+    pub cwd: PathBuf,
+    pub net: NetMode,
+    pub stdio: Stdio,
+    /// Drop the capabilities outside Docker's default set before exec.
+    pub drop_caps: bool,
+}
+
+impl RunSpec {
+    /// A spec with the default environment, cwd `/`, a private network and
+    /// Docker's default capability set.
+    pub fn new(
+        rootfs: impl Into<PathBuf>,
+        hostname: impl Into<String>,
+        argv: Vec<OsString>,
+    ) -> Self {
+        RunSpec {
+            rootfs: rootfs.into(),
+            hostname: hostname.into(),
+            argv,
+            env: default_env(std::env::var_os("TERM")),
+            cwd: PathBuf::from("/"),
+            net: NetMode::default(),
+            stdio: Stdio::default(),
+            drop_caps: true,
+        }
+    }
+
+    /// The value of `PATH` in the container's environment, or [`DEFAULT_PATH`].
+    pub fn path_var(&self) -> &OsStr {
+        self.env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "PATH")
+            .map_or(OsStr::new(DEFAULT_PATH), |(_, v)| v.as_os_str())
+    }
+
+    /// Rejects what the kernel would refuse later with a less helpful error.
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |field, reason: &str| {
+            Err(RuntimeError::InvalidSpec {
+                field,
+                reason: reason.to_owned(),
+            })
+        };
+        if !self.rootfs.is_absolute() {
+            return invalid("rootfs", "must be an absolute path");
+        }
+        if !self.cwd.is_absolute() {
+            return invalid("cwd", "must be an absolute path");
+        }
+        if self.hostname.is_empty() || self.hostname.len() > HOST_NAME_MAX {
+            return invalid("hostname", "must be 1 to 64 bytes long");
+        }
+        match self.argv.first() {
+            None => return invalid("argv", "no command given"),
+            Some(a) if a.is_empty() => return invalid("argv", "empty command name"),
+            Some(_) => {}
+        }
+        for (k, _) in &self.env {
+            if k.is_empty() || k.as_bytes().contains(&b'=') {
+                return invalid("env", "variable names must be non-empty and contain no '='");
+            }
+        }
+        let has_nul = |s: &OsStr| s.as_bytes().contains(&0);
+        if has_nul(self.rootfs.as_os_str())
+            || has_nul(self.cwd.as_os_str())
+            || self.hostname.contains('\0')
+            || self.argv.iter().any(|a| has_nul(a))
+            || self.env.iter().any(|(k, v)| has_nul(k) || has_nul(v))
+        {
+            return invalid("spec", "strings must not contain NUL bytes");
+        }
+        Ok(())
+    }
+}
+
+/// The default container environment; `term` is the host's `TERM`, if set.
+pub fn default_env(term: Option<OsString>) -> Vec<(OsString, OsString)> {
+    let mut env = vec![(OsString::from("PATH"), OsString::from(DEFAULT_PATH))];
+    if let Some(term) = term {
+        env.push(("TERM".into(), term));
+    }
+    env.push(("HOME".into(), "/root".into()));
+    env.push(("container".into(), "berth".into()));
+    env
+}
+
+/// How the container's command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// It exited with this code.
+    Exited(i32),
+    /// It was killed by this signal.
+    Signaled(i32),
+}
+
+impl ExitStatus {
+    /// The code a shell would report: the exit code, or 128 + the signal number.
+    pub fn code(self) -> i32 {
+        match self {
+            ExitStatus::Exited(c) => c,
+            ExitStatus::Signaled(s) => 128 + s,
+        }
+    }
+
+    /// Exited with code 0.
+    pub fn success(self) -> bool {
+        self == ExitStatus::Exited(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> RunSpec {
+        RunSpec::new("/r", "c1", vec!["sh".into()])
+    }
+
+    #[test]
+    fn default_env_order_and_term() {
+        let env = default_env(Some("xterm".into()));
+        let keys: Vec<_> = env.iter().map(|(k, _)| k.to_str().unwrap()).collect();
+        assert_eq!(keys, ["PATH", "TERM", "HOME", "container"]);
+        assert_eq!(env[3].1, "berth");
+        assert_eq!(default_env(None).len(), 3);
+    }
+
+    #[test]
+    fn path_var_prefers_last_path_in_env() {
+        let mut s = spec();
+        assert_eq!(s.path_var(), DEFAULT_PATH);
+        s.env.push(("PATH".into(), "/opt/bin".into()));
+        assert_eq!(s.path_var(), "/opt/bin");
+        s.env.clear();
+        assert_eq!(s.path_var(), DEFAULT_PATH);
+    }
+
+    #[test]
+    fn validate_rejects_bad_fields() {
+        assert!(spec().validate().is_ok());
+        let field = |s: RunSpec| match s.validate() {
+            Err(RuntimeError::InvalidSpec { field, .. }) => field,
+            other => panic!("expected InvalidSpec, got {other:?}"),
+        };
+        let mut s = spec();
+        s.rootfs = "rel".into();
+        assert_eq!(field(s), "rootfs");
+        let mut s = spec();
+        s.cwd = "tmp".into();
+        assert_eq!(field(s), "cwd");
+        let mut s = spec();
+        s.hostname = "x".repeat(65);
+        assert_eq!(field(s), "hostname");
+        let mut s = spec();
+        s.argv.clear();
+        assert_eq!(field(s), "argv");
+        let mut s = spec();
+        s.env.push(("A=B".into(), "c".into()));
+        assert_eq!(field(s), "env");
+        let mut s = spec();
+        s.argv.push("a\0b".into());
+        assert_eq!(field(s), "spec");
+    }
+
+    #[test]
+    fn exit_code_like_a_shell() {
+        assert_eq!(ExitStatus::Exited(7).code(), 7);
+        assert_eq!(ExitStatus::Signaled(9).code(), 137);
+        assert!(ExitStatus::Exited(0).success());
+        assert!(!ExitStatus::Signaled(15).success());
+    }
+}

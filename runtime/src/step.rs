@@ -1,0 +1,271 @@
+//! One setup step in the container process, how it runs against [`Sys`]
+//! (fallbacks included) and which [`RuntimeError`] its failure becomes.
+
+use std::os::fd::{BorrowedFd, RawFd};
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags};
+use rustix::io::Errno;
+use rustix::thread::CapabilitySet;
+
+use crate::error::RuntimeError;
+use crate::sys::Sys;
+
+/// Flags for the read-only bind of the host's /sys when sysfs can't be mounted.
+const SYS_RO: MsFlags = MsFlags::MS_RDONLY
+    .union(MsFlags::MS_NOSUID)
+    .union(MsFlags::MS_NODEV)
+    .union(MsFlags::MS_NOEXEC);
+
+#[derive(Debug)]
+pub(crate) enum Step<'a> {
+    ResetSignals,
+    Redirect {
+        fd: BorrowedFd<'a>,
+        target: RawFd,
+    },
+    Mount {
+        what: &'static str,
+        src: Option<PathBuf>,
+        target: PathBuf,
+        fstype: Option<&'static str>,
+        flags: MsFlags,
+        data: Option<&'static str>,
+    },
+    /// sysfs read-only, or a read-only bind of the host's /sys if that fails.
+    Sysfs {
+        target: PathBuf,
+    },
+    EnsureDir {
+        path: PathBuf,
+        mode: u32,
+    },
+    /// mknod, or a bind of the host's node if we may not mknod.
+    Device {
+        path: PathBuf,
+        host: PathBuf,
+        major: u32,
+        minor: u32,
+    },
+    Symlink {
+        target: PathBuf,
+        link: PathBuf,
+    },
+    Chdir {
+        path: PathBuf,
+    },
+    /// `pivot_root(".", ".")`: the cwd must be the new root.
+    PivotRoot {
+        new_root: PathBuf,
+    },
+    /// Lazily unmounts the old root, stacked on "." by the pivot.
+    DetachOldRoot,
+    Sethostname {
+        name: &'a str,
+    },
+    LoopbackUp,
+    DropCaps {
+        keep: CapabilitySet,
+    },
+}
+
+impl Step<'_> {
+    pub(crate) fn run(&self, sys: &dyn Sys) -> Result<(), Errno> {
+        match self {
+            Step::ResetSignals => sys.reset_signals(),
+            Step::Redirect { fd, target } => sys.redirect(*fd, *target),
+            Step::Mount {
+                src,
+                target,
+                fstype,
+                flags,
+                data,
+                ..
+            } => sys.mount(src.as_deref(), target, *fstype, *flags, *data),
+            Step::Sysfs { target } => {
+                let sysfs = Path::new("sysfs");
+                if sys
+                    .mount(Some(sysfs), target, Some("sysfs"), SYS_RO, None)
+                    .is_ok()
+                {
+                    return Ok(());
+                }
+                let host = Path::new("/sys");
+                let bind = MsFlags::MS_BIND | MsFlags::MS_REC;
+                sys.mount(Some(host), target, None, bind, None)?;
+                // A bind ignores MS_RDONLY; only a remount makes it read-only.
+                let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | SYS_RO;
+                sys.mount(None, target, None, ro, None)
+            }
+            Step::EnsureDir { path, mode } => sys.ensure_dir(path, *mode),
+            Step::Device {
+                path,
+                host,
+                major,
+                minor,
+            } => match sys.mknod_char(path, 0o666, *major, *minor) {
+                Err(Errno::PERM | Errno::ACCESS) => {
+                    sys.create_file(path)?;
+                    sys.mount(Some(host), path, None, MsFlags::MS_BIND, None)
+                }
+                other => other,
+            },
+            Step::Symlink { target, link } => sys.symlink(target, link),
+            Step::Chdir { path } => sys.chdir(path),
+            Step::PivotRoot { .. } => sys.pivot_root(Path::new("."), Path::new(".")),
+            Step::DetachOldRoot => sys.umount(Path::new("."), MntFlags::MNT_DETACH),
+            Step::Sethostname { name } => sys.sethostname(name),
+            Step::LoopbackUp => sys.loopback_up(),
+            Step::DropCaps { keep } => sys.drop_caps(*keep),
+        }
+    }
+
+    /// The error this step's failure with `source` is reported as.
+    pub(crate) fn error(&self, source: Errno) -> RuntimeError {
+        match self {
+            Step::ResetSignals => RuntimeError::Signals { source },
+            Step::Redirect { target, .. } => RuntimeError::Stdio {
+                fd: *target,
+                source,
+            },
+            Step::Mount { what, target, .. } => RuntimeError::Mount {
+                what,
+                target: target.clone(),
+                source,
+            },
+            Step::Sysfs { target } => RuntimeError::Mount {
+                what: "sysfs",
+                target: target.clone(),
+                source,
+            },
+            Step::EnsureDir { path, .. } => RuntimeError::MakeDir {
+                path: path.clone(),
+                source,
+            },
+            Step::Device { path, .. } => RuntimeError::Device {
+                path: path.clone(),
+                source,
+            },
+            Step::Symlink { target, link } => RuntimeError::Symlink {
+                link: link.clone(),
+                target: target.clone(),
+                source,
+            },
+            Step::Chdir { path } => RuntimeError::Chdir {
+                path: path.clone(),
+                source,
+            },
+            Step::PivotRoot { new_root } => RuntimeError::PivotRoot {
+                new_root: new_root.clone(),
+                source,
+            },
+            Step::DetachOldRoot => RuntimeError::Umount {
+                what: "old root",
+                target: PathBuf::from("/"),
+                source,
+            },
+            Step::Sethostname { name } => RuntimeError::Sethostname {
+                hostname: (*name).to_owned(),
+                source,
+            },
+            Step::LoopbackUp => RuntimeError::Loopback { source },
+            Step::DropCaps { .. } => RuntimeError::Capabilities { source },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::{Call, FakeSys};
+
+    #[test]
+    fn sysfs_falls_back_to_read_only_bind() {
+        let fake = FakeSys::new().fail_nth(0, Errno::PERM);
+        let step = Step::Sysfs {
+            target: "/r/sys".into(),
+        };
+        step.run(&fake).unwrap();
+        let calls = fake.calls();
+        assert_eq!(calls.len(), 3);
+        assert!(matches!(&calls[1], Call::Mount { src: Some(s), flags, .. }
+            if s == Path::new("/sys") && *flags == MsFlags::MS_BIND | MsFlags::MS_REC));
+        assert!(matches!(&calls[2], Call::Mount { src: None, flags, .. }
+            if flags.contains(MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_BIND)));
+    }
+
+    #[test]
+    fn sysfs_failing_twice_is_a_mount_error() {
+        let fake = FakeSys::new().fail_when(|c| matches!(c, Call::Mount { .. }), Errno::PERM);
+        let step = Step::Sysfs {
+            target: "/r/sys".into(),
+        };
+        let err = step.error(step.run(&fake).unwrap_err());
+        assert!(
+            matches!(err, RuntimeError::Mount { what: "sysfs", ref target, source: Errno::PERM }
+            if target == Path::new("/r/sys"))
+        );
+        assert_eq!(fake.calls().len(), 2);
+    }
+
+    #[test]
+    fn device_falls_back_to_bind_only_on_permission_errors() {
+        let step = Step::Device {
+            path: "/r/dev/null".into(),
+            host: "/dev/null".into(),
+            major: 1,
+            minor: 3,
+        };
+        let fake = FakeSys::new().fail_nth(0, Errno::PERM);
+        step.run(&fake).unwrap();
+        assert_eq!(
+            fake.calls()[1..],
+            [
+                Call::CreateFile {
+                    path: "/r/dev/null".into()
+                },
+                Call::Mount {
+                    src: Some("/dev/null".into()),
+                    target: "/r/dev/null".into(),
+                    fstype: None,
+                    flags: MsFlags::MS_BIND,
+                    data: None,
+                },
+            ]
+        );
+
+        let fake = FakeSys::new().fail_nth(0, Errno::NOSPC);
+        let err = step.error(step.run(&fake).unwrap_err());
+        assert!(matches!(
+            err,
+            RuntimeError::Device {
+                source: Errno::NOSPC,
+                ..
+            }
+        ));
+        assert_eq!(fake.calls().len(), 1);
+    }
+
+    #[test]
+    fn messages_name_the_step_and_path_in_lowercase() {
+        let step = Step::Mount {
+            what: "proc",
+            src: None,
+            target: "/r/proc".into(),
+            fstype: Some("proc"),
+            flags: MsFlags::empty(),
+            data: None,
+        };
+        assert_eq!(
+            step.error(Errno::PERM).to_string(),
+            "mount proc on \"/r/proc\""
+        );
+        let pivot = Step::PivotRoot {
+            new_root: "/r".into(),
+        };
+        assert_eq!(
+            pivot.error(Errno::INVAL).to_string(),
+            "pivot_root into \"/r\""
+        );
+    }
+}

@@ -1,0 +1,236 @@
+//! The real [`Sys`]: thin wrappers over rustix/nix, plus the few raw calls
+//! (clone, execve, the loopback ioctl) those crates don't cover.
+
+use std::ffi::CStr;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::path::Path;
+
+use nix::mount::{MntFlags, MsFlags};
+use nix::sched::CloneFlags;
+use nix::unistd::Pid;
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, CWD};
+use rustix::io::{Errno, FdFlags};
+use rustix::process::{self as rproc, WaitOptions};
+use rustix::thread::{self as rthread, CapabilitySet, CapabilitySets};
+
+use super::signals::{self, errno};
+use super::{CArgs, Sys};
+use crate::spec::ExitStatus;
+
+/// The kernel-backed [`Sys`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LinuxSys;
+
+impl Sys for LinuxSys {
+    fn hold_signals(&self) -> Result<(), Errno> {
+        signals::hold()
+    }
+
+    fn release_signals(&self) {
+        signals::release();
+    }
+
+    fn spawn(&self, flags: CloneFlags, child: &mut dyn FnMut() -> i32) -> Result<Pid, Errno> {
+        let ns = libc::c_ulong::try_from(flags.bits()).map_err(|_| Errno::INVAL)?;
+        let sigchld = libc::c_ulong::try_from(libc::SIGCHLD).map_err(|_| Errno::INVAL)?;
+        let flags = ns | sigchld;
+        // SAFETY: clone(2) without CLONE_VM and with a NULL stack behaves like
+        // fork(2): the child gets a copy-on-write copy of the address space and
+        // resumes on its own copy of this stack, so no memory is shared. The
+        // remaining arguments (parent_tid, child_tid, tls) are unused without
+        // the matching CLONE_* flags, so zero is valid on every architecture.
+        let ret = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
+        match ret {
+            -1 => Err(last_errno()),
+            0 => {
+                // Never unwind into the copy of the caller's frames: their
+                // destructors belong to the parent.
+                let code =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(child)).unwrap_or(127);
+                // SAFETY: _exit(2) ends the child without running atexit
+                // handlers or destructors that belong to the parent's state.
+                unsafe { libc::_exit(code) }
+            }
+            pid => {
+                let pid = Pid::from_raw(i32::try_from(pid).map_err(|_| Errno::RANGE)?);
+                signals::track(pid);
+                Ok(pid)
+            }
+        }
+    }
+
+    fn wait(&self, pid: Pid) -> Result<ExitStatus, Errno> {
+        let rpid = rproc::Pid::from_raw(pid.as_raw()).ok_or(Errno::CHILD)?;
+        let status = loop {
+            match rproc::waitpid(Some(rpid), WaitOptions::empty()) {
+                Ok(Some((_, status))) => break status,
+                Ok(None) => continue,
+                Err(Errno::INTR) => continue,
+                Err(e) => {
+                    signals::untrack(pid);
+                    return Err(e);
+                }
+            }
+        };
+        signals::untrack(pid);
+        if let Some(sig) = status.terminating_signal() {
+            Ok(ExitStatus::Signaled(sig))
+        } else {
+            Ok(ExitStatus::Exited(status.exit_status().unwrap_or(0)))
+        }
+    }
+
+    fn reset_signals(&self) -> Result<(), Errno> {
+        signals::reset_in_child()?;
+        rproc::set_parent_process_death_signal(Some(rproc::Signal::KILL))
+    }
+
+    fn redirect(&self, fd: BorrowedFd<'_>, target: RawFd) -> Result<(), Errno> {
+        if fd.as_raw_fd() == target {
+            // dup2 onto itself is a no-op that would leave CLOEXEC set.
+            return rustix::io::fcntl_setfd(fd, FdFlags::empty());
+        }
+        let res = match target {
+            0 => nix::unistd::dup2_stdin(fd),
+            1 => nix::unistd::dup2_stdout(fd),
+            2 => nix::unistd::dup2_stderr(fd),
+            _ => return Err(Errno::BADF),
+        };
+        res.map_err(errno)
+    }
+
+    fn mount(
+        &self,
+        src: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> Result<(), Errno> {
+        nix::mount::mount(src, target, fstype, flags, data).map_err(errno)
+    }
+
+    fn umount(&self, target: &Path, flags: MntFlags) -> Result<(), Errno> {
+        nix::mount::umount2(target, flags).map_err(errno)
+    }
+
+    fn ensure_dir(&self, path: &Path, mode: u32) -> Result<(), Errno> {
+        match rfs::mkdirat(CWD, path, Mode::from_raw_mode(mode)) {
+            // The umask may have cut bits from `mode`.
+            Ok(()) => rfs::chmodat(CWD, path, Mode::from_raw_mode(mode), AtFlags::empty()),
+            Err(Errno::EXIST) => {
+                let st = rfs::statat(CWD, path, AtFlags::SYMLINK_NOFOLLOW)?;
+                if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+                    Ok(())
+                } else {
+                    Err(Errno::NOTDIR)
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn create_file(&self, path: &Path) -> Result<(), Errno> {
+        let flags = OFlags::CREATE | OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+        rfs::openat(CWD, path, flags, Mode::from_raw_mode(0o644)).map(drop)
+    }
+
+    fn mknod_char(&self, path: &Path, mode: u32, major: u32, minor: u32) -> Result<(), Errno> {
+        let dev = rfs::makedev(major, minor);
+        rfs::mknodat(
+            CWD,
+            path,
+            FileType::CharacterDevice,
+            Mode::from_raw_mode(mode),
+            dev,
+        )?;
+        rfs::chmodat(CWD, path, Mode::from_raw_mode(mode), AtFlags::empty())
+    }
+
+    fn symlink(&self, target: &Path, link: &Path) -> Result<(), Errno> {
+        rfs::symlinkat(target, CWD, link)
+    }
+
+    fn chdir(&self, path: &Path) -> Result<(), Errno> {
+        rproc::chdir(path)
+    }
+
+    fn pivot_root(&self, new_root: &Path, put_old: &Path) -> Result<(), Errno> {
+        rproc::pivot_root(new_root, put_old)
+    }
+
+    fn sethostname(&self, name: &str) -> Result<(), Errno> {
+        rustix::system::sethostname(name.as_bytes())
+    }
+
+    fn loopback_up(&self) -> Result<(), Errno> {
+        loopback_up()
+    }
+
+    fn drop_caps(&self, keep: CapabilitySet) -> Result<(), Errno> {
+        for cap in CapabilitySet::all().difference(keep).iter() {
+            match rthread::remove_capability_from_bounding_set(cap) {
+                // A capability this kernel doesn't know is nothing to drop.
+                Ok(()) | Err(Errno::INVAL) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let now = rthread::capabilities(None)?;
+        rthread::set_capabilities(
+            None,
+            CapabilitySets {
+                effective: now.effective & keep,
+                permitted: now.permitted & keep,
+                inheritable: now.inheritable & keep,
+            },
+        )?;
+        rthread::clear_ambient_capability_set()
+    }
+
+    fn execve(&self, path: &CStr, argv: &CArgs, envp: &CArgs) -> Result<(), Errno> {
+        // SAFETY: `path` is NUL-terminated; `argv` and `envp` are
+        // NULL-terminated arrays of pointers into NUL-terminated strings that
+        // `CArgs` owns and keeps alive for this call. execve returns only on
+        // failure, leaving everything untouched.
+        unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+        Err(last_errno())
+    }
+}
+
+/// SIOCGIFFLAGS/SIOCSIFFLAGS on a throwaway socket: the one way to bring an
+/// interface up without netlink.
+fn loopback_up() -> Result<(), Errno> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+
+    // SAFETY: socket(2) takes plain integers and returns a new descriptor or -1.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(last_errno());
+    }
+    // SAFETY: `raw` is a freshly created descriptor nobody else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: ifreq is plain old data (a name array and a union of integers and
+    // addresses), for which all-zero bytes are a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS reads the NUL-terminated name in `req` and writes
+    // `ifru_flags`; `req` is a live, exclusively borrowed ifreq.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
+        return Err(last_errno());
+    }
+    // SAFETY: the kernel just filled `ifru_flags`, the union's active field
+    // for this request; it is a plain integer.
+    let flags = unsafe { req.ifr_ifru.ifru_flags };
+    req.ifr_ifru.ifru_flags = flags | libc::IFF_UP as libc::c_short;
+    // SAFETY: SIOCSIFFLAGS reads the name and flags from the live `req`.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
+        return Err(last_errno());
+    }
+    Ok(())
+}
+
+fn last_errno() -> Errno {
+    Errno::from_raw_os_error(nix::errno::Errno::last_raw())
+}

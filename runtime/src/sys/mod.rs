@@ -1,0 +1,146 @@
+//! The syscall seam: every mount, namespace, pivot, hostname, mknod and exec
+//! call the runtime makes goes through [`Sys`], so planning and fallback logic
+//! can be tested with [`FakeSys`] without root. [`LinuxSys`] is the real one.
+//!
+//! Child-side methods run between clone and exec in a copy of a possibly
+//! multi-threaded process, so [`LinuxSys`] keeps them to plain syscalls: no
+//! locks, no logging, and no allocation for paths shorter than 256 bytes
+//! (rustix and nix build those C strings on the stack).
+
+use std::ffi::{CStr, CString, NulError, OsStr};
+use std::fmt;
+use std::os::fd::{BorrowedFd, RawFd};
+use std::os::raw::c_char;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use nix::mount::{MntFlags, MsFlags};
+use nix::sched::CloneFlags;
+use nix::unistd::Pid;
+use rustix::io::Errno;
+use rustix::thread::CapabilitySet;
+
+use crate::spec::ExitStatus;
+
+mod fake;
+mod linux;
+mod signals;
+
+pub use fake::{Call, FakeSys, FAKE_PID};
+pub use linux::LinuxSys;
+
+/// The calls the runtime makes, parent side and container side.
+pub trait Sys {
+    // Parent side.
+
+    /// Ignores SIGINT/SIGQUIT and forwards SIGTERM/SIGHUP to spawned children
+    /// until the matching [`Sys::release_signals`]. Calls may nest.
+    fn hold_signals(&self) -> Result<(), Errno>;
+    /// Undoes one [`Sys::hold_signals`]; the last one restores the dispositions.
+    fn release_signals(&self);
+    /// Runs `child` in a new process created with `flags` (namespaces) and
+    /// returns its pid. The child process exits with `child`'s return value.
+    fn spawn(&self, flags: CloneFlags, child: &mut dyn FnMut() -> i32) -> Result<Pid, Errno>;
+    /// Waits for `pid` to terminate and reaps it.
+    fn wait(&self, pid: Pid) -> Result<ExitStatus, Errno>;
+
+    // Child side.
+
+    /// Restores default signal dispositions and an empty mask, and asks for
+    /// SIGKILL if the parent dies.
+    fn reset_signals(&self) -> Result<(), Errno>;
+    /// Puts `fd` on descriptor `target` (0, 1 or 2), inheritable across exec.
+    fn redirect(&self, fd: BorrowedFd<'_>, target: RawFd) -> Result<(), Errno>;
+    fn mount(
+        &self,
+        src: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> Result<(), Errno>;
+    fn umount(&self, target: &Path, flags: MntFlags) -> Result<(), Errno>;
+    /// Creates directory `path` with exactly `mode` unless a directory is
+    /// already there; anything else there (a symlink too) is `ENOTDIR`.
+    fn ensure_dir(&self, path: &Path, mode: u32) -> Result<(), Errno>;
+    /// Creates an empty regular file (a bind-mount target) unless one exists.
+    fn create_file(&self, path: &Path) -> Result<(), Errno>;
+    /// Creates character device `path` with exactly permission bits `mode`.
+    fn mknod_char(&self, path: &Path, mode: u32, major: u32, minor: u32) -> Result<(), Errno>;
+    fn symlink(&self, target: &Path, link: &Path) -> Result<(), Errno>;
+    fn chdir(&self, path: &Path) -> Result<(), Errno>;
+    fn pivot_root(&self, new_root: &Path, put_old: &Path) -> Result<(), Errno>;
+    fn sethostname(&self, name: &str) -> Result<(), Errno>;
+    /// Sets IFF_UP on `lo` in the current network namespace.
+    fn loopback_up(&self) -> Result<(), Errno>;
+    /// Drops every capability outside `keep` from all sets, bounding included.
+    fn drop_caps(&self, keep: CapabilitySet) -> Result<(), Errno>;
+    /// Replaces the process image. [`LinuxSys`] returns only on failure;
+    /// `Ok` means "replaced" and comes only from fakes.
+    fn execve(&self, path: &CStr, argv: &CArgs, envp: &CArgs) -> Result<(), Errno>;
+}
+
+/// A NULL-terminated `char *[]` built before clone, so exec allocates nothing.
+pub struct CArgs {
+    strings: Vec<CString>,
+    ptrs: Vec<*const c_char>,
+}
+
+impl CArgs {
+    /// Converts each item; fails on an interior NUL byte.
+    pub fn new<I, S>(items: I) -> Result<Self, NulError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let strings = items
+            .into_iter()
+            .map(|s| CString::new(s.as_ref().as_bytes()))
+            .collect::<Result<Vec<_>, _>>()?;
+        // The pointers stay valid when `CArgs` moves: they point into each
+        // CString's own heap buffer, which never moves.
+        let ptrs = strings
+            .iter()
+            .map(|s| s.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+        Ok(CArgs { strings, ptrs })
+    }
+
+    /// The `char *const[]` to hand to execve; valid while `self` lives.
+    pub fn as_ptr(&self) -> *const *const c_char {
+        self.ptrs.as_ptr()
+    }
+
+    /// The strings, without the terminating NULL.
+    pub fn iter(&self) -> impl Iterator<Item = &CStr> {
+        self.strings.iter().map(CString::as_c_str)
+    }
+}
+
+impl fmt::Debug for CArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.strings.iter()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cargs_are_null_terminated_and_survive_moves() {
+        let a = CArgs::new(["sh", "-c", "true"]).unwrap();
+        let moved = a;
+        assert_eq!(moved.ptrs.len(), 4);
+        assert!(moved.ptrs[3].is_null());
+        let got: Vec<_> = moved.iter().map(|s| s.to_str().unwrap()).collect();
+        assert_eq!(got, ["sh", "-c", "true"]);
+        assert_eq!(moved.ptrs[0], moved.strings[0].as_ptr());
+    }
+
+    #[test]
+    fn cargs_reject_nul() {
+        assert!(CArgs::new(["a\0b"]).is_err());
+    }
+}

@@ -1,0 +1,2 @@
+//! Conformance of the btrfs backend.
+berth_tests::conformance!(btrfs, berth_tests::pools::btrfs::setup);
