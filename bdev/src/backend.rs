@@ -30,6 +30,10 @@ pub struct Caps {
     pub clone_reads_live_origin: bool,
     /// Snapshot clones can stack on plain-tree volumes of other backends (dir, btrfs).
     pub stacks_on_trees: bool,
+    /// The mounted volume cannot store extended attributes (file capabilities,
+    /// ACLs), e.g. unionfs-fuse built without them. Copies of trees that carry
+    /// xattrs into it fail rather than drop them.
+    pub lacks_xattrs: bool,
     /// Volumes have an enforced size (`CreateOpts::size`).
     pub size_limit: bool,
     /// Volumes live on a block device or image that holds a filesystem.

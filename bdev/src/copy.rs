@@ -1,8 +1,31 @@
-//! Faithful tree and file copies (STUB: being written).
+//! Faithful tree and file copies: owners, modes, times (ns), xattrs, hardlinks,
+//! device nodes, fifos, sockets, symlinks and sparse files, reflinked when the
+//! filesystem can. Directories are created first, in order; file contents are
+//! copied by a small worker pool; directory metadata is applied last, deepest
+//! first, so copying their contents does not disturb their times.
 
-use std::path::Path;
+mod data;
+mod meta;
 
-use crate::error::Result;
+use std::collections::hash_map::{Entry as MapEntry, HashMap};
+use std::collections::HashSet;
+use std::fs::{self, File, Metadata};
+use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+use rustix::fs::{linkat, mknodat, open, AtFlags, FileType, Mode, OFlags, CWD};
+use rustix::io::Errno;
+use tracing::debug;
+
+use crate::error::{BdevError, Result};
+use meta::{errno, Obj};
+
+/// Most worker threads a copy uses; the work is mostly I/O-bound.
+const MAX_WORKERS: usize = 4;
 
 /// Counters for a finished copy.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -19,6 +42,11 @@ pub trait Progress: Sync {
     fn total(&self, _files: u64, _bytes: u64) {}
     /// Called as files complete, from any worker thread.
     fn advance(&self, _files: u64, _bytes: u64) {}
+    /// Whether the user asked to stop (Ctrl-C); the copy then fails with
+    /// `BdevError::Interrupted` after the files in flight.
+    fn cancelled(&self) -> bool {
+        false
+    }
 }
 
 /// Reports nothing.
@@ -26,12 +54,390 @@ pub trait Progress: Sync {
 pub struct NoProgress;
 impl Progress for NoProgress {}
 
-/// Copies the tree at `src` into the existing directory `dst`.
-pub fn copy_tree(_src: &Path, _dst: &Path, _progress: &dyn Progress) -> Result<CopyStats> {
-    todo!()
+/// One object of the source tree, relative to its root.
+struct Node {
+    rel: PathBuf,
+    md: Metadata,
 }
 
-/// Copies one regular file (an image), reflinked when possible, else sparsely.
-pub fn copy_file(_src: &Path, _dst: &Path) -> Result<CopyStats> {
-    todo!()
+/// What a scan of the source found.
+#[derive(Default)]
+struct Plan {
+    /// Directories, each after its parent; the root itself is not included.
+    dirs: Vec<Node>,
+    /// Non-directories; for a hardlinked inode only its first name.
+    leaves: Vec<Node>,
+    /// (other name, first name) of hardlinked inodes, linked after the leaves exist.
+    links: Vec<(PathBuf, PathBuf)>,
+    /// Logical size of the regular files in `leaves`.
+    bytes: u64,
+}
+
+/// Copies the tree at `src` into the existing directory `dst`.
+///
+/// `dst` should be empty (a fresh mount root holding only lost+found is fine: an
+/// existing directory is reused). Mount points inside `src` are created but not
+/// descended into; btrfs subvolumes, which are not mount points, are copied as
+/// plain directories.
+pub fn copy_tree(src: &Path, dst: &Path, progress: &dyn Progress) -> Result<CopyStats> {
+    let root_md = fs::symlink_metadata(src).map_err(BdevError::io("stat copy source", src))?;
+    if !root_md.is_dir() {
+        return Err(invalid("copy tree from", src, "not a directory"));
+    }
+    let dst_md = fs::symlink_metadata(dst).map_err(BdevError::io("stat copy target", dst))?;
+    if !dst_md.is_dir() {
+        return Err(invalid("copy tree to", dst, "not a directory"));
+    }
+    let src_canon = fs::canonicalize(src).map_err(BdevError::io("resolve", src))?;
+    let dst_canon = fs::canonicalize(dst).map_err(BdevError::io("resolve", dst))?;
+    if dst_canon.starts_with(&src_canon) {
+        return Err(invalid(
+            "copy tree to",
+            dst,
+            "the target is inside the source",
+        ));
+    }
+    // Read mountinfo once; everything mounted strictly below the source is skipped.
+    let skip: HashSet<PathBuf> = crate::mount::mounts_under(&src_canon)
+        .into_iter()
+        .filter(|m| *m != src_canon)
+        .collect();
+
+    let plan = scan(src, &src_canon, &skip)?;
+    let nfiles = (plan.leaves.len() + plan.links.len()) as u64;
+    progress.total(nfiles, plan.bytes);
+    debug!(src = %src.display(), dst = %dst.display(), dirs = plan.dirs.len(),
+        files = nfiles, bytes = plan.bytes, skipped_mounts = skip.len(), "copy tree");
+
+    meta::clear_root_acls(dst)?;
+    for d in &plan.dirs {
+        make_dir(&dst.join(&d.rel))?;
+    }
+    let reflinked = copy_leaves(src, dst, &plan.leaves, progress)?;
+    for (name, first) in &plan.links {
+        let (from, to) = (dst.join(first), dst.join(name));
+        linkat(CWD, &from, CWD, &to, AtFlags::empty()).map_err(errno("hardlink", &to))?;
+        progress.advance(1, 0);
+    }
+    // Children before parents, the root last: setting a directory's metadata does
+    // not change its parent's times, but creating entries in it does.
+    for d in plan.dirs.iter().rev() {
+        let (from, to) = (src.join(&d.rel), dst.join(&d.rel));
+        meta::apply(Obj::Path(&from), Obj::Path(&to), &d.md, &from, &to)?;
+    }
+    meta::apply(Obj::Path(src), Obj::Path(dst), &root_md, src, dst)?;
+    Ok(CopyStats {
+        files: nfiles,
+        bytes: plan.bytes,
+        reflinked_bytes: reflinked,
+    })
+}
+
+/// Copies one regular file (an image), reflinked when possible, else sparsely; the
+/// mode is preserved. A partly written `dst` is removed on failure.
+pub fn copy_file(src: &Path, dst: &Path) -> Result<CopyStats> {
+    let from = open_source(src)?;
+    let md = from.metadata().map_err(BdevError::io("stat", src))?;
+    if !md.is_file() {
+        return Err(invalid("copy file", src, "not a regular file"));
+    }
+    let to = open(
+        dst,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_bits_retain(0o600),
+    )
+    .map(File::from)
+    .map_err(errno("create", dst))?;
+    let size = md.len();
+    let result = (|| {
+        let reflinked = data::copy_data(&from, &to, size, &AtomicBool::new(true), src, dst)?;
+        rustix::fs::fchmod(&to, Mode::from_bits_retain(md.mode() & 0o7777))
+            .map_err(errno("set mode of", dst))?;
+        Ok(reflinked)
+    })();
+    match result {
+        Ok(reflinked) => Ok(CopyStats {
+            files: 1,
+            bytes: size,
+            reflinked_bytes: if reflinked { size } else { 0 },
+        }),
+        Err(e) => {
+            let _ = fs::remove_file(dst);
+            Err(e)
+        }
+    }
+}
+
+fn invalid(op: &'static str, path: &Path, why: &'static str) -> BdevError {
+    BdevError::Io {
+        op,
+        path: path.to_path_buf(),
+        source: io::Error::new(io::ErrorKind::InvalidInput, why),
+    }
+}
+
+/// Walks the source without following symlinks, recording directories in parent
+/// order and grouping hardlinks by (dev, ino); (dev, ino) because btrfs
+/// subvolumes reuse inode numbers under different st_dev.
+fn scan(src: &Path, src_canon: &Path, skip: &HashSet<PathBuf>) -> Result<Plan> {
+    let mut plan = Plan::default();
+    let mut first_name: HashMap<(u64, u64), PathBuf> = HashMap::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(dir) = stack.pop() {
+        let abs = src.join(&dir);
+        let entries = match fs::read_dir(&abs) {
+            Ok(e) => e,
+            // Removed while we scanned (a live source): nothing to copy.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(BdevError::io("read directory", &abs)(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(BdevError::io("read directory", &abs))?;
+            let rel = dir.join(entry.file_name());
+            // DirEntry::metadata is an lstat: symlinks are not followed.
+            let md = match entry.metadata() {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(BdevError::io("stat", src.join(&rel))(e)),
+            };
+            if md.is_dir() {
+                if !skip.contains(&src_canon.join(&rel)) {
+                    stack.push(rel.clone());
+                }
+                plan.dirs.push(Node { rel, md });
+                continue;
+            }
+            if md.nlink() > 1 {
+                match first_name.entry((md.dev(), md.ino())) {
+                    MapEntry::Occupied(o) => {
+                        plan.links.push((rel, o.get().clone()));
+                        continue;
+                    }
+                    MapEntry::Vacant(v) => {
+                        v.insert(rel.clone());
+                    }
+                }
+            }
+            if md.is_file() {
+                plan.bytes += md.len();
+            }
+            plan.leaves.push(Node { rel, md });
+        }
+    }
+    Ok(plan)
+}
+
+/// Creates a directory owner-only for now (its real mode comes last); an
+/// existing directory, such as lost+found in a fresh mount, is reused.
+fn make_dir(path: &Path) -> Result<()> {
+    match fs::DirBuilder::new().mode(0o700).create(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => match fs::symlink_metadata(path) {
+            Ok(m) if m.is_dir() => Ok(()),
+            _ => Err(BdevError::io("create directory", path)(e)),
+        },
+        Err(e) => Err(BdevError::io("create directory", path)(e)),
+    }
+}
+
+/// Copies the non-directories with a few threads; returns the reflinked bytes.
+/// The first error stops the workers (each finishes its current file).
+fn copy_leaves(src: &Path, dst: &Path, leaves: &[Node], progress: &dyn Progress) -> Result<u64> {
+    let workers = std::thread::available_parallelism()
+        .map_or(2, usize::from)
+        .clamp(2, MAX_WORKERS)
+        .min(leaves.len());
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let reflinked = AtomicU64::new(0);
+    let try_reflink = AtomicBool::new(true);
+    let failed: Mutex<Option<BdevError>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    let Some(node) = leaves.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                        break;
+                    };
+                    if progress.cancelled() {
+                        stop.store(true, Ordering::Relaxed);
+                        failed
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .get_or_insert(BdevError::Interrupted);
+                        break;
+                    }
+                    match copy_leaf(src, dst, node, &try_reflink) {
+                        Ok(r) => {
+                            reflinked.fetch_add(r, Ordering::Relaxed);
+                            let bytes = if node.md.is_file() { node.md.len() } else { 0 };
+                            progress.advance(1, bytes);
+                        }
+                        Err(e) => {
+                            stop.store(true, Ordering::Relaxed);
+                            failed
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .get_or_insert(e);
+                            break;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    match failed.into_inner().unwrap_or_else(PoisonError::into_inner) {
+        Some(e) => Err(e),
+        None => Ok(reflinked.into_inner()),
+    }
+}
+
+/// Copies one non-directory with its metadata; returns the bytes reflinked.
+fn copy_leaf(src: &Path, dst: &Path, node: &Node, try_reflink: &AtomicBool) -> Result<u64> {
+    let (from, to) = (src.join(&node.rel), dst.join(&node.rel));
+    let md = &node.md;
+    let ft = md.file_type();
+    if ft.is_file() {
+        let s = open_source(&from)?;
+        let d = open(
+            &to,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_bits_retain(0o600),
+        )
+        .map(File::from)
+        .map_err(errno("create", &to))?;
+        let reflinked = data::copy_data(&s, &d, md.len(), try_reflink, &from, &to)?;
+        meta::apply(Obj::Fd(s.as_fd()), Obj::Fd(d.as_fd()), md, &from, &to)?;
+        return Ok(if reflinked { md.len() } else { 0 });
+    }
+    if ft.is_symlink() {
+        let target = fs::read_link(&from).map_err(BdevError::io("read symlink", &from))?;
+        std::os::unix::fs::symlink(&target, &to).map_err(BdevError::io("create symlink", &to))?;
+    } else {
+        // Character and block devices, fifos and sockets are all mknod.
+        let kind = FileType::from_raw_mode(md.mode());
+        let perm = Mode::from_bits_retain(md.mode() & 0o7777);
+        mknodat(CWD, &to, kind, perm, md.rdev()).map_err(errno("create node", &to))?;
+    }
+    meta::apply(Obj::Path(&from), Obj::Path(&to), md, &from, &to)?;
+    Ok(0)
+}
+
+/// Opens a source file for reading without following a symlink swapped in since
+/// the scan, and without updating its atime where we are allowed to.
+fn open_source(path: &Path) -> Result<File> {
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    match open(path, flags | OFlags::NOATIME, Mode::empty()) {
+        Ok(fd) => Ok(File::from(fd)),
+        // O_NOATIME needs ownership or CAP_FOWNER.
+        Err(Errno::PERM) => open(path, flags, Mode::empty())
+            .map(File::from)
+            .map_err(errno("open", path)),
+        Err(e) => Err(errno("open", path)(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::atomic::AtomicU64;
+
+    #[derive(Default)]
+    struct Count {
+        total: AtomicU64,
+        done: AtomicU64,
+    }
+    impl Progress for Count {
+        fn total(&self, files: u64, _bytes: u64) {
+            self.total.store(files, Ordering::Relaxed);
+        }
+        fn advance(&self, files: u64, _bytes: u64) {
+            self.done.fetch_add(files, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn copies_files_links_and_times_with_progress() {
+        let d = tempfile::tempdir().unwrap();
+        let (src, dst) = (d.path().join("s"), d.path().join("d"));
+        fs::create_dir_all(src.join("a/b")).unwrap();
+        fs::create_dir(&dst).unwrap();
+        fs::write(src.join("a/b/f"), b"data").unwrap();
+        fs::hard_link(src.join("a/b/f"), src.join("a/g")).unwrap();
+        std::os::unix::fs::symlink("b/f", src.join("a/l")).unwrap();
+        fs::set_permissions(src.join("a"), fs::Permissions::from_mode(0o750)).unwrap();
+        let p = Count::default();
+        let st = copy_tree(&src, &dst, &p).unwrap();
+        assert_eq!(st.files, 3);
+        assert_eq!(st.bytes, 4);
+        assert_eq!(p.total.load(Ordering::Relaxed), 3);
+        assert_eq!(p.done.load(Ordering::Relaxed), 3);
+        assert_eq!(fs::read(dst.join("a/g")).unwrap(), b"data");
+        let (f, g) = (
+            fs::metadata(dst.join("a/b/f")).unwrap(),
+            fs::metadata(dst.join("a/g")).unwrap(),
+        );
+        assert_eq!(f.ino(), g.ino());
+        assert_eq!(fs::read_link(dst.join("a/l")).unwrap(), Path::new("b/f"));
+        let (sa, da) = (
+            fs::metadata(src.join("a")).unwrap(),
+            fs::metadata(dst.join("a")).unwrap(),
+        );
+        assert_eq!(da.mode(), sa.mode());
+        assert_eq!((da.mtime(), da.mtime_nsec()), (sa.mtime(), sa.mtime_nsec()));
+    }
+
+    #[test]
+    fn target_default_acl_is_not_inherited() {
+        let d = tempfile::tempdir().unwrap();
+        let (src, dst) = (d.path().join("s"), d.path().join("d"));
+        fs::create_dir_all(src.join("sub")).unwrap();
+        fs::write(src.join("sub/f"), b"x").unwrap();
+        fs::create_dir(&dst).unwrap();
+        // version 2; user_obj rwx, user 1000 r-x, group_obj r-x, mask r-x, other ---
+        let mut acl = 2u32.to_le_bytes().to_vec();
+        for (tag, perm, id) in [
+            (1u16, 7u16, u32::MAX),
+            (2, 5, 1000),
+            (4, 5, u32::MAX),
+            (16, 5, u32::MAX),
+            (32, 0, u32::MAX),
+        ] {
+            acl.extend_from_slice(&tag.to_le_bytes());
+            acl.extend_from_slice(&perm.to_le_bytes());
+            acl.extend_from_slice(&id.to_le_bytes());
+        }
+        let name = "system.posix_acl_default";
+        if rustix::fs::lsetxattr(&dst, name, &acl, rustix::fs::XattrFlags::empty()).is_err() {
+            return; // no ACL support here
+        }
+        copy_tree(&src, &dst, &NoProgress).unwrap();
+        for p in [dst.clone(), dst.join("sub"), dst.join("sub/f")] {
+            for n in [name, "system.posix_acl_access"] {
+                assert!(rustix::fs::lgetxattr_query(&p, n).is_err(), "{p:?} has {n}");
+            }
+        }
+    }
+
+    #[test]
+    fn refuses_a_target_inside_the_source() {
+        let d = tempfile::tempdir().unwrap();
+        let inner = d.path().join("in");
+        fs::create_dir(&inner).unwrap();
+        let e = copy_tree(d.path(), &inner, &NoProgress).unwrap_err();
+        assert!(matches!(e, BdevError::Io { .. }), "{e}");
+    }
+
+    #[test]
+    fn copy_file_keeps_mode_and_content() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (d.path().join("a.img"), d.path().join("b.img"));
+        fs::write(&a, b"image").unwrap();
+        fs::set_permissions(&a, fs::Permissions::from_mode(0o640)).unwrap();
+        let st = copy_file(&a, &b).unwrap();
+        assert_eq!((st.files, st.bytes), (1, 5));
+        assert_eq!(fs::read(&b).unwrap(), b"image");
+        assert_eq!(fs::metadata(&b).unwrap().mode() & 0o7777, 0o640);
+    }
 }

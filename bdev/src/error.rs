@@ -58,6 +58,9 @@ pub enum BdevError {
     #[error("cannot parse {what}: {reason}")]
     Parse { what: &'static str, reason: String },
 
+    #[error("interrupted; everything done so far was undone")]
+    Interrupted,
+
     #[error(transparent)]
     Cmd(#[from] CmdError),
 

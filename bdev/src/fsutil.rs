@@ -82,7 +82,13 @@ pub fn reflink_supported(dir: &Path) -> bool {
     let a = dir.join(format!(".berth-reflink-probe-a.{}", std::process::id()));
     let b = dir.join(format!(".berth-reflink-probe-b.{}", std::process::id()));
     let ok = (|| -> std::io::Result<bool> {
-        let mut src = File::create(&a)?;
+        // FICLONE needs a source open for reading.
+        let mut src = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&a)?;
         src.write_all(&[0u8; 4096])?;
         src.sync_all()?;
         let dst = File::create(&b)?;
@@ -145,6 +151,15 @@ mod tests {
         atomic_write(&p, b"two").unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"two");
         assert_eq!(fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn reflink_probe_answers_no_on_ext4() {
+        // /var/tmp is ext4 here, which cannot reflink; a btrfs "yes" is checked by
+        // the privileged loop tests.
+        let d = tempfile::tempdir_in("/var/tmp").unwrap();
+        assert!(!reflink_supported(d.path()));
+        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 0, "probe files left");
     }
 
     #[test]

@@ -78,6 +78,14 @@ pub struct DestroyArgs {
     pub with_snapshots: bool,
 }
 
+#[derive(Args, Debug)]
+pub struct ResizeArgs {
+    pub name: String,
+    /// New size, e.g. 4G (grow only).
+    #[arg(value_parser = parse_size)]
+    pub size: u64,
+}
+
 fn template_of(a: &CreateArgs) -> anyhow::Result<Template> {
     if let Some(d) = &a.from_dir {
         return Ok(Template::FromDir(d.clone()));
@@ -304,5 +312,22 @@ pub fn umount(cli: &Cli, name: &str) -> anyhow::Result<ExitCode> {
     let b = Berth::open(&cli.root, true)?;
     b.umount(name)?;
     say(format!("unmounted {name}"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn flatten(cli: &Cli, name: &str) -> anyhow::Result<ExitCode> {
+    let b = Berth::open(&cli.root, true)?;
+    let bar = CopyBar::new(format!("flattening {name}"));
+    if b.flatten(name, &bar)? {
+        say(format!("{name} no longer depends on its origin"))?;
+    } else {
+        say(format!("{name} does not depend on another container; nothing to do"))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn resize(cli: &Cli, a: &ResizeArgs) -> anyhow::Result<ExitCode> {
+    Berth::open(&cli.root, true)?.resize(&a.name, a.size)?;
+    say(format!("resized {} to {}", a.name, human(a.size)))?;
     Ok(ExitCode::SUCCESS)
 }

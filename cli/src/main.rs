@@ -59,6 +59,10 @@ pub enum Command {
     /// Unmount what `berth mount` mounted.
     #[command(visible_alias = "unmount")]
     Umount(NameArg),
+    /// Make a snapshot clone independent of its origin (a full copy in its pool).
+    Flatten(NameArg),
+    /// Grow a container's volume and its filesystem.
+    Resize(cmd_container::ResizeArgs),
     /// Run a command in a container.
     Run(cmd_run::RunArgs),
     /// Take, list, restore and remove snapshots.
@@ -103,6 +107,8 @@ fn main() -> ExitCode {
         Command::Info(a) => cmd_container::info(&cli, &a.name),
         Command::Mount(a) => cmd_container::mount(&cli, &a.name),
         Command::Umount(a) => cmd_container::umount(&cli, &a.name),
+        Command::Flatten(a) => cmd_container::flatten(&cli, &a.name),
+        Command::Resize(a) => cmd_container::resize(&cli, a),
         Command::Run(a) => cmd_run::run(&cli, a),
         Command::Snapshot(a) => cmd_snapshot::run(&cli, a),
         Command::Bench(c) => cmd_bench::run(&cli, c),

@@ -49,6 +49,10 @@ impl Progress for CopyBar {
         }
     }
 
+    fn cancelled(&self) -> bool {
+        crate::interrupt::requested()
+    }
+
     fn advance(&self, _files: u64, bytes: u64) {
         if let Ok(b) = self.bar.lock() {
             if let Some(b) = b.as_ref() {

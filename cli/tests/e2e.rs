@@ -198,3 +198,64 @@ fn destroy_never_follows_symlinks_out_of_the_rootfs() {
     let _ = r.berth(&["destroy", "c2"]);
     assert_eq!(std::fs::read_to_string(victim.path().join("precious")).unwrap(), "keep me");
 }
+
+#[test]
+fn flatten_frees_the_origin() {
+    let r = Root::new();
+    r.ok(&["create", "base"]);
+    r.ok(&["run", "base", "--", "/bin/sh", "-c", "echo from-base > /marker"]);
+    r.ok(&["clone", "base", "ov", "-s", "-B", "overlay"]);
+    r.ok(&["run", "ov", "--", "/bin/sh", "-c", "echo mine > /mine"]);
+    assert!(r.fails(&["destroy", "base"]).contains("ov"));
+    r.ok(&["flatten", "ov"]);
+    r.ok(&["destroy", "base"]);
+    assert_eq!(r.ok(&["run", "ov", "--", "/bin/cat", "/marker", "/mine"]), "from-base\nmine\n");
+    let info = r.ok(&["info", "ov"]);
+    assert!(info.contains("independent"), "{info}");
+    r.ok(&["destroy", "ov"]);
+}
+
+/// A berth killed mid-run leaves a mount behind; the next berth command cleans it
+/// up, and destroys the container if it was ephemeral.
+#[test]
+fn crash_leftovers_are_cleaned_by_the_next_command() {
+    let r = Root::new();
+    r.ok(&["create", "base"]);
+    r.ok(&["clone", "base", "eph", "--ephemeral", "-B", "overlay"]);
+    let berth = env!("CARGO_BIN_EXE_berth");
+    let root = r.path().display().to_string();
+    let script = format!(
+        "{berth} --root {root} run eph -- /bin/sleep 100 >/dev/null 2>&1 & echo $!"
+    );
+    let pid = HostRunner
+        .run("sh", &[OsStr::new("-c"), OsStr::new(&script)])
+        .unwrap()
+        .stdout
+        .trim()
+        .to_owned();
+    let mnt = r.path().join("mnt/eph");
+    let mut mounted = false;
+    for _ in 0..200 {
+        if berth_bdev::mount::is_mountpoint(&mnt) && r.ok(&["ls"]).contains("running") {
+            mounted = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(mounted, "the run never started");
+    HostRunner
+        .run("kill", &[OsStr::new("-9"), OsStr::new(&pid)])
+        .unwrap();
+    // Wait for the killed berth (and its container) to be gone.
+    for _ in 0..200 {
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Any command that takes the lock cleans up.
+    r.ok(&["pool", "add", "extra", "-B", "dir", "--path", &format!("{root}/extra")]);
+    assert!(!berth_bdev::mount::is_mountpoint(&mnt), "stale mount left");
+    assert!(!r.ok(&["ls"]).contains("eph"), "ephemeral container survived the crash");
+    r.ok(&["destroy", "base"]);
+}

@@ -45,7 +45,14 @@ impl Berth {
         let mut populated = Ok(());
         with_mounted(backend.as_ref(), &volume, &self.scratch(), false, |rootfs| {
             populated = templates::populate_cached(&template, rootfs, &cache, runner.as_ref(), progress)
-                .map(|_| ());
+                .and_then(|_| {
+                    // '_' is fine in a container name but not in a hostname.
+                    if name.contains('_') {
+                        Ok(())
+                    } else {
+                        templates::write_hostname(rootfs, name)
+                    }
+                });
             Ok(())
         })?;
         populated?;

@@ -14,6 +14,7 @@ use crate::store::{Container, Store};
 mod clone;
 mod create;
 mod destroy;
+mod flatten;
 mod mount;
 mod pool;
 mod snapshot;

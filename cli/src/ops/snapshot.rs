@@ -10,7 +10,7 @@ use crate::error::{BerthError, Result};
 use crate::store::{dependents, now, Snapshot};
 
 /// Nanoseconds since the epoch: two restores in one second still get new names.
-fn unique_suffix() -> u128 {
+pub(super) fn unique_suffix() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())

@@ -1,0 +1,287 @@
+//! The filesystem inside a loop image: detect it from the superblock, format it,
+//! give a copy its own UUID, grow it. Command lines are built by pure functions.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
+
+use berth_bdev::cmd::{CmdError, Runner};
+use berth_bdev::fsutil::require_tool;
+use berth_bdev::{BdevError, FsType, Result};
+
+/// Bytes to read to see every superblock we know (btrfs's is the farthest, at 64 KiB).
+pub(super) const PROBE_LEN: usize = BTRFS_MAGIC_AT + 8;
+const EXT_MAGIC_AT: usize = 1080;
+const BTRFS_MAGIC_AT: usize = 65536 + 64;
+
+/// mkfs.xfs (xfsprogs ≥ 5.19) refuses anything smaller.
+pub(super) const XFS_MIN_SIZE: u64 = 300 << 20;
+
+/// `mkfs.btrfs(8)`: mixed data+metadata block groups are recommended below 1 GiB
+/// and softly below 5 GiB; without them a small image runs out of metadata chunks
+/// while data chunks hold the free space.
+const BTRFS_MIXED_BELOW: u64 = 5 << 30;
+
+/// The filesystem whose superblock magic `buf` (the image's first bytes) carries.
+pub fn detect(buf: &[u8]) -> Option<FsType> {
+    let at = |off: usize, magic: &[u8]| buf.get(off..off + magic.len()) == Some(magic);
+    if at(BTRFS_MAGIC_AT, b"_BHRfS_M") {
+        Some(FsType::Btrfs)
+    } else if at(0, b"XFSB") {
+        Some(FsType::Xfs)
+    } else if at(EXT_MAGIC_AT, &0xEF53u16.to_le_bytes()) {
+        // ext2 and ext3 share the magic; the ext4 driver mounts all three.
+        Some(FsType::Ext4)
+    } else {
+        None
+    }
+}
+
+/// Reads the image's superblocks and names its filesystem.
+pub(super) fn detect_image(img: &Path) -> Result<FsType> {
+    let mut buf = Vec::with_capacity(PROBE_LEN);
+    File::open(img)
+        .and_then(|f| f.take(PROBE_LEN as u64).read_to_end(&mut buf))
+        .map_err(BdevError::io("read the superblock of", img))?;
+    detect(&buf).ok_or_else(|| BdevError::InvalidSpec {
+        spec: format!("loop:{}", img.display()),
+        reason: "the image holds no ext2/3/4, xfs or btrfs filesystem".to_owned(),
+    })
+}
+
+/// The programs a filesystem needs, with the Debian package of each.
+pub(super) fn tools(fs: FsType) -> &'static [(&'static str, &'static str)] {
+    match fs {
+        FsType::Ext4 => &[
+            ("mkfs.ext4", "e2fsprogs"),
+            ("e2fsck", "e2fsprogs"),
+            ("resize2fs", "e2fsprogs"),
+        ],
+        FsType::Xfs => &[
+            ("mkfs.xfs", "xfsprogs"),
+            ("xfs_admin", "xfsprogs"),
+            ("xfs_growfs", "xfsprogs"),
+        ],
+        FsType::Btrfs => &[
+            ("mkfs.btrfs", "btrfs-progs"),
+            ("btrfstune", "btrfs-progs"),
+            ("btrfs", "btrfs-progs"),
+        ],
+    }
+}
+
+pub(super) fn require_tools(fs: FsType) -> Result<()> {
+    for (prog, pkg) in tools(fs) {
+        require_tool("loop", prog, pkg)?;
+    }
+    Ok(())
+}
+
+/// Why `fs` cannot be made `size` bytes big, if it cannot.
+pub(super) fn size_problem(fs: FsType, size: u64) -> Option<String> {
+    (fs == FsType::Xfs && size < XFS_MIN_SIZE).then(|| {
+        format!(
+            "xfs needs at least {} MiB, asked for {} MiB; use a bigger --size or ext4",
+            XFS_MIN_SIZE >> 20,
+            size >> 20
+        )
+    })
+}
+
+type Command = (&'static str, Vec<OsString>);
+
+fn with_path(prog: &'static str, args: &[&str], path: &Path) -> Command {
+    let mut v: Vec<OsString> = args.iter().map(OsString::from).collect();
+    v.push(path.as_os_str().to_owned());
+    (prog, v)
+}
+
+/// The mkfs command for an image of `size` bytes.
+pub fn mkfs_command(fs: FsType, img: &Path, size: u64) -> Command {
+    match fs {
+        FsType::Ext4 => with_path("mkfs.ext4", &["-q", "-F"], img),
+        // reflink=1 is the default since xfsprogs 5.1; spelled out so a copy of
+        // the image inside a reflink pool can share blocks with the image's own
+        // files too.
+        FsType::Xfs => with_path("mkfs.xfs", &["-q", "-m", "reflink=1"], img),
+        FsType::Btrfs if size < BTRFS_MIXED_BELOW => {
+            with_path("mkfs.btrfs", &["-q", "--mixed"], img)
+        }
+        FsType::Btrfs => with_path("mkfs.btrfs", &["-q"], img),
+    }
+}
+
+/// The command that gives a copied image a fresh filesystem UUID, so that the copy
+/// and its origin can be mounted at once. xfs and btrfs refuse a second filesystem
+/// with a UUID already mounted. ext4 does not care, and `tune2fs -U` on a
+/// metadata_csum filesystem rewrites every checksummed block, which would unshare
+/// a reflinked copy: ext4 copies keep their UUID.
+pub fn new_uuid_command(fs: FsType, img: &Path) -> Option<Command> {
+    match fs {
+        FsType::Ext4 => None,
+        // V5 (crc) filesystems just record the new UUID beside the old metadata UUID.
+        FsType::Xfs => Some(with_path("xfs_admin", &["-U", "generate"], img)),
+        // -m changes only the user-visible fsid (metadata_uuid feature, Linux 5.0+);
+        // -u would rewrite every metadata block.
+        FsType::Btrfs => Some(with_path("btrfstune", &["-m"], img)),
+    }
+}
+
+/// Gives the copied image `img` its own UUID where the filesystem needs one.
+pub(super) fn new_uuid(runner: &dyn Runner, fs: FsType, img: &Path) -> Result<()> {
+    if let Some((prog, args)) = new_uuid_command(fs, img) {
+        run(runner, prog, &args)?;
+    }
+    Ok(())
+}
+
+/// Grows an unmounted ext4 filesystem to fill its (already extended) image.
+pub(super) fn grow_ext4(runner: &dyn Runner, img: &Path) -> Result<()> {
+    // resize2fs insists on a freshly checked filesystem.
+    let (prog, args) = with_path("e2fsck", &["-f", "-p"], img);
+    if let Err(e) = run(runner, prog, &args) {
+        if !fsck_fixed(&e) {
+            return Err(e.into());
+        }
+    }
+    let (prog, args) = with_path("resize2fs", &[], img);
+    run(runner, prog, &args)?;
+    Ok(())
+}
+
+/// The command that grows a mounted xfs or btrfs filesystem to fill its device.
+pub fn grow_online_command(fs: FsType, mnt: &Path) -> Option<Command> {
+    match fs {
+        FsType::Ext4 => None,
+        FsType::Xfs => Some(with_path("xfs_growfs", &[], mnt)),
+        FsType::Btrfs => Some(with_path("btrfs", &["filesystem", "resize", "max"], mnt)),
+    }
+}
+
+/// `e2fsck` exit status 1 means "errors corrected": the filesystem is fine now.
+pub fn fsck_fixed(e: &CmdError) -> bool {
+    matches!(e, CmdError::Failed { status, .. } if status == "exit status: 1")
+}
+
+pub(super) fn run(runner: &dyn Runner, prog: &str, args: &[OsString]) -> Result<(), CmdError> {
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(OsString::as_os_str).collect();
+    runner.run(prog, &args).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image_with(at: usize, magic: &[u8]) -> Vec<u8> {
+        let mut b = vec![0u8; PROBE_LEN];
+        b[at..at + magic.len()].copy_from_slice(magic);
+        b
+    }
+
+    #[test]
+    fn superblock_magic_names_the_filesystem() {
+        assert_eq!(detect(&image_with(1080, &[0x53, 0xEF])), Some(FsType::Ext4));
+        assert_eq!(detect(&image_with(0, b"XFSB")), Some(FsType::Xfs));
+        assert_eq!(detect(&image_with(65600, b"_BHRfS_M")), Some(FsType::Btrfs));
+        assert_eq!(detect(&vec![0u8; PROBE_LEN]), None);
+        // Big-endian 0xEF53 is not ext.
+        assert_eq!(detect(&image_with(1080, &[0xEF, 0x53])), None);
+    }
+
+    #[test]
+    fn short_images_are_probed_without_panicking() {
+        assert_eq!(detect(&[]), None);
+        assert_eq!(detect(b"XFS"), None);
+        assert_eq!(detect(b"XFSB"), Some(FsType::Xfs));
+        let mut ext = vec![0u8; 1082];
+        ext[1080..].copy_from_slice(&[0x53, 0xEF]);
+        assert_eq!(detect(&ext), Some(FsType::Ext4));
+        assert_eq!(detect(&ext[..1081]), None);
+    }
+
+    fn line((prog, args): Command) -> String {
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        format!("{prog} {}", args.join(" "))
+    }
+
+    #[test]
+    fn mkfs_lines() {
+        let img = Path::new("/p/c.img");
+        assert_eq!(
+            line(mkfs_command(FsType::Ext4, img, 1 << 30)),
+            "mkfs.ext4 -q -F /p/c.img"
+        );
+        assert_eq!(
+            line(mkfs_command(FsType::Xfs, img, 1 << 30)),
+            "mkfs.xfs -q -m reflink=1 /p/c.img"
+        );
+        assert_eq!(
+            line(mkfs_command(FsType::Btrfs, img, 1 << 30)),
+            "mkfs.btrfs -q --mixed /p/c.img"
+        );
+        assert_eq!(
+            line(mkfs_command(FsType::Btrfs, img, 8 << 30)),
+            "mkfs.btrfs -q /p/c.img"
+        );
+    }
+
+    #[test]
+    fn uuid_and_grow_lines() {
+        let img = Path::new("/p/c.img");
+        assert!(new_uuid_command(FsType::Ext4, img).is_none());
+        assert_eq!(
+            line(new_uuid_command(FsType::Xfs, img).unwrap()),
+            "xfs_admin -U generate /p/c.img"
+        );
+        assert_eq!(
+            line(new_uuid_command(FsType::Btrfs, img).unwrap()),
+            "btrfstune -m /p/c.img"
+        );
+        let mnt = Path::new("/m");
+        assert!(grow_online_command(FsType::Ext4, mnt).is_none());
+        assert_eq!(
+            line(grow_online_command(FsType::Xfs, mnt).unwrap()),
+            "xfs_growfs /m"
+        );
+        assert_eq!(
+            line(grow_online_command(FsType::Btrfs, mnt).unwrap()),
+            "btrfs filesystem resize max /m"
+        );
+    }
+
+    #[test]
+    fn xfs_minimum_is_checked() {
+        assert!(size_problem(FsType::Xfs, 256 << 20)
+            .unwrap()
+            .contains("300 MiB"));
+        assert!(size_problem(FsType::Xfs, 300 << 20).is_none());
+        assert!(size_problem(FsType::Ext4, 16 << 20).is_none());
+    }
+
+    #[test]
+    fn fsck_status_one_means_fixed() {
+        let failed = |status: &str| CmdError::Failed {
+            prog: "e2fsck".into(),
+            args: String::new(),
+            status: status.into(),
+            stderr: String::new(),
+        };
+        assert!(fsck_fixed(&failed("exit status: 1")));
+        assert!(!fsck_fixed(&failed("exit status: 4")));
+    }
+
+    #[test]
+    fn ext4_grow_runs_fsck_then_resize2fs() {
+        use berth_bdev::cmd::ScriptedRunner;
+        let r = ScriptedRunner::new()
+            .fail("e2fsck -f -p /p/c.img", "fixed something")
+            .expect("resize2fs /p/c.img", "");
+        // The scripted failure reports exit status 1: corrected, so resize goes on.
+        grow_ext4(&r, Path::new("/p/c.img")).unwrap();
+        assert_eq!(r.calls().len(), 2);
+    }
+}

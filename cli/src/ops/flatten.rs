@@ -1,0 +1,67 @@
+//! `berth flatten` and `berth resize`: change a container's volume in place.
+
+use berth_bdev::generic::copy_volume;
+use berth_bdev::{BdevError, CreateOpts, Revert};
+use tracing::warn;
+
+use super::Berth;
+use crate::error::{BerthError, Result};
+
+impl Berth {
+    /// Makes a clone independent of its origin: its data is copied into a new
+    /// volume of the same pool, the record switches to it in one rename, and the
+    /// stacked volume is removed. Returns false when there was nothing to do.
+    pub fn flatten(&self, name: &str, progress: &dyn berth_bdev::copy::Progress) -> Result<bool> {
+        let mut c = self.store().container(name)?;
+        if !c.origin.as_ref().is_some_and(|o| o.pinned) {
+            return Ok(false);
+        }
+        self.refuse_if_active(name, "stop it, or `berth umount` it, before flattening")?;
+        let readers = self.pinned_read_only(name)?;
+        if !readers.is_empty() {
+            return Err(BerthError::HasDependents {
+                what: format!("the current rootfs of {name:?}"),
+                dependents: readers,
+            });
+        }
+        let backend = self.backend_of(&c)?;
+        let opts = CreateOpts {
+            size: backend.usage(&c.volume).ok().and_then(|u| u.limit_bytes),
+            fstype: None,
+        };
+        let new_name = format!("{name}.flat-{}", super::snapshot::unique_suffix());
+        let mut rv = Revert::new();
+        // A native copy (zfs send, qemu-img convert) never keeps a backing chain.
+        let volume = match backend.copy_clone(&c.volume, &new_name, &opts, &mut rv) {
+            Err(BdevError::Unsupported { .. }) => {
+                let v = backend.create(&new_name, &opts, &mut rv)?;
+                copy_volume(backend.as_ref(), &c.volume, backend.as_ref(), &v, &self.scratch(), progress)?;
+                v
+            }
+            other => other?,
+        };
+        let old = std::mem::replace(&mut c.volume, volume);
+        if let Some(o) = c.origin.as_mut() {
+            o.pinned = false;
+            o.mode = "flattened".to_owned();
+        }
+        self.store().save(&c)?;
+        rv.commit();
+        if let Err(e) = backend.destroy(&old) {
+            warn!(name, volume = %old, error = %e, "flattened, but the stacked volume could not be removed");
+        }
+        Ok(true)
+    }
+
+    /// Grows a container's volume (and its filesystem) to `size` bytes.
+    pub fn resize(&self, name: &str, size: u64) -> Result<()> {
+        let c = self.store().container(name)?;
+        let backend = self.backend_of(&c)?;
+        if !backend.caps().resize {
+            return Err(BdevError::unsupported(backend.name(), "resize").into());
+        }
+        self.refuse_if_active(name, "stop it, or `berth umount` it, before resizing")?;
+        backend.resize(&c.volume, size)?;
+        Ok(())
+    }
+}
