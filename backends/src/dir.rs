@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use berth_bdev::copy::{copy_tree, NoProgress};
 use berth_bdev::delete::remove_tree;
-use berth_bdev::fsutil::{allocated_bytes, create_dir_all};
+use berth_bdev::fsutil::{allocated_bytes, claim_dir, create_dir_all};
 use berth_bdev::mount::{self, MountGuard};
 use berth_bdev::{
     Backend, BackendKind, BdevError, Caps, CreateOpts, PoolConfig, Result, Revert, Usage,
@@ -36,28 +36,6 @@ impl Dir {
             }),
         }
     }
-
-    /// Creates `path` as a new, empty directory and registers its removal.
-    fn make_dir(&self, path: &Path, rv: &mut Revert) -> Result<()> {
-        if let Some(parent) = path.parent() {
-            create_dir_all(parent)?;
-        }
-        match fs::create_dir(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(BdevError::Exists {
-                    what: "volume directory",
-                    name: path.display().to_string(),
-                })
-            }
-            Err(e) => return Err(BdevError::io("create directory", path)(e)),
-        }
-        let (p, root) = (path.to_path_buf(), self.root.clone());
-        rv.add(format!("remove {}", path.display()), move || {
-            remove_tree(&p, &root)
-        });
-        Ok(())
-    }
 }
 
 impl Backend for Dir {
@@ -78,7 +56,7 @@ impl Backend for Dir {
 
     fn create(&self, name: &str, _opts: &CreateOpts, rv: &mut Revert) -> Result<VolumeSpec> {
         let path = self.root.join(name);
-        self.make_dir(&path, rv)?;
+        claim_dir(&path, &self.root, rv)?;
         Ok(VolumeSpec::Dir { path })
     }
 
@@ -100,10 +78,16 @@ impl Backend for Dir {
         })
     }
 
-    fn snapshot(&self, v: &VolumeSpec, name: &str, snap: &str, rv: &mut Revert) -> Result<VolumeSpec> {
+    fn snapshot(
+        &self,
+        v: &VolumeSpec,
+        name: &str,
+        snap: &str,
+        rv: &mut Revert,
+    ) -> Result<VolumeSpec> {
         let src = self.path_of(v)?;
         let path = self.root.join(".snapshots").join(name).join(snap);
-        self.make_dir(&path, rv)?;
+        claim_dir(&path, &self.root, rv)?;
         copy_tree(src, &path, &NoProgress)?;
         Ok(VolumeSpec::Dir { path })
     }

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use berth_bdev::cmd::Runner;
 use berth_bdev::copy::{copy_tree, NoProgress};
 use berth_bdev::delete::remove_tree;
-use berth_bdev::fsutil::{allocated_bytes, create_dir_all, require_kernel_fs};
+use berth_bdev::fsutil::{allocated_bytes, claim_dir, create_dir_all, require_kernel_fs};
 use berth_bdev::mount::{self, FsOpt, MountGuard};
 use berth_bdev::names::validate_name;
 use berth_bdev::{
@@ -120,20 +120,7 @@ impl Overlay {
     /// Creates the directory `dir` in the pool (failing if it exists) and registers
     /// its removal; then its subdirectories `subs`.
     fn make_dir(&self, dir: &Path, subs: &[&str], rv: &mut Revert) -> Result<()> {
-        match fs::create_dir(dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(BdevError::Exists {
-                    what: "overlay volume directory",
-                    name: dir.display().to_string(),
-                })
-            }
-            Err(e) => return Err(BdevError::io("create directory", dir)(e)),
-        }
-        let (p, root) = (dir.to_path_buf(), self.root.clone());
-        rv.add(format!("remove {}", dir.display()), move || {
-            remove_tree(&p, &root)
-        });
+        claim_dir(dir, &self.root, rv)?;
         for s in subs {
             let sub = dir.join(s);
             fs::create_dir(&sub).map_err(BdevError::io("create directory", &sub))?;

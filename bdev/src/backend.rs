@@ -34,6 +34,9 @@ pub struct Caps {
     /// ACLs), e.g. unionfs-fuse built without them. Copies of trees that carry
     /// xattrs into it fail rather than drop them.
     pub lacks_xattrs: bool,
+    /// The mounted volume keeps file times to the second only (zfs-fuse), so
+    /// copies into it lose sub-second times.
+    pub coarse_timestamps: bool,
     /// Volumes have an enforced size (`CreateOpts::size`).
     pub size_limit: bool,
     /// Volumes live on a block device or image that holds a filesystem.

@@ -6,6 +6,7 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use crate::error::{BdevError, Result};
+use crate::revert::Revert;
 
 /// Writes `data` to `path` atomically: a temp file beside it, fsync, rename, fsync
 /// the directory. Readers see the old content or the new, never a torn file.
@@ -40,6 +41,43 @@ pub fn atomic_write(path: &Path, data: &[u8]) -> Result<()> {
 /// Creates `path` and its parents.
 pub fn create_dir_all(path: &Path) -> Result<()> {
     fs::create_dir_all(path).map_err(BdevError::io("create directory", path))
+}
+
+/// Claims `path` (inside the pool at `root`) as a new directory, failing with
+/// `Exists` if anything is there, and registers its removal in `rv`.
+pub fn claim_dir(path: &Path, root: &Path, rv: &mut Revert) -> Result<()> {
+    claim(path, root, rv, "create directory", |p| fs::create_dir(p))
+}
+
+/// Like `claim_dir`, for a new empty file (an image), returned open for writing.
+pub fn claim_file(path: &Path, root: &Path, rv: &mut Revert) -> Result<File> {
+    claim(path, root, rv, "create file", |p| {
+        OpenOptions::new().write(true).create_new(true).open(p)
+    })
+}
+
+fn claim<T>(
+    path: &Path,
+    root: &Path,
+    rv: &mut Revert,
+    op: &'static str,
+    make: impl FnOnce(&Path) -> std::io::Result<T>,
+) -> Result<T> {
+    if let Some(parent) = path.parent() {
+        create_dir_all(parent)?;
+    }
+    let made = make(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => BdevError::Exists {
+            what: "volume",
+            name: path.display().to_string(),
+        },
+        _ => BdevError::io(op, path)(e),
+    })?;
+    let (p, r) = (path.to_path_buf(), root.to_path_buf());
+    rv.add(format!("remove {}", path.display()), move || {
+        crate::delete::remove_tree(&p, &r)
+    });
+    Ok(made)
 }
 
 /// Whether the kernel lists `fstype` in /proc/filesystems.
@@ -159,7 +197,11 @@ mod tests {
         // the privileged loop tests.
         let d = tempfile::tempdir_in("/var/tmp").unwrap();
         assert!(!reflink_supported(d.path()));
-        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 0, "probe files left");
+        assert_eq!(
+            fs::read_dir(d.path()).unwrap().count(),
+            0,
+            "probe files left"
+        );
     }
 
     #[test]

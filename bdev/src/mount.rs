@@ -10,9 +10,9 @@ use std::time::Duration;
 use rustix::fs::CWD;
 use rustix::io::Errno;
 use rustix::mount::{
-    fsconfig_create, fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen, mount_remount, move_mount,
-    open_tree, unmount as umount2, FsMountFlags, FsOpenFlags, MountAttrFlags, MountFlags, MoveMountFlags,
-    OpenTreeFlags, UnmountFlags,
+    fsconfig_create, fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen, mount_remount,
+    move_mount, open_tree, unmount as umount2, FsMountFlags, FsOpenFlags, MountAttrFlags,
+    MountFlags, MoveMountFlags, OpenTreeFlags, UnmountFlags,
 };
 use tracing::{debug, warn};
 

@@ -114,7 +114,10 @@ pub fn create(cli: &Cli, a: &CreateArgs) -> anyhow::Result<ExitCode> {
     let bar = CopyBar::new(format!("creating {}", a.name));
     let c = b.create(&a.name, &req, &bar)?;
     bar.finish();
-    say(format!("created {} on pool {} ({})", c.name, c.pool, c.volume))?;
+    say(format!(
+        "created {} on pool {} ({})",
+        c.name, c.pool, c.volume
+    ))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -138,7 +141,10 @@ pub fn clone(cli: &Cli, a: &CloneArgs) -> anyhow::Result<ExitCode> {
         CloneMode::Snapshot => "snapshot clone",
         CloneMode::Copy => "copy",
     };
-    say(format!("cloned {} to {} ({how}, pool {}, {})", a.src, c.name, c.pool, c.volume))?;
+    say(format!(
+        "cloned {} to {} ({how}, pool {}, {})",
+        a.src, c.name, c.pool, c.volume
+    ))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -263,16 +269,26 @@ pub fn info(cli: &Cli, name: &str) -> anyhow::Result<ExitCode> {
             Some(s) => format!("{}@{s}", o.container),
             None => o.container.clone(),
         };
-        let dep = if o.pinned { "depends on it" } else { "independent" };
+        let dep = if o.pinned {
+            "depends on it"
+        } else {
+            "independent"
+        };
         say(format!("origin:     {from} ({}, {dep})", o.mode))?;
     }
     if c.ephemeral {
         say("ephemeral:  yes (destroyed when it stops)")?;
     }
     if let Some(u) = &info.usage {
-        let limit = u.limit_bytes.map(|l| format!(" of {}", human(l))).unwrap_or_default();
+        let limit = u
+            .limit_bytes
+            .map(|l| format!(" of {}", human(l)))
+            .unwrap_or_default();
         let kind = format!("{:?}", u.kind).to_lowercase();
-        say(format!("usage:      {}{limit} ({kind})", human(u.used_bytes)))?;
+        say(format!(
+            "usage:      {}{limit} ({kind})",
+            human(u.used_bytes)
+        ))?;
         if let Some(n) = &u.note {
             say(format!("            {n}"))?;
         }
@@ -321,7 +337,9 @@ pub fn flatten(cli: &Cli, name: &str) -> anyhow::Result<ExitCode> {
     if b.flatten(name, &bar)? {
         say(format!("{name} no longer depends on its origin"))?;
     } else {
-        say(format!("{name} does not depend on another container; nothing to do"))?;
+        say(format!(
+            "{name} does not depend on another container; nothing to do"
+        ))?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -21,7 +21,10 @@ pub enum BerthError {
     PoolExists(String),
 
     #[error("pool {pool:?} still holds containers: {}; destroy them first", .containers.join(", "))]
-    PoolInUse { pool: String, containers: Vec<String> },
+    PoolInUse {
+        pool: String,
+        containers: Vec<String>,
+    },
 
     #[error("container {name:?} has no snapshot {snap:?} (see `berth snapshot ls {name}`)")]
     NoSnapshot { name: String, snap: String },
@@ -30,7 +33,10 @@ pub enum BerthError {
     SnapshotExists { name: String, snap: String },
 
     #[error("{what} is needed by {}; destroy those first, or pass --force to destroy them too", .dependents.join(", "))]
-    HasDependents { what: String, dependents: Vec<String> },
+    HasDependents {
+        what: String,
+        dependents: Vec<String>,
+    },
 
     #[error("container {name:?} has snapshots ({}); pass --with-snapshots (-s) to destroy them too", .snaps.join(", "))]
     HasSnapshots { name: String, snaps: Vec<String> },

@@ -14,7 +14,11 @@ mod cmd_snapshot;
 mod output;
 
 #[derive(Parser, Debug)]
-#[command(name = "berth", version, about = "Container root filesystems on pluggable storage backends")]
+#[command(
+    name = "berth",
+    version,
+    about = "Container root filesystems on pluggable storage backends"
+)]
 pub struct Cli {
     /// State directory.
     #[arg(long, global = true, env = "BERTH_ROOT", default_value = berth_cli::store::DEFAULT_ROOT)]

@@ -80,7 +80,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "m" | "mb" | "mib" => 20,
         "g" | "gb" | "gib" => 30,
         "t" | "tb" | "tib" => 40,
-        other => return Err(format!("unknown size unit {other:?} in {s:?}; use K, M, G or T")),
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} in {s:?}; use K, M, G or T"
+            ))
+        }
     };
     n.checked_mul(1u64 << shift)
         .filter(|v| *v > 0)

@@ -422,7 +422,10 @@ mod tests {
         s.save(&c).unwrap();
         assert_eq!(s.container("c1").unwrap(), c);
         assert_eq!(s.containers().unwrap().len(), 1);
-        assert!(matches!(s.container("nope"), Err(BerthError::NoContainer(_))));
+        assert!(matches!(
+            s.container("nope"),
+            Err(BerthError::NoContainer(_))
+        ));
         assert!(s.container("../etc").is_err());
         let p = PoolConfig::new("fast", BackendKind::Btrfs).with_path("/srv/b");
         s.add_pool(&p).unwrap();

@@ -2,7 +2,6 @@
 //! dependency refusal, mount/umount, exit codes and bad input.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
@@ -82,7 +81,12 @@ fn readme_main_job_create_clone_run() {
     assert_eq!(out, "c2\nok\n");
 
     // The exit status of the command is berth's.
-    assert_eq!(r.berth(&["run", "c2", "--", "/bin/sh", "-c", "exit 7"]).unwrap_err().0, 7);
+    assert_eq!(
+        r.berth(&["run", "c2", "--", "/bin/sh", "-c", "exit 7"])
+            .unwrap_err()
+            .0,
+        7
+    );
 
     // A copy does not depend on its origin: c1 can go.
     r.ok(&["destroy", "c1"]);
@@ -99,14 +103,19 @@ fn snapshot_clone_pins_its_origin() {
     r.ok(&["create", "base"]);
     // dir cannot share data with dir: refused, with the alternatives named.
     let err = r.fails(&["clone", "base", "x", "--snapshot"]);
-    assert!(err.contains("-B overlay") && err.contains("--copy"), "{err}");
+    assert!(
+        err.contains("-B overlay") && err.contains("--copy"),
+        "{err}"
+    );
     r.ok(&["clone", "base", "ov", "--snapshot", "-B", "overlay"]);
     let err = r.fails(&["destroy", "base"]);
     assert!(err.contains("ov"), "{err}");
     let info = r.ok(&["info", "ov"]);
     assert!(info.contains("depends on it"), "{info}");
     // The origin is read-only while the overlay clone reads it.
-    let err = r.berth(&["run", "base", "--", "/bin/sh", "-c", "touch /x"]).unwrap_err();
+    let err = r
+        .berth(&["run", "base", "--", "/bin/sh", "-c", "touch /x"])
+        .unwrap_err();
     assert_ne!(err.0, 0);
     let out = r.ok(&["destroy", "base", "--force"]);
     assert_eq!(out, "destroyed ov\ndestroyed base\n");
@@ -154,14 +163,26 @@ fn bad_input_gets_clear_errors() {
         (vec!["create", &"x".repeat(65)], "64"),
         (vec!["create", "--", "-rf"], "'-'"),
         (vec!["run", "nope", "--", "/bin/true"], "does not exist"),
-        (vec!["create", "c", "--pool", "nope"], "pool \"nope\" does not exist"),
+        (
+            vec!["create", "c", "--pool", "nope"],
+            "pool \"nope\" does not exist",
+        ),
         (vec!["create", "c", "-B", "floppy"], "unknown backend"),
-        (vec!["create", "c", "--from-dir", "/does/not/exist"], "/does/not/exist"),
-        (vec!["pool", "add", "p", "-B", "btrfs", "--path", "relative"], "absolute"),
+        (
+            vec!["create", "c", "--from-dir", "/does/not/exist"],
+            "/does/not/exist",
+        ),
+        (
+            vec!["pool", "add", "p", "-B", "btrfs", "--path", "relative"],
+            "absolute",
+        ),
         (vec!["snapshot", "restore", "nope", "s"], "does not exist"),
     ] {
         let err = r.fails(&args);
-        assert!(err.contains(want), "berth {args:?}: wanted {want:?} in: {err}");
+        assert!(
+            err.contains(want),
+            "berth {args:?}: wanted {want:?} in: {err}"
+        );
     }
     r.ok(&["create", "c"]);
     let err = r.fails(&["create", "c"]);
@@ -188,7 +209,10 @@ fn destroy_never_follows_symlinks_out_of_the_rootfs() {
     std::os::unix::fs::symlink("../../../../../../../..", at.join("up")).unwrap();
     r.ok(&["umount", "c1"]);
     r.ok(&["destroy", "c1"]);
-    assert_eq!(std::fs::read_to_string(victim.path().join("precious")).unwrap(), "keep me");
+    assert_eq!(
+        std::fs::read_to_string(victim.path().join("precious")).unwrap(),
+        "keep me"
+    );
 
     // A volume directory swapped for a symlink: only the link goes.
     r.ok(&["create", "c2"]);
@@ -196,20 +220,33 @@ fn destroy_never_follows_symlinks_out_of_the_rootfs() {
     std::fs::rename(&vol, r.path().join("c2-moved")).unwrap();
     std::os::unix::fs::symlink(victim.path(), &vol).unwrap();
     let _ = r.berth(&["destroy", "c2"]);
-    assert_eq!(std::fs::read_to_string(victim.path().join("precious")).unwrap(), "keep me");
+    assert_eq!(
+        std::fs::read_to_string(victim.path().join("precious")).unwrap(),
+        "keep me"
+    );
 }
 
 #[test]
 fn flatten_frees_the_origin() {
     let r = Root::new();
     r.ok(&["create", "base"]);
-    r.ok(&["run", "base", "--", "/bin/sh", "-c", "echo from-base > /marker"]);
+    r.ok(&[
+        "run",
+        "base",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo from-base > /marker",
+    ]);
     r.ok(&["clone", "base", "ov", "-s", "-B", "overlay"]);
     r.ok(&["run", "ov", "--", "/bin/sh", "-c", "echo mine > /mine"]);
     assert!(r.fails(&["destroy", "base"]).contains("ov"));
     r.ok(&["flatten", "ov"]);
     r.ok(&["destroy", "base"]);
-    assert_eq!(r.ok(&["run", "ov", "--", "/bin/cat", "/marker", "/mine"]), "from-base\nmine\n");
+    assert_eq!(
+        r.ok(&["run", "ov", "--", "/bin/cat", "/marker", "/mine"]),
+        "from-base\nmine\n"
+    );
     let info = r.ok(&["info", "ov"]);
     assert!(info.contains("independent"), "{info}");
     r.ok(&["destroy", "ov"]);
@@ -224,9 +261,8 @@ fn crash_leftovers_are_cleaned_by_the_next_command() {
     r.ok(&["clone", "base", "eph", "--ephemeral", "-B", "overlay"]);
     let berth = env!("CARGO_BIN_EXE_berth");
     let root = r.path().display().to_string();
-    let script = format!(
-        "{berth} --root {root} run eph -- /bin/sleep 100 >/dev/null 2>&1 & echo $!"
-    );
+    let script =
+        format!("{berth} --root {root} run eph -- /bin/sleep 100 >/dev/null 2>&1 & echo $!");
     let pid = HostRunner
         .run("sh", &[OsStr::new("-c"), OsStr::new(&script)])
         .unwrap()
@@ -254,8 +290,19 @@ fn crash_leftovers_are_cleaned_by_the_next_command() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     // Any command that takes the lock cleans up.
-    r.ok(&["pool", "add", "extra", "-B", "dir", "--path", &format!("{root}/extra")]);
+    r.ok(&[
+        "pool",
+        "add",
+        "extra",
+        "-B",
+        "dir",
+        "--path",
+        &format!("{root}/extra"),
+    ]);
     assert!(!berth_bdev::mount::is_mountpoint(&mnt), "stale mount left");
-    assert!(!r.ok(&["ls"]).contains("eph"), "ephemeral container survived the crash");
+    assert!(
+        !r.ok(&["ls"]).contains("eph"),
+        "ephemeral container survived the crash"
+    );
     r.ok(&["destroy", "base"]);
 }

@@ -81,7 +81,11 @@ pub fn create_write_read_destroy(h: &Harness) {
     let dup = h.backend.create("c1", &opts(), &mut rv);
     assert!(dup.is_err(), "creating c1 twice must fail");
     drop(rv);
-    assert_eq!(read(h, &v, "a/b/c.txt").as_deref(), Some("deep"), "failed duplicate create must not harm c1");
+    assert_eq!(
+        read(h, &v, "a/b/c.txt").as_deref(),
+        Some("deep"),
+        "failed duplicate create must not harm c1"
+    );
     destroy(h, &v);
     let mut rv = Revert::new();
     let again = h.backend.create("c1", &opts(), &mut rv);
@@ -89,7 +93,10 @@ pub fn create_write_read_destroy(h: &Harness) {
     drop(rv); // reverts the create
     let mut rv = Revert::new();
     let third = h.backend.create("c1", &opts(), &mut rv);
-    assert!(third.is_ok(), "a reverted create must leave nothing behind: {third:?}");
+    assert!(
+        third.is_ok(),
+        "a reverted create must leave nothing behind: {third:?}"
+    );
 }
 
 /// A read-only mount refuses writes.
@@ -100,7 +107,10 @@ pub fn read_only_mount(h: &Harness) {
         Ok(fs::write(root.join("g"), "y").is_err())
     });
     if v.tree_path().is_none() {
-        assert!(r.expect("read-only mount"), "write on a read-only mount succeeded");
+        assert!(
+            r.expect("read-only mount"),
+            "write on a read-only mount succeeded"
+        );
     }
     destroy(h, &v);
 }
@@ -116,6 +126,30 @@ fn strip_xattrs(dir: &Path) {
             rustix::fs::lremovexattr(&p, name).expect("remove xattr");
         }
         let md = fs::symlink_metadata(&p).expect("stat");
+        if md.is_dir() {
+            for e in fs::read_dir(&p).expect("read dir") {
+                stack.push(e.expect("dir entry").path());
+            }
+        }
+    }
+}
+
+/// Truncates every file time below `dir` to whole seconds.
+fn truncate_times(dir: &Path) {
+    use rustix::fs::{utimensat, AtFlags, Timespec, Timestamps, CWD};
+    use std::os::unix::fs::MetadataExt;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let md = fs::symlink_metadata(&p).expect("stat");
+        let secs = |s: i64| Timespec {
+            tv_sec: s,
+            tv_nsec: 0,
+        };
+        let times = Timestamps {
+            last_access: secs(md.atime()),
+            last_modification: secs(md.mtime()),
+        };
+        utimensat(CWD, &p, &times, AtFlags::SYMLINK_NOFOLLOW).expect("set times");
         if md.is_dir() {
             for e in fs::read_dir(&p).expect("read dir") {
                 stack.push(e.expect("dir entry").path());
@@ -147,6 +181,9 @@ pub fn file_types_preserved(h: &Harness) {
         assert!(e.to_string().contains("xattr"), "unclear error: {e}");
         strip_xattrs(&reference);
     }
+    if h.backend.caps().coarse_timestamps {
+        truncate_times(&reference);
+    }
     copy_in(&reference).expect("copy into volume");
     with_mounted(h.backend.as_ref(), &v, &h.scratch("mnt"), true, |root| {
         berth_fixtures::compare::assert_same_tree(&reference, &root.join("types"));
@@ -160,10 +197,15 @@ pub fn file_types_preserved(h: &Harness) {
 pub fn usage_changes(h: &Harness) {
     let v = create(h, "u");
     let before = h.backend.usage(&v).expect("usage").used_bytes;
-    let data: String = (0..8 << 20).map(|i| char::from(b'a' + (i * 7 % 26) as u8)).collect();
+    let data: String = (0..8 << 20)
+        .map(|i| char::from(b'a' + (i * 7 % 26) as u8))
+        .collect();
     write(h, &v, &[("big", &data)]);
     let after = h.backend.usage(&v).expect("usage").used_bytes;
-    assert!(after >= before + (4 << 20), "usage {before} -> {after} after writing 8 MiB");
+    assert!(
+        after >= before + (4 << 20),
+        "usage {before} -> {after} after writing 8 MiB"
+    );
     destroy(h, &v);
 }
 
@@ -174,7 +216,10 @@ pub fn snapshot_point_in_time(h: &Harness) {
     let mut rv = Revert::new();
     let snap = h.backend.snapshot(&v, "s", "snap1", &mut rv);
     if !h.backend.caps().snapshot {
-        assert!(is_unsupported(&snap), "snapshot flag off but snapshot answered {snap:?}");
+        assert!(
+            is_unsupported(&snap),
+            "snapshot flag off but snapshot answered {snap:?}"
+        );
         destroy(h, &v);
         return;
     }
@@ -195,7 +240,10 @@ pub fn snapshot_clone_independent(h: &Harness) {
     let mut rv = Revert::new();
     let c = h.backend.snapshot_clone(&v, "clone", &mut rv);
     if !h.backend.caps().snapshot_clone {
-        assert!(is_unsupported(&c), "snapshot_clone flag off but it answered {c:?}");
+        assert!(
+            is_unsupported(&c),
+            "snapshot_clone flag off but it answered {c:?}"
+        );
         destroy(h, &v);
         return;
     }
@@ -224,13 +272,19 @@ pub fn clone_from_snapshot(h: &Harness) {
     let v = create(h, "cs");
     write(h, &v, &[("f", "at-snap")]);
     let mut rv = Revert::new();
-    let snap = h.backend.snapshot(&v, "cs", "s1", &mut rv).expect("snapshot");
+    let snap = h
+        .backend
+        .snapshot(&v, "cs", "s1", &mut rv)
+        .expect("snapshot");
     rv.commit();
     write(h, &v, &[("f", "later")]);
     let mut rv = Revert::new();
     let c = h.backend.snapshot_clone(&snap, "from-snap", &mut rv);
     if !caps.clone_from_snapshot {
-        assert!(is_unsupported(&c), "clone_from_snapshot flag off but it answered {c:?}");
+        assert!(
+            is_unsupported(&c),
+            "clone_from_snapshot flag off but it answered {c:?}"
+        );
     } else {
         let c = c.expect("clone from snapshot");
         rv.commit();
@@ -251,7 +305,10 @@ pub fn copy_independent(h: &Harness) {
     let c = match h.backend.copy_clone(&v, "copy", &opts(), &mut rv) {
         Ok(c) => c,
         Err(BdevError::Unsupported { .. }) => {
-            let c = h.backend.create("copy", &opts(), &mut rv).expect("create copy");
+            let c = h
+                .backend
+                .create("copy", &opts(), &mut rv)
+                .expect("create copy");
             copy_volume(
                 h.backend.as_ref(),
                 &v,

@@ -143,7 +143,10 @@ pub struct Setup {
 /// Makes a harness from a pool setup, or `None` after `skip` when the host lacks
 /// what the backend needs (a failure under CI).
 pub fn harness(setup: fn(&Path) -> Result<Setup, String>) -> Option<Harness> {
-    let tmp = match tempfile::Builder::new().prefix("berth-test-").tempdir_in("/var/tmp") {
+    let tmp = match tempfile::Builder::new()
+        .prefix("berth-test-")
+        .tempdir_in("/var/tmp")
+    {
         Ok(t) => t,
         Err(e) => panic!("temp dir: {e}"),
     };

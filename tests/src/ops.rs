@@ -75,7 +75,10 @@ pub fn ops_snapshot_restore(h: &Harness) {
     b.restore("c1", "snap0").expect("restore");
     assert_eq!(read(&b, "c1", "etc/state").as_deref(), Some("one"));
     let after = b.store().container("c1").expect("c1").volume;
-    assert_ne!(before, after, "restore builds a new volume beside the old one");
+    assert_ne!(
+        before, after,
+        "restore builds a new volume beside the old one"
+    );
     // Restoring twice works (the snapshot is not consumed).
     write(&b, "c1", "etc/state", "three");
     b.restore("c1", "snap0").expect("restore again");
@@ -111,14 +114,22 @@ pub fn ops_dependents(h: &Harness) {
             other => panic!("destroying a pinned origin: {other:?}"),
         }
         let done = b
-            .destroy("base", DestroyRequest { force: true, with_snapshots: false })
+            .destroy(
+                "base",
+                DestroyRequest {
+                    force: true,
+                    with_snapshots: false,
+                },
+            )
             .expect("forced destroy");
         assert_eq!(done, vec!["grandchild", "child", "base"]);
     } else {
         refused.expect("an unpinned origin can go");
         assert_eq!(read(&b, "grandchild", "etc/who").as_deref(), Some("base"));
-        b.destroy("grandchild", DestroyRequest::default()).expect("destroy");
-        b.destroy("child", DestroyRequest::default()).expect("destroy");
+        b.destroy("grandchild", DestroyRequest::default())
+            .expect("destroy");
+        b.destroy("child", DestroyRequest::default())
+            .expect("destroy");
     }
     assert!(b.store().containers().expect("list").is_empty());
 }
@@ -132,7 +143,11 @@ pub fn ops_run_and_ephemeral(h: &Harness) {
     let mut spec = berth_runtime::RunSpec::new(
         &m.rootfs,
         "r1",
-        vec!["/bin/sh".into(), "-c".into(), "echo $(hostname) $$ > /etc/ran".into()],
+        vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            "echo $(hostname) $$ > /etc/ran".into(),
+        ],
     );
     spec.drop_caps = true;
     let status = berth_runtime::run(&spec, &berth_runtime::LinuxSys).expect("run");
@@ -147,7 +162,8 @@ pub fn ops_run_and_ephemeral(h: &Harness) {
             backend: None,
             ephemeral: true,
         };
-        b.clone_container("r1", "eph", &req, &NoProgress).expect("ephemeral clone");
+        b.clone_container("r1", "eph", &req, &NoProgress)
+            .expect("ephemeral clone");
         let m = b.start_run("eph").expect("mount ephemeral");
         let spec = berth_runtime::RunSpec::new(&m.rootfs, "eph", vec!["/bin/true".into()]);
         berth_runtime::run(&spec, &berth_runtime::LinuxSys).expect("run ephemeral");

@@ -37,7 +37,10 @@ fn read_marker(b: &Berth, name: &str) -> String {
 
 #[test]
 fn every_backend_to_every_other() {
-    let tmp = tempfile::Builder::new().prefix("berth-matrix-").tempdir_in("/var/tmp").unwrap();
+    let tmp = tempfile::Builder::new()
+        .prefix("berth-matrix-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
     let mut keep = Vec::new();
     let mut pools: Vec<PoolConfig> = Vec::new();
     for (kind, setup) in SETUPS {
@@ -56,7 +59,8 @@ fn every_backend_to_every_other() {
     {
         let b = Berth::open(&tmp.path().join("state"), true).unwrap();
         for p in &pools {
-            b.pool_add(p).unwrap_or_else(|e| panic!("pool {}: {e}", p.name));
+            b.pool_add(p)
+                .unwrap_or_else(|e| panic!("pool {}: {e}", p.name));
         }
         for p in &pools {
             let name = format!("src-{}", p.backend);
@@ -66,12 +70,20 @@ fn every_backend_to_every_other() {
                 size: Some(256 << 20),
                 ..CreateRequest::default()
             };
-            b.create(&name, &req, &NoProgress).unwrap_or_else(|e| panic!("create {name}: {e}"));
+            b.create(&name, &req, &NoProgress)
+                .unwrap_or_else(|e| panic!("create {name}: {e}"));
             let c = b.store().container(&name).unwrap();
             let backend = b.backend_of(&c).unwrap();
-            berth_bdev::generic::with_mounted(backend.as_ref(), &c.volume, &b.scratch(), false, |root| {
-                std::fs::write(root.join("etc/marker"), &name).map_err(BdevError::io("write", root))
-            })
+            berth_bdev::generic::with_mounted(
+                backend.as_ref(),
+                &c.volume,
+                &b.scratch(),
+                false,
+                |root| {
+                    std::fs::write(root.join("etc/marker"), &name)
+                        .map_err(BdevError::io("write", root))
+                },
+            )
             .unwrap();
         }
         let mut report = Vec::new();
@@ -79,7 +91,8 @@ fn every_backend_to_every_other() {
             for dst in &pools {
                 let src_name = format!("src-{}", src.backend);
                 for mode in [CloneMode::Copy, CloneMode::Snapshot] {
-                    let dst_name = format!("x-{}-{}-{mode:?}", src.backend, dst.backend).to_lowercase();
+                    let dst_name =
+                        format!("x-{}-{}-{mode:?}", src.backend, dst.backend).to_lowercase();
                     let req = CloneRequest {
                         mode,
                         pool: Some(dst.name.clone()),
@@ -87,7 +100,8 @@ fn every_backend_to_every_other() {
                         ephemeral: false,
                     };
                     let caps = b.backend(dst).unwrap().caps();
-                    let planned = plan_clone(src.backend, dst.backend, &caps, src.name == dst.name, mode);
+                    let planned =
+                        plan_clone(src.backend, dst.backend, &caps, src.name == dst.name, mode);
                     let got = b.clone_container(&src_name, &dst_name, &req, &NoProgress);
                     match (&planned, got) {
                         (Ok(plan), Ok(c)) => {
@@ -103,7 +117,10 @@ fn every_backend_to_every_other() {
                             b.destroy(&dst_name, DestroyRequest::default())
                                 .unwrap_or_else(|e| panic!("destroy {dst_name}: {e}"));
                         }
-                        (Err(_), Err(BerthError::Bdev(BdevError::CloneRefused { alternatives, .. }))) => {
+                        (
+                            Err(_),
+                            Err(BerthError::Bdev(BdevError::CloneRefused { alternatives, .. })),
+                        ) => {
                             assert!(!alternatives.is_empty());
                             assert!(!b.store().exists(&dst_name));
                             report.push(format!("{dst_name}: refused"));
@@ -115,7 +132,8 @@ fn every_backend_to_every_other() {
         }
         eprintln!("{}", report.join("\n"));
         for p in &pools {
-            b.destroy(&format!("src-{}", p.backend), DestroyRequest::default()).unwrap();
+            b.destroy(&format!("src-{}", p.backend), DestroyRequest::default())
+                .unwrap();
         }
     }
     drop(keep);

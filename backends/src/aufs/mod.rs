@@ -22,7 +22,7 @@ use std::sync::Arc;
 use berth_bdev::cmd::Runner;
 use berth_bdev::copy::{copy_tree, NoProgress};
 use berth_bdev::delete::remove_tree;
-use berth_bdev::fsutil::{allocated_bytes, create_dir_all, kernel_has_fs};
+use berth_bdev::fsutil::{allocated_bytes, claim_dir, create_dir_all, kernel_has_fs};
 use berth_bdev::mount::{self, FsOpt, MountGuard};
 use berth_bdev::names::validate_name;
 use berth_bdev::{
@@ -172,23 +172,7 @@ impl Aufs {
     /// Creates `home` (which must not exist) with an empty `upper`, registering
     /// the removal of both.
     fn make_home(&self, home: &Path, rv: &mut Revert) -> Result<PathBuf> {
-        if let Some(parent) = home.parent() {
-            create_dir_all(parent)?;
-        }
-        match fs::create_dir(home) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(BdevError::Exists {
-                    what: "aufs volume directory",
-                    name: home.display().to_string(),
-                })
-            }
-            Err(e) => return Err(BdevError::io("create directory", home)(e)),
-        }
-        let (p, root) = (home.to_path_buf(), self.root.clone());
-        rv.add(format!("remove {}", home.display()), move || {
-            remove_tree(&p, &root)
-        });
+        claim_dir(home, &self.root, rv)?;
         let upper = home.join("upper");
         fs::create_dir(&upper).map_err(BdevError::io("create directory", &upper))?;
         Ok(upper)
@@ -239,6 +223,7 @@ impl Backend for Aufs {
             stacks_on_trees: true,
             // Debian's unionfs-fuse is built without xattr support.
             lacks_xattrs: self.mech == Mechanism::UnionfsFuse,
+            coarse_timestamps: false,
             size_limit: false,
             block_backed: false,
             resize: false,

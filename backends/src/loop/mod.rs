@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use berth_bdev::cmd::Runner;
 use berth_bdev::copy::copy_file;
 use berth_bdev::delete::remove_tree;
-use berth_bdev::fsutil::{create_dir_all, reflink_supported, require_kernel_fs};
+use berth_bdev::fsutil::{claim_file, create_dir_all, reflink_supported, require_kernel_fs};
 use berth_bdev::loopdev::{self, LoopDevice};
 use berth_bdev::mount::{self, MountGuard};
 use berth_bdev::names::validate_name;
@@ -88,23 +88,7 @@ impl Loop {
 
     /// Claims `img` as a new, empty file and registers its removal.
     fn claim(&self, img: &Path, rv: &mut Revert) -> Result<File> {
-        if let Some(parent) = img.parent() {
-            create_dir_all(parent)?;
-        }
-        let f = match OpenOptions::new().write(true).create_new(true).open(img) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(BdevError::Exists {
-                    what: "loop image",
-                    name: img.display().to_string(),
-                })
-            }
-            Err(e) => return Err(BdevError::io("create image", img)(e)),
-        };
-        let (p, root) = (img.to_path_buf(), self.root.clone());
-        rv.add(format!("remove {}", img.display()), move || {
-            remove_tree(&p, &root)
-        });
+        let f = claim_file(img, &self.root, rv)?;
         Ok(f)
     }
 
@@ -238,6 +222,7 @@ impl Backend for Loop {
             clone_reads_live_origin: false,
             stacks_on_trees: false,
             lacks_xattrs: false,
+            coarse_timestamps: false,
             size_limit: true,
             block_backed: true,
             resize: true,

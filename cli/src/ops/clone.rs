@@ -70,15 +70,29 @@ impl Berth {
             ClonePlan::NativeCopy => {
                 let opts = self.copy_opts(&source, &dst_pool, src_b.as_ref());
                 match dst_b.copy_clone(&source, dst, &opts, &mut rv) {
-                    Err(BdevError::Unsupported { .. }) => {
-                        self.generic_copy(src_b.as_ref(), &source, dst_b.as_ref(), dst, &opts, &mut rv, progress)?
-                    }
+                    Err(BdevError::Unsupported { .. }) => self.generic_copy(
+                        src_b.as_ref(),
+                        &source,
+                        dst_b.as_ref(),
+                        dst,
+                        &opts,
+                        &mut rv,
+                        progress,
+                    )?,
                     other => other?,
                 }
             }
             ClonePlan::GenericCopy => {
                 let opts = self.copy_opts(&source, &dst_pool, src_b.as_ref());
-                self.generic_copy(src_b.as_ref(), &source, dst_b.as_ref(), dst, &opts, &mut rv, progress)?
+                self.generic_copy(
+                    src_b.as_ref(),
+                    &source,
+                    dst_b.as_ref(),
+                    dst,
+                    &opts,
+                    &mut rv,
+                    progress,
+                )?
             }
         };
         let pinned = matches!(plan, ClonePlan::SnapshotClone { pins_origin: true });
@@ -108,10 +122,18 @@ impl Berth {
 
     /// Size for a copy into a block-backed pool: the source's data with headroom,
     /// and never less than the pool's default.
-    fn copy_opts(&self, source: &VolumeSpec, pool: &berth_bdev::PoolConfig, src_b: &dyn Backend) -> CreateOpts {
+    fn copy_opts(
+        &self,
+        source: &VolumeSpec,
+        pool: &berth_bdev::PoolConfig,
+        src_b: &dyn Backend,
+    ) -> CreateOpts {
         let used = match source.tree_path() {
             Some(p) => allocated_bytes(p).ok(),
-            None => src_b.usage(source).ok().map(|u| u.limit_bytes.unwrap_or(u.used_bytes)),
+            None => src_b
+                .usage(source)
+                .ok()
+                .map(|u| u.limit_bytes.unwrap_or(u.used_bytes)),
         };
         let base = pool.size.unwrap_or(DEFAULT_SIZE);
         CreateOpts {

@@ -20,7 +20,12 @@ pub struct CreateRequest {
 }
 
 impl Berth {
-    pub fn create(&self, name: &str, req: &CreateRequest, progress: &dyn Progress) -> Result<Container> {
+    pub fn create(
+        &self,
+        name: &str,
+        req: &CreateRequest,
+        progress: &dyn Progress,
+    ) -> Result<Container> {
         validate_name(name)?;
         if self.store().exists(name) {
             return Err(BerthError::ContainerExists(name.to_owned()));
@@ -43,8 +48,19 @@ impl Berth {
         };
         // The template's error is kept aside so that the volume is unmounted first.
         let mut populated = Ok(());
-        with_mounted(backend.as_ref(), &volume, &self.scratch(), false, |rootfs| {
-            populated = templates::populate_cached(&template, rootfs, &cache, runner.as_ref(), progress)
+        with_mounted(
+            backend.as_ref(),
+            &volume,
+            &self.scratch(),
+            false,
+            |rootfs| {
+                populated = templates::populate_cached(
+                    &template,
+                    rootfs,
+                    &cache,
+                    runner.as_ref(),
+                    progress,
+                )
                 .and_then(|_| {
                     // '_' is fine in a container name but not in a hostname.
                     if name.contains('_') {
@@ -53,8 +69,9 @@ impl Berth {
                         templates::write_hostname(rootfs, name)
                     }
                 });
-            Ok(())
-        })?;
+                Ok(())
+            },
+        )?;
         populated?;
         let c = Container {
             name: name.to_owned(),

@@ -35,7 +35,14 @@ impl Berth {
         let volume = match backend.copy_clone(&c.volume, &new_name, &opts, &mut rv) {
             Err(BdevError::Unsupported { .. }) => {
                 let v = backend.create(&new_name, &opts, &mut rv)?;
-                copy_volume(backend.as_ref(), &c.volume, backend.as_ref(), &v, &self.scratch(), progress)?;
+                copy_volume(
+                    backend.as_ref(),
+                    &c.volume,
+                    backend.as_ref(),
+                    &v,
+                    &self.scratch(),
+                    progress,
+                )?;
                 v
             }
             other => other?,

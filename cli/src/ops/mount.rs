@@ -85,7 +85,8 @@ impl Berth {
                 )))
             }
         };
-        self.backend_of(&c)?.unmount(&state.volume, &state.mountpoint)?;
+        self.backend_of(&c)?
+            .unmount(&state.volume, &state.mountpoint)?;
         self.store().clear_run_state(name)?;
         Ok(())
     }
@@ -119,7 +120,13 @@ impl Berth {
         self.store().clear_run_state(&name)?;
         released?;
         if m.container.ephemeral {
-            self.destroy(&name, DestroyRequest { force: false, with_snapshots: true })?;
+            self.destroy(
+                &name,
+                DestroyRequest {
+                    force: false,
+                    with_snapshots: true,
+                },
+            )?;
         }
         Ok(())
     }
@@ -163,7 +170,13 @@ impl Berth {
             }
             self.store().clear_run_state(&name)?;
             if c.ephemeral {
-                self.destroy(&name, DestroyRequest { force: false, with_snapshots: true })?;
+                self.destroy(
+                    &name,
+                    DestroyRequest {
+                        force: false,
+                        with_snapshots: true,
+                    },
+                )?;
             }
         }
         if !stale_mounts.is_empty() || stale_runs {
@@ -177,4 +190,3 @@ impl Berth {
         Ok(())
     }
 }
-

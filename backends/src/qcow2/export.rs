@@ -1,0 +1,264 @@
+//! The qemu-storage-daemon FUSE export a qcow2 image is used through (this kernel
+//! has no nbd), and its runtime state in `POOL/.run/KEY/`:
+//!
+//! - `qsd.pid`: the daemon's pidfile (`--pidfile`; the daemon removes it on a clean
+//!   exit, a SIGKILL leaves it);
+//! - `export.raw`: the FUSE export, the image's raw contents as one file, which a
+//!   loop device then turns into a block device;
+//! - `mode`: `rw` or `ro`.
+//!
+//! The place is derived from the image path only, so `unmount` of a persisted mount
+//! and `cleanup_stale` after a crash find everything again.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use berth_bdev::cmd::Runner;
+use berth_bdev::fsutil::create_dir_all;
+use berth_bdev::{loopdev, mount, BdevError, Result};
+use rustix::process::{kill_process, Pid, Signal};
+use serde_json::json;
+use tracing::{debug, warn};
+
+use super::parse;
+
+pub(super) const PIDFILE: &str = "qsd.pid";
+pub(super) const EXPORT: &str = "export.raw";
+pub(super) const MODE: &str = "mode";
+
+/// A daemon that is not yet used this long may be a mount in progress.
+const YOUNG: Duration = Duration::from_secs(60);
+
+/// A running export. Dropping it stops the daemon (best effort); `stop` is the
+/// checked path.
+#[derive(Debug)]
+pub(super) struct Export {
+    run: PathBuf,
+    done: bool,
+}
+
+impl Export {
+    /// Exports `image` as `run/export.raw` through a new qemu-storage-daemon.
+    pub(super) fn start(
+        runner: &dyn Runner,
+        run: &Path,
+        image: &Path,
+        read_only: bool,
+    ) -> Result<Export> {
+        create_dir_all(run)?;
+        let run = fs::canonicalize(run).map_err(BdevError::io("resolve", run))?;
+        if let Some(pid) = live_daemon(&run) {
+            return Err(BdevError::Exists {
+                what: "mount of qcow2 image",
+                name: format!("{} (qemu-storage-daemon pid {pid})", image.display()),
+            });
+        }
+        // Whatever a dead daemon left here goes first.
+        clean_dead(&run)?;
+        create_dir_all(&run)?;
+        let export = run.join(EXPORT);
+        let mode = if read_only { "ro" } else { "rw" };
+        fs::write(run.join(MODE), mode).map_err(BdevError::io("write", run.join(MODE)))?;
+        fs::File::create(&export).map_err(BdevError::io("create", &export))?;
+        let ex = Export { run, done: false };
+
+        let (image_s, export_s) = (image.to_string_lossy(), export.to_string_lossy());
+        let file = json!({"driver": "file", "node-name": "file", "filename": image_s,
+                          "read-only": read_only});
+        // discard=unmap lets the filesystem's discards shrink the image again.
+        let disk = json!({"driver": "qcow2", "node-name": "disk", "file": "file",
+                          "read-only": read_only, "discard": "unmap"});
+        let exp = json!({"type": "fuse", "id": "export", "node-name": "disk",
+                         "mountpoint": export_s, "writable": !read_only});
+        let pidfile = ex.run.join(PIDFILE);
+        let (file, disk, exp) = (file.to_string(), disk.to_string(), exp.to_string());
+        let args: [&OsStr; 9] = [
+            OsStr::new("--blockdev"),
+            OsStr::new(&file),
+            OsStr::new("--blockdev"),
+            OsStr::new(&disk),
+            OsStr::new("--export"),
+            OsStr::new(&exp),
+            OsStr::new("--pidfile"),
+            pidfile.as_os_str(),
+            OsStr::new("--daemonize"),
+        ];
+        // --daemonize returns once the export is ready.
+        runner.run("qemu-storage-daemon", &args)?;
+        debug!(image = %image.display(), export = %ex.file().display(), read_only, "qcow2 exported");
+        Ok(ex)
+    }
+
+    /// The exported raw file.
+    pub(super) fn file(&self) -> PathBuf {
+        self.run.join(EXPORT)
+    }
+
+    pub(super) fn stop(mut self) -> Result<()> {
+        self.done = true;
+        teardown(&self.run)
+    }
+
+    /// Hands the export over to whoever tears `run` down later (a `MountGuard`
+    /// step, or `unmount` after the guard was persisted); dropping the returned
+    /// path does nothing.
+    pub(super) fn into_run_dir(mut self) -> PathBuf {
+        self.done = true;
+        std::mem::take(&mut self.run)
+    }
+}
+
+impl Drop for Export {
+    fn drop(&mut self) {
+        if !self.done {
+            if let Err(e) = teardown(&self.run) {
+                warn!(run = %self.run.display(), error = %e, "stopping the qcow2 export failed");
+            }
+        }
+    }
+}
+
+fn read_pid(run: &Path) -> Option<i32> {
+    fs::read_to_string(run.join(PIDFILE))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Whether `pid` is still our daemon (not exited, not a reused pid).
+fn alive(pid: i32, pidfile: &Path) -> bool {
+    let running = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !parse::is_zombie(&s))
+        .unwrap_or(false);
+    running
+        && fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|c| parse::is_our_daemon(&c, pidfile))
+            .unwrap_or(false)
+}
+
+/// The pid of the live daemon that owns `run`, if any.
+pub(super) fn live_daemon(run: &Path) -> Option<i32> {
+    let pid = read_pid(run)?;
+    alive(pid, &run.join(PIDFILE)).then_some(pid)
+}
+
+/// Whether the daemon owning `run` exports read-write.
+pub(super) fn is_writable(run: &Path) -> bool {
+    fs::read_to_string(run.join(MODE)).is_ok_and(|m| m.trim() == "rw")
+}
+
+fn wait_until(limit: Duration, f: impl Fn() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}
+
+/// Loop devices whose backing file is `file` (compared as written in sysfs, which
+/// works even when the FUSE file behind them is dead).
+fn loops_on(file: &Path) -> Vec<PathBuf> {
+    loopdev::attached()
+        .into_iter()
+        .filter(|(_, b)| b == file)
+        .map(|(d, _)| d)
+        .collect()
+}
+
+fn stop_daemon(pid: i32, pidfile: &Path) -> Result<()> {
+    let Some(p) = Pid::from_raw(pid) else {
+        return Ok(());
+    };
+    let failed = |what: &str| BdevError::Io {
+        op: "stop qemu-storage-daemon",
+        path: pidfile.to_path_buf(),
+        source: std::io::Error::other(format!("pid {pid} {what}")),
+    };
+    // SIGTERM: the daemon flushes the image and removes its FUSE export.
+    let _ = kill_process(p, Signal::TERM);
+    if wait_until(Duration::from_secs(10), || !alive(pid, pidfile)) {
+        return Ok(());
+    }
+    warn!(pid, "qemu-storage-daemon ignores SIGTERM; killing it");
+    let _ = kill_process(p, Signal::KILL);
+    if wait_until(Duration::from_secs(3), || !alive(pid, pidfile)) {
+        return Err(failed("needed SIGKILL"));
+    }
+    Err(failed("survived SIGKILL"))
+}
+
+fn remove_file(p: &Path) -> Result<()> {
+    match fs::remove_file(p) {
+        Err(e) if e.kind() != ErrorKind::NotFound => Err(BdevError::io("remove", p)(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Stops what `run` holds, in order: waits for the loop device over the export to
+/// go (it autoclears once the filesystem above it is unmounted), stops the daemon,
+/// unmounts the export file (a killed daemon leaves it mounted), removes the state.
+pub(super) fn teardown(run: &Path) -> Result<()> {
+    if !run.exists() {
+        return Ok(());
+    }
+    let export = run.join(EXPORT);
+    if !wait_until(Duration::from_secs(3), || loops_on(&export).is_empty()) {
+        warn!(export = %export.display(), "a loop device still uses the export");
+    }
+    if let Some(pid) = read_pid(run) {
+        if alive(pid, &run.join(PIDFILE)) {
+            stop_daemon(pid, &run.join(PIDFILE))?;
+        }
+    }
+    if let Err(e) = mount::unmount(&export) {
+        warn!(export = %export.display(), error = %e, "detaching the export lazily");
+        mount::unmount_detach(&export)?;
+    }
+    for f in [PIDFILE, EXPORT, MODE] {
+        remove_file(&run.join(f))?;
+    }
+    match fs::remove_dir(run) {
+        Err(e) if e.kind() != ErrorKind::NotFound => Err(BdevError::io("remove", run)(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Cleans one entry of `POOL/.run` if its daemon is dead, or alive but unused and
+/// not brand new. Returns whether it was stale.
+pub(super) fn clean_if_stale(entry: &Path) -> Result<bool> {
+    let run = fs::canonicalize(entry).map_err(BdevError::io("resolve", entry))?;
+    if live_daemon(&run).is_some() {
+        let young = fs::metadata(&run)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age < YOUNG));
+        if young || !loops_on(&run.join(EXPORT)).is_empty() {
+            return Ok(false);
+        }
+        teardown(&run)?;
+    } else {
+        clean_dead(&run)?;
+    }
+    Ok(true)
+}
+
+/// Removes what a dead daemon left in `run`, including filesystems still mounted
+/// from a loop device over its dead export, wherever they are.
+fn clean_dead(run: &Path) -> Result<()> {
+    for dev in loops_on(&run.join(EXPORT)) {
+        let dev = dev.to_string_lossy().into_owned();
+        for m in mount::mounts().into_iter().filter(|m| m.source == dev) {
+            warn!(mount = %m.mount_point.display(), "unmounting a qcow2 mount whose daemon died");
+            if mount::unmount(&m.mount_point).is_err() {
+                mount::unmount_detach(&m.mount_point)?;
+            }
+        }
+    }
+    teardown(run)
+}

@@ -1,0 +1,265 @@
+//! Where a qcow2 pool keeps things, and who depends on whom: image paths, the
+//! `.run` entries of mounts, and backing-file references read from image headers.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io::{ErrorKind, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use berth_bdev::names::validate_name;
+use berth_bdev::{BdevError, Result, VolumeSpec};
+
+use super::{export, parse, Loc, Qcow2, EXT};
+
+impl Qcow2 {
+    pub(super) fn image_of(&self, name: &str) -> PathBuf {
+        self.root.join(format!("{name}.{EXT}"))
+    }
+
+    pub(super) fn snapshot_dir(&self, name: &str) -> PathBuf {
+        self.root.join(".snapshots").join(name)
+    }
+
+    pub(super) fn run_root(&self) -> PathBuf {
+        self.root.join(".run")
+    }
+
+    pub(super) fn run_dir(&self, key: &str) -> PathBuf {
+        self.run_root().join(key)
+    }
+
+    pub(super) fn locate(&self, v: &VolumeSpec) -> Result<Loc> {
+        let bad = || BdevError::InvalidSpec {
+            spec: v.to_string(),
+            reason: format!("not a qcow2 image of the pool at {:?}", self.root),
+        };
+        let VolumeSpec::Qcow2 { image } = v else {
+            return Err(bad());
+        };
+        let stem = |p: &Path| -> Option<String> {
+            let n = p.file_name()?.to_str()?.strip_suffix(".qcow2")?;
+            validate_name(n).ok().map(|()| n.to_owned())
+        };
+        let loc = if image.parent() == Some(&self.root) {
+            Loc {
+                image: image.clone(),
+                name: stem(image).ok_or_else(bad)?,
+                snap: None,
+            }
+        } else {
+            let dir = image.parent().ok_or_else(bad)?;
+            if dir.parent() != Some(&self.root.join(".snapshots")) {
+                return Err(bad());
+            }
+            let name = dir.file_name().and_then(OsStr::to_str).ok_or_else(bad)?;
+            validate_name(name).map_err(|_| bad())?;
+            Loc {
+                image: image.clone(),
+                name: name.to_owned(),
+                snap: Some(stem(image).ok_or_else(bad)?),
+            }
+        };
+        Ok(loc)
+    }
+
+    /// Refuses while `loc` is mounted (writable only, if `writable_only`).
+    pub(super) fn refuse_if_mounted(&self, loc: &Loc, op: &str, writable_only: bool) -> Result<()> {
+        let run = self.run_dir(&loc.key());
+        if let Some(pid) = export::live_daemon(&run) {
+            if !writable_only || export::is_writable(&run) {
+                return Err(BdevError::DeleteRefused {
+                    path: loc.image.clone(),
+                    reason: format!(
+                        "it is mounted (qemu-storage-daemon pid {pid}); unmount it before {op}"
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Every image of the pool: volumes and snapshots.
+    pub(super) fn images(&self) -> Result<Vec<PathBuf>> {
+        let mut out = Vec::new();
+        let mut scan = |dir: &Path| -> Result<()> {
+            let rd = match fs::read_dir(dir) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(BdevError::io("read directory", dir)(e)),
+            };
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.extension() == Some(OsStr::new(EXT)) && p.is_file() {
+                    out.push(p);
+                }
+            }
+            Ok(())
+        };
+        scan(&self.root)?;
+        let snaps = self.root.join(".snapshots");
+        if let Ok(rd) = fs::read_dir(&snaps) {
+            for e in rd.flatten() {
+                scan(&e.path())?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Images of the pool (other than `targets`) backed by one of `targets`.
+    /// Clones in other pools are the store's to know.
+    pub(super) fn dependents(&self, targets: &[PathBuf]) -> Result<Vec<PathBuf>> {
+        let mut out = Vec::new();
+        for img in self.images()? {
+            if targets.contains(&img) {
+                continue;
+            }
+            if read_backing(&img)?.is_some_and(|b| targets.contains(&b)) {
+                out.push(img);
+            }
+        }
+        Ok(out)
+    }
+
+    pub(super) fn refuse_if_depended_on(&self, what: &Path, targets: &[PathBuf]) -> Result<()> {
+        let deps = self.dependents(targets)?;
+        if deps.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<String> = deps.iter().map(|d| d.display().to_string()).collect();
+        Err(BdevError::DeleteRefused {
+            path: what.to_path_buf(),
+            reason: format!(
+                "images use it as their backing file ({}); destroy them first",
+                names.join(", ")
+            ),
+        })
+    }
+}
+
+/// The `.run` entry of any image laid out as a qcow2 pool does it (`POOL/NAME.qcow2`
+/// or `POOL/.snapshots/NAME/SNAP.qcow2`), possibly of another pool.
+pub(super) fn run_dir_for(image: &Path) -> PathBuf {
+    let stem = image
+        .file_stem()
+        .and_then(OsStr::to_str)
+        .unwrap_or_default();
+    let parent = image.parent().unwrap_or(Path::new("/"));
+    let snaps = parent
+        .parent()
+        .filter(|g| g.file_name() == Some(OsStr::new(".snapshots")));
+    match (snaps, parent.file_name().and_then(OsStr::to_str)) {
+        (Some(s), Some(name)) => s
+            .parent()
+            .unwrap_or(Path::new("/"))
+            .join(".run")
+            .join(format!("{name}@{stem}")),
+        _ => parent.join(".run").join(stem),
+    }
+}
+
+/// The backing file an image names in its header, if any.
+pub(super) fn read_backing(image: &Path) -> Result<Option<PathBuf>> {
+    let mut f = fs::File::open(image).map_err(BdevError::io("open", image))?;
+    let mut header = [0u8; parse::HEADER_LEN];
+    f.read_exact(&mut header)
+        .map_err(BdevError::io("read header of", image))?;
+    let Some((off, len)) = parse::backing_location(&header)? else {
+        return Ok(None);
+    };
+    let mut name = vec![0u8; len];
+    f.seek(SeekFrom::Start(off))
+        .and_then(|_| f.read_exact(&mut name))
+        .map_err(BdevError::io("read backing name of", image))?;
+    Ok(Some(parse::backing_path(image, &name)))
+}
+
+pub(super) fn remove_image(p: &Path) -> Result<()> {
+    match fs::remove_file(p) {
+        Err(e) if e.kind() != ErrorKind::NotFound => Err(BdevError::io("remove", p)(e)),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_bdev::cmd::ScriptedRunner;
+    use berth_bdev::{BackendKind, PoolConfig};
+    use std::sync::Arc;
+
+    fn q() -> Qcow2 {
+        let pool = PoolConfig::new("t", BackendKind::Qcow2).with_path("/p");
+        Qcow2::new(&pool, Arc::new(ScriptedRunner::new())).unwrap()
+    }
+
+    fn spec(p: &str) -> VolumeSpec {
+        VolumeSpec::Qcow2 { image: p.into() }
+    }
+
+    #[test]
+    fn images_are_located_in_the_pool_layout() {
+        let q = q();
+        let v = q.locate(&spec("/p/c1.qcow2")).unwrap();
+        assert_eq!(
+            (v.name.as_str(), v.snap.as_deref(), v.key()),
+            ("c1", None, "c1".to_owned())
+        );
+        let s = q.locate(&spec("/p/.snapshots/c1/s1.qcow2")).unwrap();
+        assert_eq!(
+            (s.name.as_str(), s.snap.as_deref(), s.key()),
+            ("c1", Some("s1"), "c1@s1".to_owned())
+        );
+        for bad in [
+            "/q/c1.qcow2",
+            "/p/c1.img",
+            "/p/sub/c1.qcow2",
+            "/p/.snapshots/c1/x/s1.qcow2",
+            "/p/.run/c1.qcow2",
+            "/p/.hidden.qcow2",
+        ] {
+            assert!(q.locate(&spec(bad)).is_err(), "{bad}");
+        }
+        assert!(q
+            .locate(&VolumeSpec::Dir {
+                path: "/p/c1".into()
+            })
+            .is_err());
+    }
+
+    #[test]
+    fn backing_files_are_found_from_the_header() {
+        let d = tempfile::tempdir().unwrap();
+        let img = d.path().join("c.qcow2");
+        let name = b"/pool/base.qcow2";
+        let mut bytes = b"QFI\xfb\0\0\0\x03".to_vec();
+        bytes.extend_from_slice(&64u64.to_be_bytes());
+        bytes.extend_from_slice(&(name.len() as u32).to_be_bytes());
+        bytes.resize(64, 0);
+        bytes.extend_from_slice(name);
+        fs::write(&img, &bytes).unwrap();
+        assert_eq!(
+            read_backing(&img).unwrap(),
+            Some(PathBuf::from("/pool/base.qcow2"))
+        );
+        bytes[8..20].fill(0);
+        fs::write(&img, &bytes).unwrap();
+        assert_eq!(read_backing(&img).unwrap(), None);
+    }
+
+    #[test]
+    fn run_dirs_follow_the_layout_of_any_pool() {
+        assert_eq!(
+            run_dir_for(Path::new("/o/c1.qcow2")),
+            PathBuf::from("/o/.run/c1")
+        );
+        assert_eq!(
+            run_dir_for(Path::new("/o/.snapshots/c1/s1.qcow2")),
+            PathBuf::from("/o/.run/c1@s1")
+        );
+        let q = q();
+        for p in ["/p/c1.qcow2", "/p/.snapshots/c1/s1.qcow2"] {
+            let loc = q.locate(&spec(p)).unwrap();
+            assert_eq!(run_dir_for(Path::new(p)), q.run_dir(&loc.key()));
+        }
+    }
+}

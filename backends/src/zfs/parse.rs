@@ -1,0 +1,154 @@
+//! Pure parsers for `zfs`/`zpool` machine-readable output (`-H -p`), unit-tested on
+//! text captured from zfs-fuse 0.7.
+
+use std::collections::BTreeMap;
+
+use berth_bdev::{BdevError, Result};
+
+/// Parses `zfs get -Hp -o property,value P1,P2… DATASET` into property → value.
+pub fn props(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once('\t')?;
+            Some((k.trim().to_owned(), v.trim_end().to_owned()))
+        })
+        .collect()
+}
+
+/// A byte count from `-p` output; `-`, `none` and `0` (no quota) read as `None`.
+pub fn bytes_opt(v: Option<&String>) -> Option<u64> {
+    v.and_then(|s| s.parse::<u64>().ok()).filter(|n| *n > 0)
+}
+
+/// A byte count that must be there.
+pub fn bytes(map: &BTreeMap<String, String>, key: &'static str) -> Result<u64> {
+    map.get(key)
+        .and_then(|s| s.parse::<u64>().ok())
+        .ok_or_else(|| BdevError::Parse {
+            what: "zfs get output",
+            reason: format!("no numeric {key:?} in {map:?}"),
+        })
+}
+
+/// The `origin` property: `None` for a dataset that is not a clone (`-`).
+pub fn origin(map: &BTreeMap<String, String>) -> Option<String> {
+    map.get("origin").filter(|o| o.contains('@')).cloned()
+}
+
+/// Snapshot names (after `@`) of `dataset` from `zfs list -H -o name -t snapshot -r`.
+pub fn snapshot_names(text: &str, dataset: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix(dataset)?.strip_prefix('@'))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Pool names from `zpool list -H -o name`.
+pub fn pool_names(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("no pools"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The clones `zfs destroy` named when it refused because clones depend on the
+/// dataset or snapshot (the lines after "use '-R' to destroy the following datasets:").
+pub fn dependent_clones(stderr: &str) -> Option<Vec<String>> {
+    if !stderr.contains("dependent clones") {
+        return None;
+    }
+    let list = stderr
+        .lines()
+        .skip_while(|l| !l.contains("use '-R'"))
+        .skip(1)
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect();
+    Some(list)
+}
+
+/// Whether a zfs command failed only because the dataset was momentarily busy
+/// (zfs-fuse answers this right after an unmount).
+pub fn is_busy(stderr: &str) -> bool {
+    stderr.contains("is busy") || stderr.contains("Device or resource busy")
+}
+
+/// Whether a zfs command failed because the dataset does not exist.
+pub fn is_missing(stderr: &str) -> bool {
+    stderr.contains("does not exist") || stderr.contains("could not find any snapshots")
+}
+
+/// Whether `zfs mount` failed because the dataset is mounted already.
+pub fn is_already_mounted(stderr: &str) -> bool {
+    stderr.contains("already mounted")
+}
+
+/// Whether `zfs unmount` failed because nothing was mounted.
+pub fn is_not_mounted(stderr: &str) -> bool {
+    stderr.contains("not currently mounted") || stderr.contains("not mounted")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn get_output_is_parsed() {
+        // zfs get -Hp -o property,value used,referenced,refquota,origin,mounted tpool/b/c1
+        let text = "used\t0\nreferenced\t21118976\nrefquota\t0\norigin\ttpool/b/v1@berth-clone-c1\nmounted\tyes\n";
+        let m = props(text);
+        assert_eq!(bytes(&m, "used").unwrap(), 0);
+        assert_eq!(bytes(&m, "referenced").unwrap(), 21_118_976);
+        assert_eq!(bytes_opt(m.get("refquota")), None);
+        assert_eq!(origin(&m).as_deref(), Some("tpool/b/v1@berth-clone-c1"));
+        assert_eq!(m.get("mounted").map(String::as_str), Some("yes"));
+
+        let v1 = props("used\t21118976\nreferenced\t21118976\nrefquota\t268435456\norigin\t-\n");
+        assert_eq!(bytes_opt(v1.get("refquota")), Some(268_435_456));
+        assert_eq!(origin(&v1), None);
+        // Snapshots have no refquota.
+        assert_eq!(bytes_opt(props("refquota\t-\n").get("refquota")), None);
+        assert!(bytes(&props("used\t-\n"), "used").is_err());
+    }
+
+    #[test]
+    fn snapshot_list_is_parsed() {
+        let text = "tank/b/v1@berth-clone-c1\ntank/b/v1@s1\ntank/b/v10@x\n";
+        assert_eq!(
+            snapshot_names(text, "tank/b/v1"),
+            vec!["berth-clone-c1", "s1"]
+        );
+        assert!(snapshot_names("", "tank/b/v1").is_empty());
+    }
+
+    #[test]
+    fn pool_list_is_parsed() {
+        assert_eq!(pool_names("tpool\nother\n"), vec!["tpool", "other"]);
+        assert!(pool_names("").is_empty());
+        assert!(pool_names("no pools available\n").is_empty());
+    }
+
+    #[test]
+    fn destroy_refusals_are_recognised() {
+        let clones = "cannot destroy 'zexp/b/v1': filesystem has dependent clones\n\
+                      use '-R' to destroy the following datasets:\n\
+                      zexp/b/c1\n\
+                      zexp/b/c2";
+        assert_eq!(
+            dependent_clones(clones).unwrap(),
+            vec!["zexp/b/c1", "zexp/b/c2"]
+        );
+        let children = "cannot destroy 'zexp/b/v1': filesystem has children\n\
+                        use '-r' to destroy the following datasets:\n\
+                        zexp/b/v1@s1";
+        assert_eq!(dependent_clones(children), None);
+        assert!(is_busy("cannot destroy 'zexp/berth/c1': dataset is busy"));
+        assert!(!is_busy(clones));
+        assert!(is_missing("cannot open 'zexp/b/x': dataset does not exist"));
+        assert!(is_not_mounted(
+            "cannot unmount 'zexp/b/v1': not currently mounted"
+        ));
+    }
+}

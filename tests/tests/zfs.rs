@@ -1,0 +1,295 @@
+//! zfs-specific behaviour on a real zpool served by zfs-fuse: O(1) clones, clear
+//! refusals for origins with clones, no orphan clone snapshots, promote, and mount
+//! bookkeeping (persisted mounts, read-only snapshot mounts).
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+use berth_backends::zfs::Zfs;
+use berth_bdev::cmd;
+use berth_bdev::generic::with_mounted;
+use berth_bdev::{BdevError, CreateOpts, Revert, VolumeSpec};
+use berth_tests::harness::{self, Harness};
+use berth_tests::pools;
+
+fn harness() -> Option<Harness> {
+    harness::harness(pools::zfs::setup)
+}
+
+fn create(h: &Harness, name: &str, size: u64) -> VolumeSpec {
+    let mut rv = Revert::new();
+    let v = h
+        .backend
+        .create(
+            name,
+            &CreateOpts {
+                size: Some(size),
+                fstype: None,
+            },
+            &mut rv,
+        )
+        .unwrap_or_else(|e| panic!("create {name}: {e}"));
+    rv.commit();
+    v
+}
+
+fn clone(h: &Harness, src: &VolumeSpec, name: &str) -> VolumeSpec {
+    let mut rv = Revert::new();
+    let c = h
+        .backend
+        .snapshot_clone(src, name, &mut rv)
+        .unwrap_or_else(|e| panic!("clone {name}: {e}"));
+    rv.commit();
+    c
+}
+
+/// Writes `mib` MiB of incompressible data as 4 MiB files under `dir`.
+fn fill(root: &Path, mib: usize) -> std::io::Result<()> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut buf = vec![0u8; 1 << 20];
+    fs::create_dir_all(root.join("data"))?;
+    for f in 0..mib / 4 {
+        let mut file = fs::File::create(root.join(format!("data/f{f}")))?;
+        for _ in 0..4 {
+            for chunk in buf.chunks_mut(8) {
+                // xorshift64: cheap bytes that no compression shrinks.
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                chunk.copy_from_slice(&x.to_le_bytes());
+            }
+            file.write_all(&buf)?;
+        }
+        file.sync_all()?;
+    }
+    Ok(())
+}
+
+fn write(h: &Harness, v: &VolumeSpec, rel: &str, content: &str) {
+    with_mounted(h.backend.as_ref(), v, &h.scratch("mnt"), false, |root| {
+        fs::write(root.join(rel), content).map_err(BdevError::io("write", root.join(rel)))
+    })
+    .unwrap_or_else(|e| panic!("write {rel} in {v}: {e}"));
+}
+
+fn read(h: &Harness, v: &VolumeSpec, rel: &str) -> Option<String> {
+    with_mounted(h.backend.as_ref(), v, &h.scratch("mnt"), true, |root| {
+        Ok(fs::read_to_string(root.join(rel)).ok())
+    })
+    .unwrap_or_else(|e| panic!("read {rel} in {v}: {e}"))
+}
+
+fn parent(h: &Harness) -> String {
+    h.pool.dataset.clone().expect("zfs pool has a dataset")
+}
+
+/// Every snapshot under the pool's parent dataset.
+fn snapshots(h: &Harness) -> Vec<String> {
+    let out = cmd::run(
+        &*harness::runner(),
+        "zfs",
+        &[
+            "list",
+            "-H",
+            "-o",
+            "name",
+            "-t",
+            "snapshot",
+            "-r",
+            &parent(h),
+        ],
+    )
+    .expect("zfs list");
+    out.stdout.lines().map(str::to_owned).collect()
+}
+
+fn datasets(h: &Harness) -> Vec<String> {
+    let out = cmd::run(
+        &*harness::runner(),
+        "zfs",
+        &["list", "-H", "-o", "name", "-r", &parent(h)],
+    )
+    .expect("zfs list");
+    out.stdout.lines().map(str::to_owned).collect()
+}
+
+fn used(dataset: &str) -> u64 {
+    let out = cmd::run(
+        &*harness::runner(),
+        "zfs",
+        &["get", "-Hp", "-o", "value", "used", dataset],
+    )
+    .expect("zfs get used");
+    out.stdout.trim().parse().expect("used is a number")
+}
+
+#[test]
+fn clone_of_a_populated_volume_adds_almost_no_disk() {
+    let Some(h) = harness() else { return };
+    let v = create(&h, "big", 512 << 20);
+    with_mounted(h.backend.as_ref(), &v, &h.scratch("mnt"), false, |root| {
+        fill(root, 120).map_err(BdevError::io("fill", root))
+    })
+    .expect("fill the origin");
+    let origin_used = h.backend.usage(&v).expect("usage").used_bytes;
+    assert!(
+        origin_used >= 120 << 20,
+        "origin uses only {origin_used} bytes"
+    );
+
+    let pool_before = used(&parent(&h));
+    let c = clone(&h, &v, "big-clone");
+    let pool_after = used(&parent(&h));
+    let u = h.backend.usage(&c).expect("clone usage");
+    assert!(
+        u.used_bytes < 1 << 20,
+        "a fresh clone uses {} bytes",
+        u.used_bytes
+    );
+    assert!(
+        pool_after.saturating_sub(pool_before) < 2 << 20,
+        "the clone grew the pool from {pool_before} to {pool_after} bytes"
+    );
+    assert_eq!(
+        u.limit_bytes,
+        Some(512 << 20),
+        "the clone keeps the origin's refquota"
+    );
+    assert!(
+        u.note.as_deref().unwrap_or("").contains("refers to"),
+        "{u:?}"
+    );
+    let sizes = with_mounted(h.backend.as_ref(), &c, &h.scratch("mnt"), true, |root| {
+        let n = fs::read_dir(root.join("data"))
+            .map_err(BdevError::io("list", root))?
+            .count();
+        Ok(n)
+    })
+    .expect("read the clone");
+    assert_eq!(sizes, 30);
+
+    h.backend.destroy(&c).expect("destroy clone");
+    h.backend.destroy(&v).expect("destroy origin");
+    assert!(snapshots(&h).is_empty(), "left: {:?}", snapshots(&h));
+}
+
+#[test]
+fn an_origin_with_a_clone_is_refused_and_the_clone_leaves_no_orphan() {
+    let Some(h) = harness() else { return };
+    let v = create(&h, "origin", 128 << 20);
+    write(&h, &v, "who", "origin");
+    let c = clone(&h, &v, "child");
+    let hidden = format!("{}/origin@berth-clone-child", parent(&h));
+    assert_eq!(snapshots(&h), vec![hidden.clone()]);
+
+    let e = h
+        .backend
+        .destroy(&v)
+        .expect_err("destroying an origin with a clone");
+    assert!(matches!(e, BdevError::DeleteRefused { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(msg.contains("child") && msg.contains("promote"), "{msg}");
+    // Nothing was harmed by the refusal.
+    assert_eq!(read(&h, &v, "who").as_deref(), Some("origin"));
+    assert_eq!(read(&h, &c, "who").as_deref(), Some("origin"));
+
+    h.backend.destroy(&c).expect("destroy the clone");
+    assert!(
+        snapshots(&h).is_empty(),
+        "orphan snapshots: {:?}",
+        snapshots(&h)
+    );
+    h.backend
+        .destroy(&v)
+        .expect("destroy the origin once the clone is gone");
+    assert!(datasets(&h).len() == 1, "left: {:?}", datasets(&h));
+}
+
+#[test]
+fn promote_then_destroy_the_old_origin() {
+    let Some(h) = harness() else { return };
+    let zfs = Zfs::new(&h.pool, harness::runner()).expect("open zfs");
+    let v = create(&h, "old", 128 << 20);
+    write(&h, &v, "who", "old");
+    let c = clone(&h, &v, "new");
+    write(&h, &c, "mine", "new");
+    assert!(
+        h.backend.destroy(&v).is_err(),
+        "the origin is pinned before promote"
+    );
+
+    zfs.promote(&c).expect("promote");
+    h.backend
+        .destroy(&v)
+        .expect("destroy the old origin after promote");
+    assert_eq!(read(&h, &c, "who").as_deref(), Some("old"));
+    assert_eq!(read(&h, &c, "mine").as_deref(), Some("new"));
+    // The hidden snapshot moved to the promoted clone and went with the old origin.
+    assert!(
+        snapshots(&h).is_empty(),
+        "orphan snapshots: {:?}",
+        snapshots(&h)
+    );
+    h.backend.destroy(&c).expect("destroy the promoted clone");
+}
+
+#[test]
+fn persisted_mount_is_undone_by_unmount() {
+    let Some(h) = harness() else { return };
+    let v = create(&h, "p", 64 << 20);
+    let at = h.scratch("persist");
+    let guard = h.backend.mount(&v, &at, false).expect("mount");
+    fs::write(at.join("kept"), "yes").expect("write through the mount");
+    let path = guard.persist();
+    assert!(
+        berth_bdev::mount::is_mountpoint(&path),
+        "the persisted mount is gone"
+    );
+    h.backend.unmount(&v, &at).expect("unmount");
+    assert!(
+        harness::leaks_under(h.tmp.path()).is_empty(),
+        "{:?}",
+        harness::leaks_under(h.tmp.path())
+    );
+    assert_eq!(read(&h, &v, "kept").as_deref(), Some("yes"));
+    h.backend.destroy(&v).expect("destroy");
+}
+
+#[test]
+fn snapshot_mounts_read_only_through_a_temporary_clone() {
+    let Some(h) = harness() else { return };
+    let v = create(&h, "s", 64 << 20);
+    write(&h, &v, "f", "at-snap");
+    let mut rv = Revert::new();
+    let snap = h
+        .backend
+        .snapshot(&v, "s", "one", &mut rv)
+        .expect("snapshot");
+    rv.commit();
+    write(&h, &v, "f", "later");
+
+    let at = h.scratch("snap");
+    let guard = h.backend.mount(&snap, &at, true).expect("mount snapshot");
+    assert_eq!(
+        fs::read_to_string(at.join("f")).expect("read").as_str(),
+        "at-snap"
+    );
+    assert!(
+        fs::write(at.join("g"), "x").is_err(),
+        "a snapshot mount is writable"
+    );
+    let tmp_clone = format!("{}/s:one", parent(&h));
+    assert!(datasets(&h).contains(&tmp_clone), "{:?}", datasets(&h));
+    // A persisted snapshot mount is undone by unmount, temporary clone included.
+    guard.persist();
+    h.backend.unmount(&snap, &at).expect("unmount snapshot");
+    assert!(!datasets(&h).contains(&tmp_clone), "{:?}", datasets(&h));
+
+    assert!(
+        h.backend.mount(&snap, &at, false).is_err(),
+        "snapshots mount read-only only"
+    );
+    h.backend.destroy_snapshot(&snap).expect("destroy snapshot");
+    h.backend.destroy(&v).expect("destroy");
+}
