@@ -17,6 +17,7 @@ pub mod mount;
 pub mod names;
 pub mod plan;
 pub mod pool;
+pub mod process;
 pub mod revert;
 pub mod spec;
 

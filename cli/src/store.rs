@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use berth_bdev::fsutil::atomic_write;
 use berth_bdev::names::validate_name;
+use berth_bdev::process::Process;
 use berth_bdev::{BackendKind, PoolConfig, VolumeSpec};
 use rustix::fs::{flock, FlockOperation};
 use serde::de::DeserializeOwned;
@@ -90,28 +91,16 @@ pub struct RunState {
 impl RunState {
     /// Whether the process that recorded this state still exists.
     pub fn process_alive(&self) -> bool {
-        match (self.pid, self.starttime) {
-            (Some(pid), Some(start)) => proc_starttime(pid) == Some(start),
+        match (self.pid.and_then(|p| i32::try_from(p).ok()), self.starttime) {
+            (Some(pid), Some(starttime)) => Process { pid, starttime }.alive(),
             _ => false,
         }
     }
 }
 
-/// Field 22 of /proc/PID/stat (start time), for a process that is not a zombie.
+/// The start time of `pid`, while it has not exited.
 pub fn proc_starttime(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_starttime(&stat)
-}
-
-fn parse_starttime(stat: &str) -> Option<u64> {
-    // The command name may contain spaces and parentheses: split after the last ')'.
-    let rest = stat.get(stat.rfind(')')? + 2..)?;
-    let mut fields = rest.split(' ');
-    // A zombie has exited; only its parent has not reaped it yet.
-    if matches!(fields.next()?, "Z" | "X") {
-        return None;
-    }
-    fields.nth(18)?.parse().ok()
+    Process::of(i32::try_from(pid).ok()?).map(|p| p.starttime)
 }
 
 /// An open state root, locked for the lifetime of the value.
@@ -443,14 +432,6 @@ mod tests {
         fs::write(d.path().join("containers/bad.toml"), "name = [").unwrap();
         let e = s.container("bad").unwrap_err().to_string();
         assert!(e.contains("bad.toml"), "{e}");
-    }
-
-    #[test]
-    fn zombies_count_as_dead() {
-        let live = "42 (we ird) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 12345 1000 10";
-        assert_eq!(parse_starttime(live), Some(12345));
-        let zombie = live.replace(") S ", ") Z ");
-        assert_eq!(parse_starttime(&zombie), None);
     }
 
     #[test]

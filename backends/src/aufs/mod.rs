@@ -202,7 +202,9 @@ impl Aufs {
         debug!(pid = d.pid, at = %at.display(), "unionfs mounted");
         let mut guard = MountGuard::mounted(at);
         let at = at.to_path_buf();
-        guard.on_release(format!("stop unionfs (pid {})", d.pid), move || d.reap(&at));
+        guard.on_release(format!("stop unionfs (pid {})", d.pid), move || {
+            daemon::reap(&d, &at)
+        });
         Ok(guard)
     }
 }
@@ -319,7 +321,7 @@ impl Backend for Aufs {
         mount::unmount(at)?;
         let mut first = None;
         for d in daemons {
-            if let Err(e) = d.reap(at) {
+            if let Err(e) = daemon::reap(&d, at) {
                 first.get_or_insert(e);
             }
         }

@@ -14,12 +14,12 @@ use std::ffi::OsStr;
 use std::fs;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use berth_bdev::cmd::Runner;
 use berth_bdev::fsutil::create_dir_all;
+use berth_bdev::process::{self, wait_until, Process, Stopped};
 use berth_bdev::{loopdev, mount, BdevError, Result};
-use rustix::process::{kill_process, Pid, Signal};
 use serde_json::json;
 use tracing::{debug, warn};
 
@@ -129,15 +129,11 @@ fn read_pid(run: &Path) -> Option<i32> {
         .ok()
 }
 
-/// Whether `pid` is still our daemon (not exited, not a reused pid).
+/// Whether `pid` is still our daemon (not exited, not a reused pid: its command
+/// line names our pidfile).
 fn alive(pid: i32, pidfile: &Path) -> bool {
-    let running = fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !parse::is_zombie(&s))
-        .unwrap_or(false);
-    running
-        && fs::read(format!("/proc/{pid}/cmdline"))
-            .map(|c| parse::is_our_daemon(&c, pidfile))
-            .unwrap_or(false)
+    Process::of(pid).is_some()
+        && process::cmdline(pid).is_some_and(|c| parse::is_our_daemon(&c, pidfile))
 }
 
 /// The pid of the live daemon that owns `run`, if any.
@@ -151,17 +147,6 @@ pub(super) fn is_writable(run: &Path) -> bool {
     fs::read_to_string(run.join(MODE)).is_ok_and(|m| m.trim() == "rw")
 }
 
-fn wait_until(limit: Duration, f: impl Fn() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    f()
-}
-
 /// Loop devices whose backing file is `file` (compared as written in sysfs, which
 /// works even when the FUSE file behind them is dead).
 fn loops_on(file: &Path) -> Vec<PathBuf> {
@@ -173,25 +158,22 @@ fn loops_on(file: &Path) -> Vec<PathBuf> {
 }
 
 fn stop_daemon(pid: i32, pidfile: &Path) -> Result<()> {
-    let Some(p) = Pid::from_raw(pid) else {
+    let Some(p) = Process::of(pid) else {
         return Ok(());
     };
-    let failed = |what: &str| BdevError::Io {
+    let failed = |source| BdevError::Io {
         op: "stop qemu-storage-daemon",
         path: pidfile.to_path_buf(),
-        source: std::io::Error::other(format!("pid {pid} {what}")),
+        source,
     };
     // SIGTERM: the daemon flushes the image and removes its FUSE export.
-    let _ = kill_process(p, Signal::TERM);
-    if wait_until(Duration::from_secs(10), || !alive(pid, pidfile)) {
-        return Ok(());
+    match p.stop(Duration::from_secs(10)) {
+        Ok(Stopped::Terminated) => Ok(()),
+        Ok(Stopped::Killed) => Err(failed(std::io::Error::other(format!(
+            "pid {pid} ignored SIGTERM and was killed; the image may not be flushed"
+        )))),
+        Err(e) => Err(failed(e)),
     }
-    warn!(pid, "qemu-storage-daemon ignores SIGTERM; killing it");
-    let _ = kill_process(p, Signal::KILL);
-    if wait_until(Duration::from_secs(3), || !alive(pid, pidfile)) {
-        return Err(failed("needed SIGKILL"));
-    }
-    Err(failed("survived SIGKILL"))
 }
 
 fn remove_file(p: &Path) -> Result<()> {

@@ -97,12 +97,6 @@ pub fn is_our_daemon(cmdline: &[u8], pidfile: &Path) -> bool {
     is_qsd && args.windows(2).any(|w| w[0] == b"--pidfile" && w[1] == pf)
 }
 
-/// Whether a `/proc/PID/stat` line describes a zombie (exited, not yet reaped).
-pub fn is_zombie(stat: &str) -> bool {
-    stat.rsplit_once(')')
-        .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,7 +197,5 @@ mod tests {
             b"sleep\0--pidfile\0/p/.run/c1/qsd.pid\0",
             pf
         ));
-        assert!(is_zombie("123 (qemu-storage-d) Z 1 2 3"));
-        assert!(!is_zombie("123 (a) b) S 1 2 3"));
     }
 }

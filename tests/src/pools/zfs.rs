@@ -10,9 +10,10 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use berth_bdev::cmd::{self, have_program, HostRunner};
+use berth_bdev::process::{wait_until, Process, Stopped};
 use berth_bdev::{BackendKind, PoolConfig};
 
 use crate::harness::Setup;
@@ -51,30 +52,9 @@ fn daemon_answers() -> bool {
     zpool(&["list", "-H"]).is_ok()
 }
 
-fn pid_alive(pid: u32) -> bool {
-    // A zombie still has a /proc entry but no longer runs.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            !s.rsplit_once(')')
-                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
-}
-
-fn wait_until(limit: Duration, f: impl Fn() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    f()
-}
-
 /// A zfs-fuse daemon this fixture started.
 pub struct Daemon {
-    pub pid: u32,
+    pub process: Process,
 }
 
 impl Daemon {
@@ -92,13 +72,14 @@ impl Daemon {
         let read_pid = || {
             std::fs::read_to_string(&pidfile)
                 .ok()
-                .and_then(|s| s.trim().parse::<u32>().ok())
+                .and_then(|s| s.trim().parse::<i32>().ok())
+                .and_then(Process::of)
         };
         if !wait_until(Duration::from_secs(10), || read_pid().is_some()) {
             return Err("zfs-fuse wrote no pidfile".to_owned());
         }
         let daemon = Daemon {
-            pid: read_pid().unwrap_or_default(),
+            process: read_pid().ok_or("zfs-fuse exited right after starting")?,
         };
         if !wait_until(Duration::from_secs(15), daemon_answers) {
             return Err("zfs-fuse started but `zpool list` does not answer".to_owned());
@@ -107,17 +88,12 @@ impl Daemon {
     }
 
     fn stop(&self) -> Result<(), String> {
-        let pid = self.pid.to_string();
-        let _ = cmd::run(&HostRunner, "kill", &["-TERM", &pid]);
         // zfs-fuse takes a few seconds to shut down.
-        if wait_until(Duration::from_secs(20), || !pid_alive(self.pid)) {
-            return Ok(());
+        match self.process.stop(Duration::from_secs(20)) {
+            Ok(Stopped::Terminated) => Ok(()),
+            Ok(Stopped::Killed) => Err(format!("zfs-fuse {} needed SIGKILL", self.process.pid)),
+            Err(e) => Err(format!("zfs-fuse: {e}")),
         }
-        let _ = cmd::run(&HostRunner, "kill", &["-KILL", &pid]);
-        if wait_until(Duration::from_secs(5), || !pid_alive(self.pid)) {
-            return Err(format!("zfs-fuse {pid} needed SIGKILL"));
-        }
-        Err(format!("zfs-fuse {pid} survived SIGKILL"))
     }
 }
 
