@@ -7,7 +7,8 @@ use std::sync::Arc;
 use berth_bdev::cmd::{self, HostRunner, Runner};
 use berth_bdev::loopdev::{self, LoopDevice};
 use berth_bdev::mount::{self, MountGuard};
-use berth_bdev::{Backend, PoolConfig};
+use berth_bdev::{Backend, CreateOpts, PoolConfig, Revert, VolumeSpec};
+use std::io::Write;
 
 /// Under CI (`CI=true`) every tool is installed, so a missing prerequisite is a
 /// failure; elsewhere the test prints `SKIP: reason` and passes.
@@ -73,6 +74,23 @@ impl Drop for ScratchFs {
     }
 }
 
+/// Writes `mib` MiB of bytes that no compression shrinks (xorshift64 from `seed`),
+/// so that space figures measure real data.
+pub fn write_incompressible(out: &mut impl Write, mib: usize, seed: u64) -> std::io::Result<()> {
+    let mut x = seed | 1;
+    let mut buf = vec![0u8; 1 << 20];
+    for _ in 0..mib {
+        for chunk in buf.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            chunk.copy_from_slice(&x.to_le_bytes());
+        }
+        out.write_all(&buf)?;
+    }
+    Ok(())
+}
+
 /// Polls `f` for up to two seconds.
 pub fn wait_for(f: impl Fn() -> bool) -> bool {
     for _ in 0..200 {
@@ -115,6 +133,39 @@ pub struct Harness {
 }
 
 impl Harness {
+    /// Creates volume `name`, keeping it (the test destroys it).
+    pub fn create(&self, name: &str, opts: &CreateOpts) -> VolumeSpec {
+        let mut rv = Revert::new();
+        let v = self
+            .backend
+            .create(name, opts, &mut rv)
+            .unwrap_or_else(|e| panic!("create {name}: {e}"));
+        rv.commit();
+        v
+    }
+
+    /// Takes snapshot `snap` of volume `name`.
+    pub fn snapshot(&self, v: &VolumeSpec, name: &str, snap: &str) -> VolumeSpec {
+        let mut rv = Revert::new();
+        let s = self
+            .backend
+            .snapshot(v, name, snap, &mut rv)
+            .unwrap_or_else(|e| panic!("snapshot {v}: {e}"));
+        rv.commit();
+        s
+    }
+
+    /// Snapshot-clones `src` as `name`.
+    pub fn clone_of(&self, src: &VolumeSpec, name: &str) -> VolumeSpec {
+        let mut rv = Revert::new();
+        let c = self
+            .backend
+            .snapshot_clone(src, name, &mut rv)
+            .unwrap_or_else(|e| panic!("clone {src} as {name}: {e}"));
+        rv.commit();
+        c
+    }
+
     /// A scratch directory for mount points and reference trees.
     pub fn scratch(&self, name: &str) -> PathBuf {
         let p = self.tmp.path().join(name);

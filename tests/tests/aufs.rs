@@ -63,26 +63,6 @@ fn assert_no_daemons(h: &Harness) {
     );
 }
 
-fn create(h: &Harness, name: &str) -> VolumeSpec {
-    let mut rv = Revert::new();
-    let v = h
-        .backend
-        .create(name, &CreateOpts::default(), &mut rv)
-        .expect("create");
-    rv.commit();
-    v
-}
-
-fn clone(h: &Harness, src: &VolumeSpec, name: &str) -> VolumeSpec {
-    let mut rv = Revert::new();
-    let c = h
-        .backend
-        .snapshot_clone(src, name, &mut rv)
-        .unwrap_or_else(|e| panic!("clone {src} as {name}: {e}"));
-    rv.commit();
-    c
-}
-
 fn mount_at(h: &Harness, v: &VolumeSpec, name: &str, ro: bool) -> MountGuard {
     h.backend
         .mount(v, &h.scratch(name), ro)
@@ -139,7 +119,7 @@ fn writes_and_deletes_land_only_in_the_upper() {
     let reference = h.scratch("base-ref");
     copy_tree(&base, &reference, &NoProgress).expect("reference copy");
 
-    let c = clone(&h, &VolumeSpec::Dir { path: base.clone() }, "c");
+    let c = h.clone_of(&VolumeSpec::Dir { path: base.clone() }, "c");
     change(
         &h,
         &c,
@@ -183,7 +163,7 @@ fn writes_and_deletes_land_only_in_the_upper() {
     g.release().expect("unmount");
 
     // A fresh volume's own lower stays empty.
-    let v = create(&h, "fresh");
+    let v = h.create("fresh", &CreateOpts::default());
     change(&h, &v, &[("etc/hostname", Some("fresh"))]);
     let VolumeSpec::Aufs { lowers, .. } = &v else {
         unreachable!()
@@ -205,15 +185,15 @@ fn writes_and_deletes_land_only_in_the_upper() {
 #[test]
 fn stacked_clones_hide_what_a_middle_layer_deleted() {
     let Some(h) = harness(setup) else { return };
-    let o = create(&h, "o");
+    let o = h.create("o", &CreateOpts::default());
     change(
         &h,
         &o,
         &[("f1", Some("o")), ("f2", Some("o")), ("f3", Some("o"))],
     );
-    let c1 = clone(&h, &o, "c1");
+    let c1 = h.clone_of(&o, "c1");
     change(&h, &c1, &[("f1", None), ("f2", Some("c1"))]);
-    let c2 = clone(&h, &c1, "c2");
+    let c2 = h.clone_of(&c1, "c2");
     let VolumeSpec::Aufs { lowers, .. } = &c2 else {
         unreachable!()
     };
@@ -246,7 +226,7 @@ fn stacked_clones_hide_what_a_middle_layer_deleted() {
         .expect("snapshot");
     rv.commit();
     change(&h, &c1, &[("f2", Some("later"))]);
-    let from_snap = clone(&h, &snap, "from-snap");
+    let from_snap = h.clone_of(&snap, "from-snap");
     assert_eq!(read(&h, &from_snap, "f1"), None);
     assert_eq!(read(&h, &from_snap, "f2").as_deref(), Some("c1"));
     // Snapshots mount read-only.
@@ -270,7 +250,7 @@ fn no_unionfs_daemon_outlives_its_mount() {
         eprintln!("the kernel has aufs: no daemon to check");
         return;
     }
-    let v = create(&h, "d");
+    let v = h.create("d", &CreateOpts::default());
     let at = h.scratch("m");
 
     // Guard release.
@@ -362,7 +342,7 @@ fn unionfs_keeps_every_file_type_but_xattrs() {
         )
         .expect("strip xattr");
     }
-    let v = create(&h, "types");
+    let v = h.create("types", &CreateOpts::default());
     with_mounted(h.backend.as_ref(), &v, &h.scratch("mnt"), false, |root| {
         let f = root.join("probe");
         fs::write(&f, "x").map_err(BdevError::io("write", &f))?;
@@ -400,9 +380,9 @@ fn branches_in_use_are_protected() {
         eprintln!("the kernel has aufs: branch use is not tracked");
         return;
     }
-    let o = create(&h, "o");
+    let o = h.create("o", &CreateOpts::default());
     change(&h, &o, &[("f", Some("o"))]);
-    let c = clone(&h, &o, "c");
+    let c = h.clone_of(&o, "c");
     let g = mount_at(&h, &c, "m", false);
     let e = h
         .backend

@@ -35,26 +35,6 @@ fn tree(v: &VolumeSpec) -> PathBuf {
         .to_path_buf()
 }
 
-fn snapshot(h: &Harness, v: &VolumeSpec, name: &str, snap: &str) -> VolumeSpec {
-    let mut rv = Revert::new();
-    let s = h
-        .backend
-        .snapshot(v, name, snap, &mut rv)
-        .unwrap_or_else(|e| panic!("snapshot {v}: {e}"));
-    rv.commit();
-    s
-}
-
-fn clone(h: &Harness, src: &VolumeSpec, name: &str) -> VolumeSpec {
-    let mut rv = Revert::new();
-    let c = h
-        .backend
-        .snapshot_clone(src, name, &mut rv)
-        .unwrap_or_else(|e| panic!("clone {src}: {e}"));
-    rv.commit();
-    c
-}
-
 fn is_ro(p: &Path) -> bool {
     let out = btrfs(&["property", "get", "-ts", &p.to_string_lossy(), "ro"]);
     match out.trim() {
@@ -138,7 +118,7 @@ fn nested_subvolumes_are_snapshotted_and_destroyed() {
     ]);
 
     // A snapshot takes the nested subvolumes along, all read-only.
-    let s = snapshot(&h, &v, "c1", "s1");
+    let s = h.snapshot(&v, "c1", "s1");
     let sp = tree(&s);
     assert_eq!(
         fs::read_to_string(sp.join("var/lib/machines/inner/data")).unwrap(),
@@ -157,7 +137,7 @@ fn nested_subvolumes_are_snapshotted_and_destroyed() {
     assert!(fs::write(sp.join("var/lib/machines/inner/x"), "x").is_err());
 
     // A clone of it is writable all the way down.
-    let c = clone(&h, &s, "c2");
+    let c = h.clone_of(&s, "c2");
     let cp = tree(&c);
     fs::write(cp.join("var/lib/machines/inner/new"), "w").unwrap();
     assert!(!is_ro(&cp.join("var/lib/machines/inner")));
@@ -193,7 +173,7 @@ fn snapshot_clone_copies_no_data() {
         before - empty
     );
 
-    let c = clone(&h, &v, "big-clone");
+    let c = h.clone_of(&v, "big-clone");
     let cp = tree(&c);
     let after = fs_used(&p);
     assert!(
@@ -223,7 +203,7 @@ fn clone_of_a_snapshot_is_writable_and_the_snapshot_stays_read_only() {
     let Some(h) = setup() else { return };
     let (v, p) = create(&h, "ro");
     fs::write(p.join("f"), "v1").unwrap();
-    let s = snapshot(&h, &v, "ro", "s1");
+    let s = h.snapshot(&v, "ro", "s1");
     let sp = tree(&s);
     assert!(is_ro(&sp));
     let err = fs::write(sp.join("f"), "no").unwrap_err();
@@ -235,7 +215,7 @@ fn clone_of_a_snapshot_is_writable_and_the_snapshot_stays_read_only() {
     assert!(fs::write(at.join("g"), "no").is_err());
     g.release().expect("unmount");
 
-    let c = clone(&h, &s, "from-snap");
+    let c = h.clone_of(&s, "from-snap");
     let cp = tree(&c);
     assert!(!is_ro(&cp));
     fs::write(cp.join("f"), "clone").unwrap();
@@ -275,7 +255,7 @@ fn usage_reads_qgroups_only_when_quotas_are_enabled() {
     // This scratch filesystem is the test's own: enabling quotas is fine here.
     btrfs(&["quota", "enable", &m]);
     btrfs(&["quota", "rescan", "-w", &m]);
-    let c = clone(&h, &v, "u-clone");
+    let c = h.clone_of(&v, "u-clone");
     fs::write(
         tree(&c).join("small"),
         berth_fixtures::filetypes::pattern(1 << 20, 2),

@@ -3,7 +3,6 @@
 //! devices released after every unmount and failed mount.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use berth_bdev::cmd::{self, HostRunner};
@@ -12,7 +11,7 @@ use berth_bdev::loopdev;
 use berth_bdev::mount;
 use berth_bdev::plan::{plan_clone, CloneMode, ClonePlan};
 use berth_bdev::{BackendKind, BdevError, CreateOpts, FsType, MountGuard, Revert, VolumeSpec};
-use berth_tests::harness::{harness, wait_for, Harness};
+use berth_tests::harness::{harness, wait_for, write_incompressible, Harness};
 use berth_tests::pools::r#loop::{setup, setup_ext4};
 
 fn opts(size: u64, fstype: FsType) -> CreateOpts {
@@ -20,16 +19,6 @@ fn opts(size: u64, fstype: FsType) -> CreateOpts {
         size: Some(size),
         fstype: Some(fstype),
     }
-}
-
-fn create(h: &Harness, name: &str, o: &CreateOpts) -> VolumeSpec {
-    let mut rv = Revert::new();
-    let v = h
-        .backend
-        .create(name, o, &mut rv)
-        .unwrap_or_else(|e| panic!("create {name}: {e}"));
-    rv.commit();
-    v
 }
 
 fn image(v: &VolumeSpec) -> PathBuf {
@@ -94,7 +83,7 @@ fn ext4_xfs_btrfs_create_mount_write_read() {
     let Some(h) = harness(setup) else { return };
     for fstype in [FsType::Ext4, FsType::Xfs, FsType::Btrfs] {
         let name = format!("v-{fstype}");
-        let v = create(&h, &name, &opts(512 << 20, fstype));
+        let v = h.create(&name, &opts(512 << 20, fstype));
         let img = image(&v);
         let mut head = Vec::new();
         fs::File::open(&img)
@@ -124,17 +113,8 @@ fn write_200mb(h: &Harness, v: &VolumeSpec) {
     with_mounted(h.backend.as_ref(), v, &h.scratch("mnt"), false, |root| {
         let p = root.join("big");
         let mut f = fs::File::create(&p).map_err(BdevError::io("create", &p))?;
-        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-        let mut buf = vec![0u8; 1 << 20];
-        for _ in 0..200 {
-            for chunk in buf.chunks_mut(8) {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                chunk.copy_from_slice(&x.to_le_bytes());
-            }
-            f.write_all(&buf).map_err(BdevError::io("write", &p))?;
-        }
+        write_incompressible(&mut f, 200, 0x9E37_79B9_7F4A_7C15)
+            .map_err(BdevError::io("write", &p))?;
         f.sync_all().map_err(BdevError::io("sync", &p))
     })
     .expect("write 200 MB");
@@ -157,7 +137,7 @@ fn reflink_pool_clones_share_extents() {
         .expect("plan"),
         ClonePlan::SnapshotClone { pins_origin: false }
     );
-    let v = create(&h, "origin", &opts(512 << 20, FsType::Ext4));
+    let v = h.create("origin", &opts(512 << 20, FsType::Ext4));
     write_200mb(&h, &v);
     let pool_dir = h.pool.path.clone().expect("pool path");
     let before = df(&pool_dir, "used");
@@ -197,7 +177,7 @@ fn ext4_pool_refuses_snapshot_clones_and_copies_sparsely() {
     .to_string();
     assert!(e.contains("reflink"), "{e}");
     assert!(e.contains("--copy"), "{e}");
-    let v = create(&h, "origin", &opts(512 << 20, FsType::Ext4));
+    let v = h.create("origin", &opts(512 << 20, FsType::Ext4));
     write(&h, &v, "f", b"data");
     let mut rv = Revert::new();
     assert!(matches!(
@@ -228,7 +208,7 @@ fn ext4_pool_refuses_snapshot_clones_and_copies_sparsely() {
 fn xfs_and_btrfs_clones_mount_at_the_same_time() {
     let Some(h) = harness(setup) else { return };
     for fstype in [FsType::Xfs, FsType::Btrfs] {
-        let v = create(&h, &format!("o-{fstype}"), &opts(512 << 20, fstype));
+        let v = h.create(&format!("o-{fstype}"), &opts(512 << 20, fstype));
         write(&h, &v, "who", b"origin");
         let mut rv = Revert::new();
         let c1 = h
@@ -262,7 +242,7 @@ fn xfs_and_btrfs_clones_mount_at_the_same_time() {
 fn resize_grows_ext4_xfs_and_btrfs_and_refuses_to_shrink() {
     let Some(h) = harness(setup) else { return };
     for fstype in [FsType::Ext4, FsType::Xfs, FsType::Btrfs] {
-        let v = create(&h, &format!("r-{fstype}"), &opts(512 << 20, fstype));
+        let v = h.create(&format!("r-{fstype}"), &opts(512 << 20, fstype));
         write(&h, &v, "keep", b"kept");
         let size_of = |name: &str| {
             let g = mount_at(&h, &v, name, true);
@@ -304,7 +284,7 @@ fn resize_grows_ext4_xfs_and_btrfs_and_refuses_to_shrink() {
 #[test]
 fn loop_devices_are_released_after_unmount_and_failed_mounts() {
     let Some(h) = harness(setup) else { return };
-    let v = create(&h, "c", &opts(256 << 20, FsType::Ext4));
+    let v = h.create("c", &opts(256 << 20, FsType::Ext4));
     let img = image(&v);
     let g = mount_at(&h, &v, "m", false);
     assert_eq!(loopdev::devices_backed_by(&img).len(), 1);
@@ -357,7 +337,7 @@ fn loop_devices_are_released_after_unmount_and_failed_mounts() {
 #[test]
 fn snapshots_are_read_only_and_need_a_quiet_volume() {
     let Some(h) = harness(setup) else { return };
-    let v = create(&h, "s", &opts(256 << 20, FsType::Ext4));
+    let v = h.create("s", &opts(256 << 20, FsType::Ext4));
     write(&h, &v, "f", b"one");
     // Mounted read-write: the image is in flux, so snapshot and clone are refused.
     let g = mount_at(&h, &v, "rw", false);

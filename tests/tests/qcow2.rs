@@ -9,7 +9,7 @@ use berth_backends::qcow2::Qcow2;
 use berth_bdev::cmd;
 use berth_bdev::generic::with_mounted;
 use berth_bdev::{loopdev, mount, Backend, BdevError, CreateOpts, Revert, VolumeSpec};
-use berth_tests::harness::{self, Harness};
+use berth_tests::harness::{self, write_incompressible, Harness};
 use berth_tests::pools::qcow2::daemons_under;
 
 fn harness() -> Option<Harness> {
@@ -20,39 +20,19 @@ fn pool_root(h: &Harness) -> PathBuf {
     h.pool.path.clone().expect("qcow2 pool has a path")
 }
 
-fn create(h: &Harness, name: &str, size: u64) -> VolumeSpec {
-    let mut rv = Revert::new();
-    let v = h
-        .backend
-        .create(
-            name,
-            &CreateOpts {
-                size: Some(size),
-                fstype: None,
-            },
-            &mut rv,
-        )
-        .unwrap_or_else(|e| panic!("create {name}: {e}"));
-    rv.commit();
-    v
+/// Writes `mib` MiB of incompressible data as 4 MiB files.
+fn sized(size: u64) -> CreateOpts {
+    CreateOpts {
+        size: Some(size),
+        fstype: None,
+    }
 }
 
-/// Writes `mib` MiB of incompressible data as 4 MiB files.
 fn fill(root: &Path, mib: usize) -> std::io::Result<()> {
-    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-    let mut buf = vec![0u8; 1 << 20];
     fs::create_dir_all(root.join("data"))?;
     for f in 0..mib / 4 {
         let mut file = fs::File::create(root.join(format!("data/f{f}")))?;
-        for _ in 0..4 {
-            for chunk in buf.chunks_mut(8) {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                chunk.copy_from_slice(&x.to_le_bytes());
-            }
-            file.write_all(&buf)?;
-        }
+        write_incompressible(&mut file, 4, 0x2545_F491_4F6C_DD1D + f as u64)?;
         file.sync_all()?;
     }
     Ok(())
@@ -108,7 +88,7 @@ fn image_of(v: &VolumeSpec) -> &Path {
 #[test]
 fn backing_file_clone_of_a_populated_volume_adds_almost_no_disk() {
     let Some(h) = harness() else { return };
-    let v = create(&h, "big", 512 << 20);
+    let v = h.create("big", &sized(512 << 20));
     with_mounted(h.backend.as_ref(), &v, &h.scratch("mnt"), false, |root| {
         fill(root, 120).map_err(BdevError::io("fill", root))
     })
@@ -160,7 +140,7 @@ fn backing_file_clone_of_a_populated_volume_adds_almost_no_disk() {
 #[test]
 fn persisted_mount_is_fully_cleaned_by_unmount() {
     let Some(h) = harness() else { return };
-    let v = create(&h, "p", 64 << 20);
+    let v = h.create("p", &sized(64 << 20));
     let at = h.scratch("persist");
     let guard = h.backend.mount(&v, &at, false).expect("mount");
     fs::write(at.join("kept"), "yes").expect("write");
@@ -183,7 +163,7 @@ fn persisted_mount_is_fully_cleaned_by_unmount() {
 fn leftovers_of_a_killed_daemon_are_cleaned_by_cleanup_stale() {
     let Some(h) = harness() else { return };
     let q = Qcow2::new(&h.pool, harness::runner()).expect("open qcow2");
-    let v = create(&h, "k", 64 << 20);
+    let v = h.create("k", &sized(64 << 20));
     let at = h.scratch("crash");
     let guard = h.backend.mount(&v, &at, false).expect("mount");
     let mut f = fs::File::create(at.join("synced")).expect("create");
@@ -225,7 +205,7 @@ fn leftovers_of_a_killed_daemon_are_cleaned_by_cleanup_stale() {
 #[test]
 fn a_failed_mount_leaves_nothing_behind() {
     let Some(h) = harness() else { return };
-    let v = create(&h, "f", 64 << 20);
+    let v = h.create("f", &sized(64 << 20));
     // The target does not exist: the mount fails after the daemon and loop device
     // were set up, and the guard must take them down again.
     let missing = h.tmp.path().join("no-such-dir");
@@ -249,7 +229,7 @@ fn a_failed_mount_leaves_nothing_behind() {
 #[test]
 fn resize_grows_image_and_filesystem() {
     let Some(h) = harness() else { return };
-    let v = create(&h, "r", 128 << 20);
+    let v = h.create("r", &sized(128 << 20));
     h.backend.resize(&v, 512 << 20).expect("resize");
     assert_eq!(
         h.backend.usage(&v).expect("usage").limit_bytes,

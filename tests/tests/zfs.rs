@@ -3,64 +3,32 @@
 //! bookkeeping (persisted mounts, read-only snapshot mounts).
 
 use std::fs;
-use std::io::Write;
 use std::path::Path;
 
 use berth_backends::zfs::Zfs;
 use berth_bdev::cmd;
 use berth_bdev::generic::with_mounted;
 use berth_bdev::{BdevError, CreateOpts, Revert, VolumeSpec};
-use berth_tests::harness::{self, Harness};
+use berth_tests::harness::{self, write_incompressible, Harness};
 use berth_tests::pools;
 
 fn harness() -> Option<Harness> {
     harness::harness(pools::zfs::setup)
 }
 
-fn create(h: &Harness, name: &str, size: u64) -> VolumeSpec {
-    let mut rv = Revert::new();
-    let v = h
-        .backend
-        .create(
-            name,
-            &CreateOpts {
-                size: Some(size),
-                fstype: None,
-            },
-            &mut rv,
-        )
-        .unwrap_or_else(|e| panic!("create {name}: {e}"));
-    rv.commit();
-    v
-}
-
-fn clone(h: &Harness, src: &VolumeSpec, name: &str) -> VolumeSpec {
-    let mut rv = Revert::new();
-    let c = h
-        .backend
-        .snapshot_clone(src, name, &mut rv)
-        .unwrap_or_else(|e| panic!("clone {name}: {e}"));
-    rv.commit();
-    c
-}
-
 /// Writes `mib` MiB of incompressible data as 4 MiB files under `dir`.
+fn sized(size: u64) -> CreateOpts {
+    CreateOpts {
+        size: Some(size),
+        fstype: None,
+    }
+}
+
 fn fill(root: &Path, mib: usize) -> std::io::Result<()> {
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut buf = vec![0u8; 1 << 20];
     fs::create_dir_all(root.join("data"))?;
     for f in 0..mib / 4 {
         let mut file = fs::File::create(root.join(format!("data/f{f}")))?;
-        for _ in 0..4 {
-            for chunk in buf.chunks_mut(8) {
-                // xorshift64: cheap bytes that no compression shrinks.
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                chunk.copy_from_slice(&x.to_le_bytes());
-            }
-            file.write_all(&buf)?;
-        }
+        write_incompressible(&mut file, 4, 0x9E37_79B9_7F4A_7C15 + f as u64)?;
         file.sync_all()?;
     }
     Ok(())
@@ -127,7 +95,7 @@ fn used(dataset: &str) -> u64 {
 #[test]
 fn clone_of_a_populated_volume_adds_almost_no_disk() {
     let Some(h) = harness() else { return };
-    let v = create(&h, "big", 512 << 20);
+    let v = h.create("big", &sized(512 << 20));
     with_mounted(h.backend.as_ref(), &v, &h.scratch("mnt"), false, |root| {
         fill(root, 120).map_err(BdevError::io("fill", root))
     })
@@ -139,7 +107,7 @@ fn clone_of_a_populated_volume_adds_almost_no_disk() {
     );
 
     let pool_before = used(&parent(&h));
-    let c = clone(&h, &v, "big-clone");
+    let c = h.clone_of(&v, "big-clone");
     let pool_after = used(&parent(&h));
     let u = h.backend.usage(&c).expect("clone usage");
     assert!(
@@ -177,9 +145,9 @@ fn clone_of_a_populated_volume_adds_almost_no_disk() {
 #[test]
 fn an_origin_with_a_clone_is_refused_and_the_clone_leaves_no_orphan() {
     let Some(h) = harness() else { return };
-    let v = create(&h, "origin", 128 << 20);
+    let v = h.create("origin", &sized(128 << 20));
     write(&h, &v, "who", "origin");
-    let c = clone(&h, &v, "child");
+    let c = h.clone_of(&v, "child");
     let hidden = format!("{}/origin@berth-clone-child", parent(&h));
     assert_eq!(snapshots(&h), vec![hidden.clone()]);
 
@@ -210,9 +178,9 @@ fn an_origin_with_a_clone_is_refused_and_the_clone_leaves_no_orphan() {
 fn promote_then_destroy_the_old_origin() {
     let Some(h) = harness() else { return };
     let zfs = Zfs::new(&h.pool, harness::runner()).expect("open zfs");
-    let v = create(&h, "old", 128 << 20);
+    let v = h.create("old", &sized(128 << 20));
     write(&h, &v, "who", "old");
-    let c = clone(&h, &v, "new");
+    let c = h.clone_of(&v, "new");
     write(&h, &c, "mine", "new");
     assert!(
         h.backend.destroy(&v).is_err(),
@@ -237,7 +205,7 @@ fn promote_then_destroy_the_old_origin() {
 #[test]
 fn persisted_mount_is_undone_by_unmount() {
     let Some(h) = harness() else { return };
-    let v = create(&h, "p", 64 << 20);
+    let v = h.create("p", &sized(64 << 20));
     let at = h.scratch("persist");
     let guard = h.backend.mount(&v, &at, false).expect("mount");
     fs::write(at.join("kept"), "yes").expect("write through the mount");
@@ -259,7 +227,7 @@ fn persisted_mount_is_undone_by_unmount() {
 #[test]
 fn snapshot_mounts_read_only_through_a_temporary_clone() {
     let Some(h) = harness() else { return };
-    let v = create(&h, "s", 64 << 20);
+    let v = h.create("s", &sized(64 << 20));
     write(&h, &v, "f", "at-snap");
     let mut rv = Revert::new();
     let snap = h
