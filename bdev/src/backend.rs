@@ -28,6 +28,9 @@ pub struct Caps {
     /// origin must stay read-only while they exist. False where clones depend on a
     /// frozen snapshot instead (zfs).
     pub clone_reads_live_origin: bool,
+    /// A snapshot clone can take over its origin's data in place (`promote`), so the
+    /// origin can be destroyed without copying the clone.
+    pub promote: bool,
     /// Snapshot clones can stack on plain-tree volumes of other backends (dir, btrfs).
     pub stacks_on_trees: bool,
     /// The mounted volume cannot store extended attributes (file capabilities,
@@ -211,6 +214,12 @@ pub trait Backend: Send + Sync {
         _rv: &mut Revert,
     ) -> Result<VolumeSpec> {
         Err(BdevError::unsupported(self.name(), "native copy"))
+    }
+
+    /// Makes the snapshot clone `clone` independent of its origin without copying
+    /// (`zfs promote`): the origin then depends on the clone instead.
+    fn promote(&self, _clone: &VolumeSpec) -> Result<()> {
+        Err(BdevError::unsupported(self.name(), "promote"))
     }
 
     /// Grows the volume (and its filesystem) to `size` bytes.

@@ -76,6 +76,10 @@ pub struct DestroyArgs {
     /// Also destroy its snapshots.
     #[arg(short = 's', long)]
     pub with_snapshots: bool,
+    /// Keep the clones that depend on it: promote one where the backend can (zfs),
+    /// turn the others into independent copies.
+    #[arg(long, visible_alias = "promote", conflicts_with = "force")]
+    pub keep_clones: bool,
 }
 
 #[derive(Args, Debug)]
@@ -155,6 +159,7 @@ pub fn destroy(cli: &Cli, a: &DestroyArgs) -> anyhow::Result<ExitCode> {
         DestroyRequest {
             force: a.force,
             with_snapshots: a.with_snapshots,
+            keep_clones: a.keep_clones,
         },
     )?;
     for n in done {

@@ -297,6 +297,33 @@ pub fn clone_from_snapshot(h: &Harness) {
     destroy(h, &v);
 }
 
+/// A snapshot of a snapshot clone keeps its point in time, and can itself be
+/// cloned; everything is destroyed in dependency order.
+pub fn snapshot_of_a_clone(h: &Harness) {
+    let caps = h.backend.caps();
+    if !(caps.snapshot && caps.snapshot_clone) {
+        return;
+    }
+    let v = create(h, "base");
+    write(h, &v, &[("f", "base")]);
+    let c = h.clone_of(&v, "mid");
+    write(h, &c, &[("f", "mid")]);
+    let s = h.snapshot(&c, "mid", "s1");
+    write(h, &c, &[("f", "mid-later")]);
+    assert_eq!(read(h, &s, "f").as_deref(), Some("mid"));
+    if caps.clone_from_snapshot {
+        let cc = h.clone_of(&s, "leaf");
+        assert_eq!(read(h, &cc, "f").as_deref(), Some("mid"));
+        write(h, &cc, &[("f", "leaf")]);
+        assert_eq!(read(h, &s, "f").as_deref(), Some("mid"));
+        assert_eq!(read(h, &c, "f").as_deref(), Some("mid-later"));
+        destroy(h, &cc);
+    }
+    h.backend.destroy_snapshot(&s).expect("destroy snapshot");
+    destroy(h, &c);
+    destroy(h, &v);
+}
+
 /// A full copy (the backend's own tool, or through mounts) is independent.
 pub fn copy_independent(h: &Harness) {
     let v = create(h, "src");
@@ -347,6 +374,31 @@ pub fn resize_matches_caps(h: &Harness) {
     destroy(h, &v);
 }
 
+/// `promote` works where the caps say so (and then frees the origin), and answers
+/// `Unsupported` elsewhere.
+pub fn promote_matches_caps(h: &Harness) {
+    let caps = h.backend.caps();
+    let v = create(h, "po");
+    if !caps.snapshot_clone {
+        destroy(h, &v);
+        return;
+    }
+    write(h, &v, &[("f", "origin")]);
+    let c = h.clone_of(&v, "pc");
+    let r = h.backend.promote(&c);
+    if caps.promote {
+        r.expect("promote");
+        destroy(h, &v);
+        assert_eq!(read(h, &c, "f").as_deref(), Some("origin"));
+    } else {
+        assert!(is_unsupported(&r), "promote flag off but it answered {r:?}");
+        destroy(h, &c);
+        destroy(h, &v);
+        return;
+    }
+    destroy(h, &c);
+}
+
 /// Probing twice is harmless and `describe` does not fail.
 pub fn probe_is_idempotent(h: &Harness) {
     h.backend.probe().expect("probe");
@@ -364,10 +416,11 @@ macro_rules! conformance {
             $crate::conformance!(@props $setup;
                 create_write_read_destroy, read_only_mount, file_types_preserved,
                 usage_changes, snapshot_point_in_time, snapshot_clone_independent,
-                clone_from_snapshot, copy_independent, resize_matches_caps,
+                clone_from_snapshot, snapshot_of_a_clone, copy_independent, resize_matches_caps, promote_matches_caps,
                 probe_is_idempotent);
             $crate::conformance!(@ops $setup;
-                ops_snapshot_restore, ops_dependents, ops_run_and_ephemeral);
+                ops_snapshot_restore, ops_dependents, ops_destroy_keeping_clones,
+                ops_run_and_ephemeral);
         }
     };
     (@ops $setup:path; $($prop:ident),*) => {

@@ -118,7 +118,7 @@ pub fn ops_dependents(h: &Harness) {
                 "base",
                 DestroyRequest {
                     force: true,
-                    with_snapshots: false,
+                    ..DestroyRequest::default()
                 },
             )
             .expect("forced destroy");
@@ -171,4 +171,40 @@ pub fn ops_run_and_ephemeral(h: &Harness) {
         assert!(!b.store().exists("eph"), "ephemeral clone survived its run");
     }
     b.destroy("r1", DestroyRequest::default()).expect("destroy");
+}
+
+/// Destroying an origin while keeping its clones (`--keep-clones`): one clone is
+/// promoted where the backend can, the others become independent copies.
+pub fn ops_destroy_keeping_clones(h: &Harness) {
+    if !h.backend.caps().snapshot_clone {
+        return;
+    }
+    let b = berth(h);
+    create(&b, h, "origin");
+    write(&b, "origin", "etc/who", "origin");
+    snap_clone(&b, h, "origin", "first").expect("snapshot clone");
+    write(&b, "first", "etc/mine", "first");
+    snap_clone(&b, h, "origin", "second").expect("snapshot clone");
+    let keep = DestroyRequest {
+        keep_clones: true,
+        ..DestroyRequest::default()
+    };
+    let done = b.destroy("origin", keep).expect("destroy keeping clones");
+    assert_eq!(done, vec!["origin"]);
+    assert_eq!(read(&b, "first", "etc/who").as_deref(), Some("origin"));
+    assert_eq!(read(&b, "first", "etc/mine").as_deref(), Some("first"));
+    assert_eq!(read(&b, "second", "etc/who").as_deref(), Some("origin"));
+    for c in ["first", "second"] {
+        let o = b
+            .store()
+            .container(c)
+            .expect("clone")
+            .origin
+            .expect("origin kept");
+        assert!(!o.pinned, "{c} still depends on the destroyed origin");
+    }
+    b.destroy("second", DestroyRequest::default())
+        .expect("destroy");
+    b.destroy("first", DestroyRequest::default())
+        .expect("destroy");
 }

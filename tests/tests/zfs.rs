@@ -5,7 +5,6 @@
 use std::fs;
 use std::path::Path;
 
-use berth_backends::zfs::Zfs;
 use berth_bdev::cmd;
 use berth_bdev::generic::with_mounted;
 use berth_bdev::{BdevError, CreateOpts, Revert, VolumeSpec};
@@ -177,7 +176,6 @@ fn an_origin_with_a_clone_is_refused_and_the_clone_leaves_no_orphan() {
 #[test]
 fn promote_then_destroy_the_old_origin() {
     let Some(h) = harness() else { return };
-    let zfs = Zfs::new(&h.pool, harness::runner()).expect("open zfs");
     let v = h.create("old", &sized(128 << 20));
     write(&h, &v, "who", "old");
     let c = h.clone_of(&v, "new");
@@ -187,7 +185,7 @@ fn promote_then_destroy_the_old_origin() {
         "the origin is pinned before promote"
     );
 
-    zfs.promote(&c).expect("promote");
+    h.backend.promote(&c).expect("promote");
     h.backend
         .destroy(&v)
         .expect("destroy the old origin after promote");

@@ -222,6 +222,7 @@ impl Backend for Aufs {
             copy_on_write: true,
             clone_pins_origin: true,
             clone_reads_live_origin: true,
+            promote: false,
             stacks_on_trees: true,
             // Debian's unionfs-fuse is built without xattr support.
             lacks_xattrs: self.mech == Mechanism::UnionfsFuse,

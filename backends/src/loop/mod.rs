@@ -220,6 +220,7 @@ impl Backend for Loop {
             copy_on_write: reflink,
             clone_pins_origin: false,
             clone_reads_live_origin: false,
+            promote: false,
             stacks_on_trees: false,
             lacks_xattrs: false,
             coarse_timestamps: false,

@@ -261,6 +261,7 @@ impl Backend for Qcow2 {
             copy_on_write: true,
             clone_pins_origin: true,
             clone_reads_live_origin: true,
+            promote: false,
             stacks_on_trees: false,
             lacks_xattrs: false,
             coarse_timestamps: false,

@@ -114,10 +114,16 @@ impl Zfs {
             runner,
         })
     }
+}
+
+impl Backend for Zfs {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Zfs
+    }
 
     /// `zfs promote`: makes the clone `v` independent of its origin, which becomes a
     /// clone of it instead, so the old origin can be destroyed while `v` is kept.
-    pub fn promote(&self, v: &VolumeSpec) -> Result<()> {
+    fn promote(&self, v: &VolumeSpec) -> Result<()> {
         let t = self.target(v)?;
         if t.snap.is_some() {
             return Err(BdevError::InvalidSpec {
@@ -127,12 +133,6 @@ impl Zfs {
         }
         self.zfs(&["promote", &t.dataset])?;
         Ok(())
-    }
-}
-
-impl Backend for Zfs {
-    fn kind(&self) -> BackendKind {
-        BackendKind::Zfs
     }
 
     fn caps(&self) -> Caps {
@@ -144,6 +144,7 @@ impl Backend for Zfs {
             clone_pins_origin: true,
             // Clones hang off a frozen snapshot; the origin stays writable.
             clone_reads_live_origin: false,
+            promote: true,
             stacks_on_trees: false,
             lacks_xattrs: false,
             // zfs-fuse keeps whole seconds; the kernel module keeps nanoseconds.

@@ -123,8 +123,8 @@ impl Berth {
             self.destroy(
                 &name,
                 DestroyRequest {
-                    force: false,
                     with_snapshots: true,
+                    ..DestroyRequest::default()
                 },
             )?;
         }
@@ -173,8 +173,8 @@ impl Berth {
                 self.destroy(
                     &name,
                     DestroyRequest {
-                        force: false,
                         with_snapshots: true,
+                        ..DestroyRequest::default()
                     },
                 )?;
             }
