@@ -306,3 +306,47 @@ fn crash_leftovers_are_cleaned_by_the_next_command() {
     );
     r.ok(&["destroy", "base"]);
 }
+
+#[test]
+fn block_backed_volume_resizes_and_aufs_reports_its_mechanism() {
+    let r = Root::new();
+    r.ok(&["create", "img", "-B", "loop", "--size", "300M"]);
+    let df = |r: &Root| {
+        let out = r.ok(&["run", "img", "--", "/bin/df", "-k", "/"]);
+        out.lines()
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let before = df(&r);
+    let err = r.fails(&["resize", "img", "100M"]);
+    assert!(err.contains("grow"), "{err}");
+    r.ok(&["resize", "img", "600M"]);
+    let after = df(&r);
+    assert!(
+        after > before + 200 * 1024,
+        "df {before} KiB -> {after} KiB"
+    );
+    let err = r.fails(&["resize", "nope", "1G"]);
+    assert!(err.contains("does not exist"), "{err}");
+
+    r.ok(&["create", "base"]);
+    r.ok(&["clone", "base", "au", "-s", "-B", "aufs"]);
+    let info = r.ok(&["info", "au"]);
+    assert!(
+        info.contains("unionfs-fuse") || info.contains("kernel aufs"),
+        "{info}"
+    );
+    assert_eq!(
+        r.ok(&["run", "au", "--", "/bin/sh", "-c", "echo hi > /x; cat /x"]),
+        "hi\n"
+    );
+    r.ok(&["destroy", "base", "--force"]);
+    r.ok(&["destroy", "img"]);
+    let err = r.fails(&["resize", "base", "1G"]);
+    assert!(err.contains("does not exist"), "{err}");
+}
