@@ -137,7 +137,20 @@ impl Berth {
     pub(super) fn collect_garbage(&self) -> Result<()> {
         // We hold the exclusive lock, so no other berth is using scratch space.
         let scratch = self.scratch();
-        let stale_mounts = mount::mounts_under(&scratch);
+        let mut stale_mounts = mount::mounts_under(&scratch);
+        // A rootfs mount that no run state accounts for was left by a berth that
+        // died between mounting and recording it.
+        let mnt_root = self.store().mountpoint("");
+        for m in mount::mounts_under(&mnt_root) {
+            let name = m.strip_prefix(&mnt_root).ok().and_then(|r| r.components().next());
+            let recorded = match name {
+                Some(n) => self.store().run_state(&n.as_os_str().to_string_lossy())?.is_some(),
+                None => false,
+            };
+            if !recorded {
+                stale_mounts.push(m);
+            }
+        }
         for m in &stale_mounts {
             info!(mount = %m.display(), "unmounting what an interrupted berth left");
             if let Err(e) = mount::unmount(m) {
