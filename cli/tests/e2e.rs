@@ -304,6 +304,15 @@ fn crash_leftovers_are_cleaned_by_the_next_command() {
         !r.ok(&["ls"]).contains("eph"),
         "ephemeral container survived the crash"
     );
+
+    // A berth that died after mounting but before recording the mount.
+    let at = PathBuf::from(r.ok(&["mount", "base"]).lines().last().unwrap());
+    std::fs::remove_file(r.path().join("run/base.toml")).unwrap();
+    r.ok(&["pool", "rm", "extra"]);
+    assert!(
+        !berth_bdev::mount::is_mountpoint(&at),
+        "unrecorded mount left"
+    );
     r.ok(&["destroy", "base"]);
 }
 

@@ -142,9 +142,15 @@ impl Berth {
         // died between mounting and recording it.
         let mnt_root = self.store().mountpoint("");
         for m in mount::mounts_under(&mnt_root) {
-            let name = m.strip_prefix(&mnt_root).ok().and_then(|r| r.components().next());
+            let name = m
+                .strip_prefix(&mnt_root)
+                .ok()
+                .and_then(|r| r.components().next());
             let recorded = match name {
-                Some(n) => self.store().run_state(&n.as_os_str().to_string_lossy())?.is_some(),
+                Some(n) => self
+                    .store()
+                    .run_state(&n.as_os_str().to_string_lossy())?
+                    .is_some(),
                 None => false,
             };
             if !recorded {
