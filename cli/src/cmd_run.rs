@@ -1,6 +1,7 @@
 //! `berth run NAME -- CMD…`: mount, run in new namespaces, unmount.
 
 use std::ffi::OsString;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -34,6 +35,12 @@ pub struct RunArgs {
     /// Keep every capability (by default those outside Docker's default set are dropped).
     #[arg(long)]
     pub privileged: bool,
+    /// Give the command a pseudo-terminal of the container's own (the default when stdin is a terminal).
+    #[arg(short, long, conflicts_with = "no_tty")]
+    pub tty: bool,
+    /// Never give the command a pseudo-terminal: it gets berth's stdin, stdout and stderr.
+    #[arg(long)]
+    pub no_tty: bool,
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     pub command: Vec<OsString>,
@@ -60,6 +67,7 @@ pub fn run(cli: &Cli, a: &RunArgs) -> anyhow::Result<ExitCode> {
     spec.cwd = a.cwd.clone();
     spec.env.extend(env);
     spec.drop_caps = !a.privileged;
+    spec.tty = a.tty || (!a.no_tty && std::io::stdin().is_terminal());
     let status = berth_runtime::run(&spec, &LinuxSys);
     let finished = Berth::open(&cli.root, true).and_then(|b| b.finish_run(mounted));
     let status = status?;

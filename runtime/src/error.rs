@@ -74,6 +74,14 @@ pub enum RuntimeError {
     #[error("drop capabilities")]
     Capabilities { source: Errno },
 
+    /// A step of setting up the container's pseudo-terminal, on either side.
+    #[error("pty: {step}")]
+    Pty { step: &'static str, source: Errno },
+
+    /// Copying between the host's stdio and the container's pty failed.
+    #[error("relay the container's terminal: {step}")]
+    Relay { step: &'static str, source: Errno },
+
     #[error("exec {}", .cmd.to_string_lossy())]
     Exec { cmd: OsString, source: Errno },
 }

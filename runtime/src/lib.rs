@@ -9,6 +9,7 @@
 mod devices;
 pub mod error;
 mod exec;
+mod pty;
 mod rootfs;
 mod spawn;
 pub mod spec;
@@ -20,4 +21,4 @@ pub use error::RuntimeError;
 pub use rootfs::DEFAULT_CAPS;
 pub use spawn::run;
 pub use spec::{default_env, ExitStatus, NetMode, RunSpec, Stdio, DEFAULT_PATH};
-pub use sys::{Call, FakeSys, LinuxSys, Sys};
+pub use sys::{Call, FakeSys, LinuxSys, Sys, TermMode};

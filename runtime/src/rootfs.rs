@@ -1,6 +1,7 @@
 //! The ordered setup the container process runs before exec: make mounts
 //! private, bind the rootfs onto itself, mount /proc, /sys and /dev in it,
-//! pivot into it, then hostname, network, cwd and capabilities. Pure: it only
+//! pivot into it, then hostname, network, cwd, capabilities and the pty (if
+//! asked for). Pure: it only
 //! builds the list; [`crate::step::Step::run`] carries each step out.
 
 use std::os::fd::AsFd;
@@ -10,6 +11,7 @@ use nix::mount::MsFlags;
 use rustix::thread::CapabilitySet;
 
 use crate::devices::dev_steps;
+use crate::pty::PtyChild;
 use crate::spec::{NetMode, RunSpec};
 use crate::step::Step;
 
@@ -33,12 +35,15 @@ const NO_SUID_DEV_EXEC: MsFlags = MsFlags::MS_NOSUID
     .union(MsFlags::MS_NODEV)
     .union(MsFlags::MS_NOEXEC);
 
-/// Every step from clone to just before exec, in order.
-pub(crate) fn setup_steps(spec: &RunSpec) -> Vec<Step<'_>> {
+/// Every step from clone to just before exec, in order. With `pty` (for
+/// [`RunSpec::tty`]) the pty steps come last and `spec.stdio` is not
+/// redirected: the pty replaces it.
+pub(crate) fn setup_steps<'a>(spec: &'a RunSpec, pty: Option<&'a PtyChild>) -> Vec<Step<'a>> {
     let root = spec.rootfs.as_path();
     let mut steps = vec![Step::ResetSignals];
     let stdio = [&spec.stdio.stdin, &spec.stdio.stdout, &spec.stdio.stderr];
-    for (target, fd) in (0..).zip(stdio) {
+    let redirected = if pty.is_some() { 0 } else { stdio.len() };
+    for (target, fd) in (0..).zip(stdio).take(redirected) {
         if let Some(fd) = fd {
             steps.push(Step::Redirect {
                 fd: fd.as_fd(),
@@ -106,6 +111,10 @@ pub(crate) fn setup_steps(spec: &RunSpec) -> Vec<Step<'_>> {
     });
     if spec.drop_caps {
         steps.push(Step::DropCaps { keep: DEFAULT_CAPS });
+    }
+    if let Some(pty) = pty {
+        // After the pivot, so /dev/ptmx is the container's own pts/ptmx.
+        steps.extend(pty.steps());
     }
     steps
 }

@@ -2,7 +2,7 @@
 //! its rootfs and exec, and wait for it. The child reports a failed step over
 //! a CLOEXEC pipe (step index and errno); a clean exec closes the pipe unread.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use nix::sched::CloneFlags;
 use rustix::io::Errno;
@@ -11,6 +11,7 @@ use tracing::debug;
 
 use crate::error::{Result, RuntimeError};
 use crate::exec::{self, ExecPlan};
+use crate::pty::{receive_master, PtyChild, Session};
 use crate::rootfs::setup_steps;
 use crate::spec::{ExitStatus, NetMode, RunSpec};
 use crate::step::Step;
@@ -26,10 +27,20 @@ const REPORT_LEN: usize = 8;
 /// the host's mount namespace.
 pub fn run(spec: &RunSpec, sys: &dyn Sys) -> Result<ExitStatus> {
     spec.validate()?;
-    let steps = setup_steps(spec);
     let exec_plan = ExecPlan::new(spec)?;
+    // With a tty, the child sends its pty master back over a socketpair.
+    let (parent_sock, pty) = if spec.tty {
+        let (parent, child) = sys.socketpair().map_err(|source| RuntimeError::Pty {
+            step: "create the socket pair for the pty master",
+            source,
+        })?;
+        (Some(parent), Some(PtyChild::new(child)))
+    } else {
+        (None, None)
+    };
+    let steps = setup_steps(spec, pty.as_ref());
     let (rd, wr) = pipe_with(PipeFlags::CLOEXEC).map_err(|source| RuntimeError::Pipe { source })?;
-    debug!(rootfs = %spec.rootfs.display(), hostname = %spec.hostname, argv = ?spec.argv, net = ?spec.net, "run");
+    debug!(rootfs = %spec.rootfs.display(), hostname = %spec.hostname, argv = ?spec.argv, net = ?spec.net, tty = spec.tty, "run");
 
     sys.hold_signals()
         .map_err(|source| RuntimeError::Signals { source })?;
@@ -39,18 +50,56 @@ pub fn run(spec: &RunSpec, sys: &dyn Sys) -> Result<ExitStatus> {
         sys.spawn(clone_flags(spec.net), &mut child)
             .map_err(|source| RuntimeError::Clone { source })?
     };
-    // Ours must go so that the child's exec (or exit) is the pipe's EOF.
+    // Ours must go so that the child's exec (or exit) is the pipe's EOF, and
+    // its exit before sending a pty master the socket's.
     drop(wr);
+    if let Some(pty) = &pty {
+        pty.close_parent_copy();
+    }
+    let (stdin, stdout) = (std::io::stdin(), std::io::stdout());
+    let session = match &parent_sock {
+        Some(sock) => start_session(sys, sock, spec, stdin.as_fd(), stdout.as_fd()),
+        None => Ok(None),
+    };
     let report = read_report(&rd);
+    let relayed = match (&report, &session) {
+        (Ok(None), Ok(Some(s))) => s.relay(),
+        (Ok(None), Ok(None)) if spec.tty => Err(RuntimeError::Protocol {
+            reason: "the container sent no pty master".to_owned(),
+        }),
+        _ => Ok(()),
+    };
+    // Restores the host terminal, and hangs the pty up if the container
+    // still runs after a failed relay.
+    let session = session.map(drop);
     let status = sys
         .wait(pid)
         .map_err(|source| RuntimeError::Wait { source });
     if let Some((step, errno)) = report? {
         return Err(step_error(&steps, &exec_plan, step, errno));
     }
+    session?;
+    relayed?;
     let status = status?;
     debug!(?pid, ?status, "container exited");
     Ok(status)
+}
+
+/// Receives the pty master and sets up the host side; `None` if the child
+/// failed before sending it.
+fn start_session<'a>(
+    sys: &'a dyn Sys,
+    sock: &OwnedFd,
+    spec: &'a RunSpec,
+    stdin: BorrowedFd<'a>,
+    stdout: BorrowedFd<'a>,
+) -> Result<Option<Session<'a>>> {
+    let Some(master) = receive_master(sys, sock)? else {
+        return Ok(None);
+    };
+    let input = spec.stdio.stdin.as_ref().map_or(stdin, AsFd::as_fd);
+    let output = spec.stdio.stdout.as_ref().map_or(stdout, AsFd::as_fd);
+    Session::start(sys, master, input, output).map(Some)
 }
 
 struct Held<'a>(&'a dyn Sys);
@@ -187,6 +236,17 @@ mod tests {
             Call::Umount { target, .. } => format!("umount {}", p(target)),
             Call::Sethostname { name } => format!("hostname {name}"),
             Call::Exec { path, .. } => format!("exec {}", p(path)),
+            Call::Redirect { target, .. } => format!("redirect {target}"),
+            Call::RecvFd { .. } => "RecvFd".into(),
+            Call::IsTerminal { .. } => "IsTerminal".into(),
+            Call::MakeRaw { .. } => "MakeRaw".into(),
+            Call::RestoreMode { .. } => "RestoreMode".into(),
+            Call::CopyWinsize { .. } => "CopyWinsize".into(),
+            Call::SetNonblocking { .. } => "SetNonblocking".into(),
+            Call::UnlockPty { .. } => "UnlockPty".into(),
+            Call::OpenPtySlave { .. } => "OpenPtySlave".into(),
+            Call::SendFd { .. } => "SendFd".into(),
+            Call::SetControllingTty { .. } => "SetControllingTty".into(),
             other => format!("{other:?}"),
         }
     }
@@ -315,6 +375,17 @@ mod tests {
             Call::LoopbackUp => "Loopback",
             Call::DropCaps { .. } => "Capabilities",
             Call::Exec { .. } => "Exec",
+            Call::Socketpair
+            | Call::RecvFd { .. }
+            | Call::SetNonblocking { .. }
+            | Call::MakeRaw { .. }
+            | Call::OpenPtyMaster
+            | Call::UnlockPty { .. }
+            | Call::OpenPtySlave { .. }
+            | Call::SendFd { .. }
+            | Call::Setsid
+            | Call::SetControllingTty { .. } => "Pty",
+            Call::WatchWinch => "Signals",
             other => panic!("unexpected call {other:?}"),
         }
     }
@@ -436,5 +507,243 @@ mod tests {
             read_report(&r),
             Err(RuntimeError::Protocol { .. })
         ));
+    }
+
+    /// A tty spec whose relay reads `input` from a pipe and writes to a pipe,
+    /// returned with that pipe's read end.
+    fn tty_spec(input: &[u8]) -> (RunSpec, OwnedFd) {
+        let mut s = spec();
+        s.tty = true;
+        let (in_r, in_w) = rustix::pipe::pipe().unwrap();
+        rustix::io::write(&in_w, input).unwrap();
+        let (out_r, out_w) = rustix::pipe::pipe().unwrap();
+        s.stdio.stdin = Some(in_r);
+        s.stdio.stdout = Some(out_w);
+        (s, out_r)
+    }
+
+    fn read_all(fd: &OwnedFd) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = rustix::io::read(fd, &mut buf) {
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    }
+
+    /// The calls other than the relay's poll/read/write, briefly.
+    fn non_io(fake: &FakeSys) -> Vec<String> {
+        fake.calls()
+            .iter()
+            .filter(|c| !c.is_io())
+            .map(brief)
+            .collect()
+    }
+
+    #[test]
+    fn tty_call_sequence_without_a_host_terminal() {
+        let (s, out) = tty_spec(b"");
+        let fake = FakeSys::new()
+            .pty_output(b"/dev/pts/0\r\n")
+            .exit_with(ExitStatus::Exited(5));
+        assert_eq!(run(&s, &fake).unwrap(), ExitStatus::Exited(5));
+        drop(s);
+        assert_eq!(read_all(&out), b"/dev/pts/0\r\n");
+        let got = non_io(&fake);
+        let dropcaps = got.iter().position(|c| c.starts_with("DropCaps")).unwrap();
+        assert_eq!(&got[..2], ["Socketpair", "HoldSignals"]);
+        // The spec's stdio is the relay's, not the container's.
+        assert_eq!(got[3], "ResetSignals");
+        assert_eq!(got[4], "mount - - / -");
+        assert_eq!(
+            got[dropcaps + 1..],
+            [
+                "OpenPtyMaster",
+                "UnlockPty",
+                "OpenPtySlave",
+                "SendFd",
+                "Setsid",
+                "SetControllingTty",
+                "redirect 0",
+                "redirect 1",
+                "redirect 2",
+                "exec /bin/sh",
+                "RecvFd",
+                "SetNonblocking",
+                "IsTerminal",
+                "IsTerminal",
+                "Wait { pid: Pid(4242) }",
+                "ReleaseSignals",
+            ]
+        );
+        // The slave goes on 0, 1 and 2; the master went out on the socket.
+        let calls = fake.calls();
+        let slave = calls.iter().find_map(|c| match c {
+            Call::SetControllingTty { fd } => Some(*fd),
+            _ => None,
+        });
+        for c in &calls {
+            if let Call::Redirect { fd, .. } = c {
+                assert_eq!(Some(*fd), slave);
+            }
+        }
+        assert!(calls.iter().any(|c| c.is_io()));
+    }
+
+    #[test]
+    fn tty_off_makes_no_pty_calls() {
+        let fake = FakeSys::new();
+        run(&spec(), &fake).unwrap();
+        assert!(!fake.calls().iter().any(|c| matches!(
+            c,
+            Call::Socketpair
+                | Call::OpenPtyMaster
+                | Call::Setsid
+                | Call::RecvFd { .. }
+                | Call::MakeRaw { .. }
+                | Call::Poll { .. }
+        )));
+    }
+
+    #[test]
+    fn host_terminal_goes_raw_gets_the_size_and_is_restored() {
+        let (s, _out) = tty_spec(b"");
+        let fake = FakeSys::new().terminal().pty_output(b"x");
+        run(&s, &fake).unwrap();
+        let got = non_io(&fake);
+        let recv = got.iter().position(|c| c == "RecvFd").unwrap();
+        assert_eq!(
+            got[recv..],
+            [
+                "RecvFd",
+                "SetNonblocking",
+                "IsTerminal",
+                "MakeRaw",
+                "WatchWinch",
+                "CopyWinsize",
+                "RestoreMode",
+                "UnwatchWinch",
+                "Wait { pid: Pid(4242) }",
+                "ReleaseSignals",
+            ]
+        );
+    }
+
+    #[test]
+    fn terminal_is_restored_when_the_relay_fails() {
+        let (s, out) = tty_spec(b"");
+        let out_w = std::os::fd::AsRawFd::as_raw_fd(s.stdio.stdout.as_ref().unwrap());
+        let fake = FakeSys::new().terminal().pty_output(b"x").fail_when(
+            move |c| matches!(c, Call::Write { fd, .. } if *fd == out_w),
+            Errno::PIPE,
+        );
+        let err = run(&s, &fake).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                RuntimeError::Relay {
+                    step: "write to stdout",
+                    source: Errno::PIPE
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "relay the container's terminal: write to stdout"
+        );
+        let got = non_io(&fake);
+        assert_eq!(
+            got[got.len() - 4..],
+            [
+                "RestoreMode",
+                "UnwatchWinch",
+                "Wait { pid: Pid(4242) }",
+                "ReleaseSignals"
+            ]
+        );
+        drop(out);
+    }
+
+    #[test]
+    fn every_failing_tty_call_is_an_error_and_restores_everything() {
+        let n_calls = {
+            let (s, _out) = tty_spec(b"");
+            let fake = FakeSys::new().terminal().pty_output(b"x");
+            run(&s, &fake).unwrap();
+            fake.calls().len()
+        };
+        for n in 0..n_calls {
+            let (s, _out) = tty_spec(b"");
+            let fake = FakeSys::new()
+                .terminal()
+                .pty_output(b"x")
+                .fail_nth(n, Errno::PERM);
+            let res = run(&s, &fake);
+            let calls = fake.calls();
+            let failed = &calls[n];
+            match failed {
+                // Fallbacks, best-effort calls and ones that cannot fail.
+                Call::Mount {
+                    fstype: Some(t), ..
+                } if t == "sysfs" => continue,
+                Call::Mknod { .. }
+                | Call::CopyWinsize { .. }
+                | Call::RestoreMode { .. }
+                | Call::UnwatchWinch
+                | Call::ReleaseSignals
+                | Call::IsTerminal { .. } => continue,
+                _ => {}
+            }
+            let err = res.expect_err(&format!("call {n} ({failed:?}) failed but run succeeded"));
+            let want = match failed {
+                Call::Redirect { .. } => "Stdio",
+                Call::Poll { .. } | Call::Read { .. } | Call::Write { .. } => "Relay",
+                other => expected_variant(other),
+            };
+            assert_eq!(variant(&err), want, "call {n}: {failed:?}");
+            if n > 1 {
+                assert_eq!(calls.last(), Some(&Call::ReleaseSignals), "call {n}");
+            }
+            let raw = calls
+                .iter()
+                .filter(|c| matches!(c, Call::MakeRaw { .. }))
+                .count();
+            let restored = calls
+                .iter()
+                .filter(|c| matches!(c, Call::RestoreMode { .. }))
+                .count();
+            // A failed MakeRaw leaves nothing to restore.
+            let raw_ok = if matches!(failed, Call::MakeRaw { .. }) {
+                0
+            } else {
+                raw
+            };
+            assert_eq!(raw_ok, restored, "call {n}: {failed:?}");
+        }
+    }
+
+    #[test]
+    fn child_pty_failures_name_the_step() {
+        for (call, msg) in [
+            (Call::OpenPtyMaster, "pty: open /dev/ptmx in the container"),
+            (Call::Setsid, "pty: start a new session"),
+        ] {
+            let (s, _out) = tty_spec(b"");
+            let want = call.clone();
+            let fake = FakeSys::new().fail_when(move |c| *c == want, Errno::NOSPC);
+            let err = run(&s, &fake).unwrap_err();
+            assert_eq!(err.to_string(), msg);
+            assert!(matches!(
+                err,
+                RuntimeError::Pty {
+                    source: Errno::NOSPC,
+                    ..
+                }
+            ));
+            assert!(fake.calls().contains(&Call::Wait {
+                pid: Pid::from_raw(FAKE_PID)
+            }));
+        }
     }
 }

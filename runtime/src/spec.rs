@@ -25,6 +25,9 @@ pub enum NetMode {
 
 /// Descriptors to put on the container's fd 0, 1 and 2; `None` inherits ours.
 /// [`crate::run`] only borrows them: close a pipe's write end after it returns.
+/// With [`RunSpec::tty`] the container's 0, 1 and 2 are its pty instead:
+/// `stdin` and `stdout` (default: ours) are then the host ends of the relay,
+/// and `stderr` is unused (the pty carries both output streams).
 #[derive(Debug, Default)]
 pub struct Stdio {
     pub stdin: Option<OwnedFd>,
@@ -50,11 +53,15 @@ pub struct RunSpec {
     pub stdio: Stdio,
     /// Drop the capabilities outside Docker's default set before exec.
     pub drop_caps: bool,
+    /// Give the command a pty from the container's own devpts as its stdio,
+    /// its controlling terminal in a new session, relayed to the host's
+    /// stdin/stdout (raw mode and window size if stdin is a terminal).
+    pub tty: bool,
 }
 
 impl RunSpec {
-    /// A spec with the default environment, cwd `/`, a private network and
-    /// Docker's default capability set.
+    /// A spec with the default environment, cwd `/`, a private network,
+    /// Docker's default capability set and no pty.
     pub fn new(
         rootfs: impl Into<PathBuf>,
         hostname: impl Into<String>,
@@ -69,6 +76,7 @@ impl RunSpec {
             net: NetMode::default(),
             stdio: Stdio::default(),
             drop_caps: true,
+            tty: false,
         }
     }
 

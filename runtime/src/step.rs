@@ -9,6 +9,7 @@ use rustix::io::Errno;
 use rustix::thread::CapabilitySet;
 
 use crate::error::RuntimeError;
+use crate::pty::{PtyChild, PtyOp};
 use crate::sys::Sys;
 
 /// Flags for the read-only bind of the host's /sys when sysfs can't be mounted.
@@ -67,6 +68,11 @@ pub(crate) enum Step<'a> {
     DropCaps {
         keep: CapabilitySet,
     },
+    /// One step of setting up the container's pty.
+    Pty {
+        op: PtyOp,
+        pty: &'a PtyChild,
+    },
 }
 
 impl Step<'_> {
@@ -117,6 +123,7 @@ impl Step<'_> {
             Step::Sethostname { name } => sys.sethostname(name),
             Step::LoopbackUp => sys.loopback_up(),
             Step::DropCaps { keep } => sys.drop_caps(*keep),
+            Step::Pty { op, pty } => op.run(pty, sys),
         }
     }
 
@@ -170,6 +177,7 @@ impl Step<'_> {
             },
             Step::LoopbackUp => RuntimeError::Loopback { source },
             Step::DropCaps { .. } => RuntimeError::Capabilities { source },
+            Step::Pty { op, .. } => op.error(source),
         }
     }
 }

@@ -375,3 +375,83 @@ fn capabilities_are_dockers_default_set() {
     }
     assert_eq!(ran.stdout.lines().count(), 3);
 }
+
+/// A busybox rootfs that also has the applets the tty tests use.
+fn tty_rootfs() -> Option<tempfile::TempDir> {
+    let root = busybox_rootfs()?;
+    for applet in ["tty", "stty"] {
+        symlink("busybox", root.path().join("bin").join(applet)).expect("applet symlink");
+    }
+    Some(root)
+}
+
+/// Runs `sh` on a pty in `root`, its input `script` from a pipe (so berth
+/// relays without raw mode), and returns what came out of the pty, `\r`s
+/// removed.
+fn sh_on_tty(root: &Path, script: &str) -> Ran {
+    let (rd, wr) = rustix::pipe::pipe().expect("pipe");
+    rustix::io::write(&wr, script.as_bytes()).expect("write the script");
+    drop(wr);
+    let mut s = spec(root, &["sh"]);
+    s.tty = true;
+    s.stdio.stdin = Some(rd);
+    let mut ran = run_capturing(s);
+    ran.stdout = ran.stdout.replace('\r', "");
+    ran
+}
+
+#[test]
+fn tty_gives_the_command_a_pty_of_its_own_devpts() {
+    let Some(root) = tty_rootfs() else { return };
+    let before = mountinfo();
+    let ran = sh_on_tty(root.path(), "tty; echo $((1+2)); exit 5\n");
+    assert_eq!(
+        ran.result.as_ref().ok(),
+        Some(&ExitStatus::Exited(5)),
+        "{:?}: {}",
+        ran.result,
+        ran.stdout
+    );
+    let lines: Vec<&str> = ran.stdout.lines().map(str::trim).collect();
+    assert!(lines.contains(&"/dev/pts/0"), "{}", ran.stdout);
+    assert!(lines.contains(&"3"), "{}", ran.stdout);
+    let after = mountinfo();
+    for (id, rest) in &before {
+        if let Some(now) = after.get(id) {
+            assert_eq!(now, rest, "mount {id} changed");
+        }
+    }
+    for (id, rest) in &after {
+        if !before.contains_key(id) {
+            assert!(
+                !mount_point(rest).starts_with(root.path()),
+                "leaked mount {id} {rest}"
+            );
+        }
+    }
+}
+
+#[test]
+fn tty_shell_leads_its_session_and_leaves_no_process_behind() {
+    let Some(root) = tty_rootfs() else { return };
+    // pgrp, session and tty_nr of the shell: its own group and session, and
+    // the pty (major 136, minor 0) as controlling terminal.
+    let ran = sh_on_tty(
+        root.path(),
+        "sleep 4245 & echo stat $(cut -d' ' -f5-7 /proc/$$/stat); exit 0\n",
+    );
+    assert_eq!(ran.code(), 0, "{}", ran.stdout);
+    let stat = ran
+        .stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("stat "))
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(stat, format!("1 1 {}", 136 << 8), "{}", ran.stdout);
+    // The container's pid 1 took the background sleep with it.
+    let leftover = fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .any(|e| fs::read(e.path().join("cmdline")).is_ok_and(|c| c == b"sleep\x004245\x00"));
+    assert!(!leftover, "the container's sleep outlived it");
+}

@@ -1,19 +1,25 @@
 //! A recording [`Sys`] for tests: each call is logged as a typed [`Call`], and
 //! chosen calls fail. `spawn` runs the child closure inline, in this process.
+//!
+//! The pty is a real socketpair: the "master" end reads back the bytes given
+//! to [`FakeSys::pty_output`], then EOF; what the relay writes to the master
+//! can be read back with [`FakeSys::pty_input`]. `poll`, `read` and `write`
+//! are real calls on the descriptors they're given.
 
 use std::cell::{Cell, RefCell};
 use std::ffi::{CStr, OsStr, OsString};
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags};
 use nix::sched::CloneFlags;
 use nix::unistd::Pid;
+use rustix::event::PollFd;
 use rustix::io::Errno;
 use rustix::thread::CapabilitySet;
 
-use super::{CArgs, Sys};
+use super::{CArgs, Sys, TermMode};
 use crate::spec::ExitStatus;
 
 /// One recorded call, with its arguments.
@@ -26,6 +32,38 @@ pub enum Call {
     },
     Wait {
         pid: Pid,
+    },
+    Socketpair,
+    RecvFd {
+        sock: RawFd,
+    },
+    IsTerminal {
+        fd: RawFd,
+    },
+    MakeRaw {
+        fd: RawFd,
+    },
+    RestoreMode {
+        fd: RawFd,
+    },
+    CopyWinsize {
+        from: RawFd,
+        to: RawFd,
+    },
+    SetNonblocking {
+        fd: RawFd,
+    },
+    WatchWinch,
+    UnwatchWinch,
+    Poll {
+        fds: Vec<RawFd>,
+    },
+    Read {
+        fd: RawFd,
+    },
+    Write {
+        fd: RawFd,
+        len: usize,
     },
     ResetSignals,
     Redirect {
@@ -74,11 +112,37 @@ pub enum Call {
     DropCaps {
         keep: CapabilitySet,
     },
+    OpenPtyMaster,
+    UnlockPty {
+        master: RawFd,
+    },
+    OpenPtySlave {
+        master: RawFd,
+    },
+    SendFd {
+        sock: RawFd,
+        fd: RawFd,
+    },
+    Setsid,
+    SetControllingTty {
+        fd: RawFd,
+    },
     Exec {
         path: PathBuf,
         argv: Vec<OsString>,
         envp: Vec<OsString>,
     },
+}
+
+impl Call {
+    /// Whether this is one of the relay's data calls (poll, read, write),
+    /// whose number depends on timing; tests of call order skip them.
+    pub fn is_io(&self) -> bool {
+        matches!(
+            self,
+            Call::Poll { .. } | Call::Read { .. } | Call::Write { .. }
+        )
+    }
 }
 
 type Matcher = Box<dyn Fn(&Call) -> bool>;
@@ -93,6 +157,12 @@ pub struct FakeSys {
     fail_nth: Cell<Option<(usize, Errno)>>,
     fail_matching: RefCell<Vec<(Matcher, Errno)>>,
     exit: Cell<Option<ExitStatus>>,
+    terminal: Cell<bool>,
+    pty_output: RefCell<Vec<u8>>,
+    /// (master, slave) once `open_pty_master` ran.
+    pty: RefCell<Option<(OwnedFd, OwnedFd)>>,
+    sent: Cell<bool>,
+    winches: Cell<u64>,
 }
 
 impl FakeSys {
@@ -121,6 +191,37 @@ impl FakeSys {
         self
     }
 
+    /// Makes [`Sys::is_terminal`] say yes.
+    pub fn terminal(self) -> Self {
+        self.terminal.set(true);
+        self
+    }
+
+    /// What the container "writes" to its pty before closing it.
+    pub fn pty_output(self, bytes: &[u8]) -> Self {
+        *self.pty_output.borrow_mut() = bytes.to_vec();
+        self
+    }
+
+    /// Pretends `n` SIGWINCHs have arrived.
+    pub fn add_winches(&self, n: u64) {
+        self.winches.set(self.winches.get() + n);
+    }
+
+    /// What was written to the pty master so far (drains it).
+    pub fn pty_input(&self) -> Vec<u8> {
+        let mut got = Vec::new();
+        if let Some((_, slave)) = self.pty.borrow().as_ref() {
+            let mut buf = [0u8; 4096];
+            while let Ok((n @ 1.., _)) =
+                rustix::net::recv(slave, &mut buf, rustix::net::RecvFlags::DONTWAIT)
+            {
+                got.extend_from_slice(&buf[..n]);
+            }
+        }
+        got
+    }
+
     /// Every call so far, failed ones included, in order.
     pub fn calls(&self) -> Vec<Call> {
         self.calls.borrow().clone()
@@ -141,6 +242,10 @@ impl FakeSys {
         self.calls.borrow_mut().push(call);
         failure.map_or(Ok(()), Err)
     }
+}
+
+fn io_errno(e: std::io::Error) -> Errno {
+    Errno::from_io_error(&e).unwrap_or(Errno::IO)
 }
 
 fn os(s: &CStr) -> OsString {
@@ -165,6 +270,82 @@ impl Sys for FakeSys {
     fn wait(&self, pid: Pid) -> Result<ExitStatus, Errno> {
         self.record(Call::Wait { pid })?;
         Ok(self.exit.get().unwrap_or(ExitStatus::Exited(0)))
+    }
+
+    fn socketpair(&self) -> Result<(OwnedFd, OwnedFd), Errno> {
+        self.record(Call::Socketpair)?;
+        super::LinuxSys.socketpair()
+    }
+
+    fn recv_fd(&self, sock: BorrowedFd<'_>) -> Result<Option<OwnedFd>, Errno> {
+        self.record(Call::RecvFd {
+            sock: sock.as_raw_fd(),
+        })?;
+        if !self.sent.get() {
+            return Ok(None);
+        }
+        match self.pty.borrow().as_ref() {
+            Some((master, _)) => master.try_clone().map(Some).map_err(io_errno),
+            None => Ok(None),
+        }
+    }
+
+    fn is_terminal(&self, fd: BorrowedFd<'_>) -> bool {
+        let ok = self.record(Call::IsTerminal { fd: fd.as_raw_fd() }).is_ok();
+        ok && self.terminal.get()
+    }
+
+    fn make_raw(&self, fd: BorrowedFd<'_>) -> Result<TermMode, Errno> {
+        self.record(Call::MakeRaw { fd: fd.as_raw_fd() })?;
+        Ok(TermMode(None))
+    }
+
+    fn restore_mode(&self, fd: BorrowedFd<'_>, _mode: &TermMode) -> Result<(), Errno> {
+        self.record(Call::RestoreMode { fd: fd.as_raw_fd() })
+    }
+
+    fn copy_winsize(&self, from: BorrowedFd<'_>, to: BorrowedFd<'_>) -> Result<(), Errno> {
+        self.record(Call::CopyWinsize {
+            from: from.as_raw_fd(),
+            to: to.as_raw_fd(),
+        })
+    }
+
+    fn set_nonblocking(&self, fd: BorrowedFd<'_>) -> Result<(), Errno> {
+        self.record(Call::SetNonblocking { fd: fd.as_raw_fd() })?;
+        super::LinuxSys.set_nonblocking(fd)
+    }
+
+    fn watch_winch(&self) -> Result<(), Errno> {
+        self.record(Call::WatchWinch)
+    }
+
+    fn unwatch_winch(&self) {
+        let _ = self.record(Call::UnwatchWinch);
+    }
+
+    fn winch_count(&self) -> u64 {
+        self.winches.get()
+    }
+
+    fn poll(&self, fds: &mut [PollFd<'_>], timeout_ms: i32) -> Result<usize, Errno> {
+        self.record(Call::Poll {
+            fds: fds.iter().map(|p| p.as_fd().as_raw_fd()).collect(),
+        })?;
+        super::LinuxSys.poll(fds, timeout_ms)
+    }
+
+    fn read(&self, fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<usize, Errno> {
+        self.record(Call::Read { fd: fd.as_raw_fd() })?;
+        rustix::io::read(fd, buf)
+    }
+
+    fn write(&self, fd: BorrowedFd<'_>, buf: &[u8]) -> Result<usize, Errno> {
+        self.record(Call::Write {
+            fd: fd.as_raw_fd(),
+            len: buf.len(),
+        })?;
+        rustix::io::write(fd, buf)
     }
 
     fn reset_signals(&self) -> Result<(), Errno> {
@@ -256,6 +437,55 @@ impl Sys for FakeSys {
 
     fn drop_caps(&self, keep: CapabilitySet) -> Result<(), Errno> {
         self.record(Call::DropCaps { keep })
+    }
+
+    fn open_pty_master(&self) -> Result<OwnedFd, Errno> {
+        self.record(Call::OpenPtyMaster)?;
+        let (master, slave) = super::LinuxSys.socketpair()?;
+        let out = self.pty_output.borrow();
+        let mut rest: &[u8] = &out;
+        while !rest.is_empty() {
+            let n = rustix::io::write(&slave, rest)?;
+            rest = &rest[n..];
+        }
+        // The container side is done writing: the master reads EOF next.
+        rustix::net::shutdown(&slave, rustix::net::Shutdown::Write)?;
+        let mine = master.try_clone().map_err(io_errno)?;
+        *self.pty.borrow_mut() = Some((master, slave));
+        Ok(mine)
+    }
+
+    fn unlock_pty(&self, master: BorrowedFd<'_>) -> Result<(), Errno> {
+        self.record(Call::UnlockPty {
+            master: master.as_raw_fd(),
+        })
+    }
+
+    fn open_pty_slave(&self, master: BorrowedFd<'_>) -> Result<OwnedFd, Errno> {
+        self.record(Call::OpenPtySlave {
+            master: master.as_raw_fd(),
+        })?;
+        match self.pty.borrow().as_ref() {
+            Some((_, slave)) => slave.try_clone().map_err(io_errno),
+            None => Err(Errno::BADF),
+        }
+    }
+
+    fn send_fd(&self, sock: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> Result<(), Errno> {
+        self.record(Call::SendFd {
+            sock: sock.as_raw_fd(),
+            fd: fd.as_raw_fd(),
+        })?;
+        self.sent.set(true);
+        Ok(())
+    }
+
+    fn setsid(&self) -> Result<(), Errno> {
+        self.record(Call::Setsid)
+    }
+
+    fn set_controlling_tty(&self, fd: BorrowedFd<'_>) -> Result<(), Errno> {
+        self.record(Call::SetControllingTty { fd: fd.as_raw_fd() })
     }
 
     fn execve(&self, path: &CStr, argv: &CArgs, envp: &CArgs) -> Result<(), Errno> {

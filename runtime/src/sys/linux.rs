@@ -2,19 +2,28 @@
 //! (clone, execve, the loopback ioctl) those crates don't cover.
 
 use std::ffi::CStr;
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::io::{IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
 
 use nix::mount::{MntFlags, MsFlags};
 use nix::sched::CloneFlags;
 use nix::unistd::Pid;
+use rustix::event::{PollFd, Timespec};
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, CWD};
 use rustix::io::{Errno, FdFlags};
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
+};
 use rustix::process::{self as rproc, WaitOptions};
+use rustix::pty::OpenptFlags;
+use rustix::termios::{self as rterm, OptionalActions};
 use rustix::thread::{self as rthread, CapabilitySet, CapabilitySets};
 
 use super::signals::{self, errno};
-use super::{CArgs, Sys};
+use super::{CArgs, Sys, TermMode};
 use crate::spec::ExitStatus;
 
 /// The kernel-backed [`Sys`].
@@ -78,6 +87,96 @@ impl Sys for LinuxSys {
         } else {
             Ok(ExitStatus::Exited(status.exit_status().unwrap_or(0)))
         }
+    }
+
+    fn socketpair(&self) -> Result<(OwnedFd, OwnedFd), Errno> {
+        rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+    }
+
+    fn recv_fd(&self, sock: BorrowedFd<'_>) -> Result<Option<OwnedFd>, Errno> {
+        let mut byte = [0u8; 1];
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        loop {
+            let mut iov = [IoSliceMut::new(&mut byte)];
+            match rustix::net::recvmsg(sock, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC) {
+                Ok(_) => break,
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        let mut got = None;
+        for msg in control.drain() {
+            if let RecvAncillaryMessage::ScmRights(fds) = msg {
+                for fd in fds {
+                    // Keep the first; any extra is dropped (closed).
+                    got.get_or_insert(fd);
+                }
+            }
+        }
+        Ok(got)
+    }
+
+    fn is_terminal(&self, fd: BorrowedFd<'_>) -> bool {
+        rterm::isatty(fd)
+    }
+
+    fn make_raw(&self, fd: BorrowedFd<'_>) -> Result<TermMode, Errno> {
+        let saved = rterm::tcgetattr(fd)?;
+        let mut raw = saved.clone();
+        raw.make_raw();
+        rterm::tcsetattr(fd, OptionalActions::Flush, &raw)?;
+        Ok(TermMode(Some(saved)))
+    }
+
+    fn restore_mode(&self, fd: BorrowedFd<'_>, mode: &TermMode) -> Result<(), Errno> {
+        match &mode.0 {
+            // Drain: what we wrote in raw mode is shown as such.
+            Some(t) => rterm::tcsetattr(fd, OptionalActions::Drain, t),
+            None => Ok(()),
+        }
+    }
+
+    fn copy_winsize(&self, from: BorrowedFd<'_>, to: BorrowedFd<'_>) -> Result<(), Errno> {
+        rterm::tcsetwinsize(to, rterm::tcgetwinsize(from)?)
+    }
+
+    fn set_nonblocking(&self, fd: BorrowedFd<'_>) -> Result<(), Errno> {
+        let flags = rustix::fs::fcntl_getfl(fd)?;
+        rustix::fs::fcntl_setfl(fd, flags | OFlags::NONBLOCK)
+    }
+
+    fn watch_winch(&self) -> Result<(), Errno> {
+        signals::watch_winch()
+    }
+
+    fn unwatch_winch(&self) {
+        signals::unwatch_winch();
+    }
+
+    fn winch_count(&self) -> u64 {
+        signals::winch_count()
+    }
+
+    fn poll(&self, fds: &mut [PollFd<'_>], timeout_ms: i32) -> Result<usize, Errno> {
+        let timeout = (timeout_ms >= 0).then(|| Timespec {
+            tv_sec: i64::from(timeout_ms / 1000),
+            tv_nsec: i64::from(timeout_ms % 1000) * 1_000_000,
+        });
+        rustix::event::poll(fds, timeout.as_ref())
+    }
+
+    fn read(&self, fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<usize, Errno> {
+        rustix::io::read(fd, buf)
+    }
+
+    fn write(&self, fd: BorrowedFd<'_>, buf: &[u8]) -> Result<usize, Errno> {
+        rustix::io::write(fd, buf)
     }
 
     fn reset_signals(&self) -> Result<(), Errno> {
@@ -185,6 +284,46 @@ impl Sys for LinuxSys {
             },
         )?;
         rthread::clear_ambient_capability_set()
+    }
+
+    fn open_pty_master(&self) -> Result<OwnedFd, Errno> {
+        rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)
+    }
+
+    fn unlock_pty(&self, master: BorrowedFd<'_>) -> Result<(), Errno> {
+        rustix::pty::unlockpt(master)
+    }
+
+    fn open_pty_slave(&self, master: BorrowedFd<'_>) -> Result<OwnedFd, Errno> {
+        // TIOCGPTPEER: the slave of this very master, no /dev/pts/N lookup.
+        let flags = OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC;
+        rustix::pty::ioctl_tiocgptpeer(master, flags)
+    }
+
+    fn send_fd(&self, sock: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> Result<(), Errno> {
+        // All on the stack: this runs in the child before exec.
+        let fds = [fd];
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+            return Err(Errno::NOBUFS);
+        }
+        let iov = [IoSlice::new(b"m")];
+        loop {
+            match rustix::net::sendmsg(sock, &iov, &mut control, SendFlags::NOSIGNAL) {
+                Ok(_) => return Ok(()),
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn setsid(&self) -> Result<(), Errno> {
+        rproc::setsid().map(drop)
+    }
+
+    fn set_controlling_tty(&self, fd: BorrowedFd<'_>) -> Result<(), Errno> {
+        rproc::ioctl_tiocsctty(fd)
     }
 
     fn execve(&self, path: &CStr, argv: &CArgs, envp: &CArgs) -> Result<(), Errno> {

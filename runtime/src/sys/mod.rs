@@ -2,6 +2,9 @@
 //! call the runtime makes goes through [`Sys`], so planning and fallback logic
 //! can be tested with [`FakeSys`] without root. [`LinuxSys`] is the real one.
 //!
+//! With [`crate::RunSpec::tty`] the child also opens a pty in its own devpts
+//! and sends the master over a socket; the parent relays it to the host.
+//!
 //! Child-side methods run between clone and exec in a copy of a possibly
 //! multi-threaded process, so [`LinuxSys`] keeps them to plain syscalls: no
 //! locks, no logging, and no allocation for paths shorter than 256 bytes
@@ -9,7 +12,7 @@
 
 use std::ffi::{CStr, CString, NulError, OsStr};
 use std::fmt;
-use std::os::fd::{BorrowedFd, RawFd};
+use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 use std::os::raw::c_char;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -17,6 +20,7 @@ use std::path::Path;
 use nix::mount::{MntFlags, MsFlags};
 use nix::sched::CloneFlags;
 use nix::unistd::Pid;
+use rustix::event::PollFd;
 use rustix::io::Errno;
 use rustix::thread::CapabilitySet;
 
@@ -43,6 +47,33 @@ pub trait Sys {
     fn spawn(&self, flags: CloneFlags, child: &mut dyn FnMut() -> i32) -> Result<Pid, Errno>;
     /// Waits for `pid` to terminate and reaps it.
     fn wait(&self, pid: Pid) -> Result<ExitStatus, Errno>;
+
+    // Parent side, pty relay (only with `RunSpec::tty`).
+
+    /// A connected pair of CLOEXEC unix stream sockets.
+    fn socketpair(&self) -> Result<(OwnedFd, OwnedFd), Errno>;
+    /// Receives one descriptor sent by [`Sys::send_fd`] (CLOEXEC); `None`
+    /// if the peer closed its end without sending one.
+    fn recv_fd(&self, sock: BorrowedFd<'_>) -> Result<Option<OwnedFd>, Errno>;
+    fn is_terminal(&self, fd: BorrowedFd<'_>) -> bool;
+    /// Puts terminal `fd` in raw mode; returns the mode to restore.
+    fn make_raw(&self, fd: BorrowedFd<'_>) -> Result<TermMode, Errno>;
+    /// Puts back a mode [`Sys::make_raw`] saved.
+    fn restore_mode(&self, fd: BorrowedFd<'_>, mode: &TermMode) -> Result<(), Errno>;
+    /// Copies terminal `from`'s window size onto terminal `to`.
+    fn copy_winsize(&self, from: BorrowedFd<'_>, to: BorrowedFd<'_>) -> Result<(), Errno>;
+    fn set_nonblocking(&self, fd: BorrowedFd<'_>) -> Result<(), Errno>;
+    /// Counts SIGWINCH (see [`Sys::winch_count`]) until the matching
+    /// [`Sys::unwatch_winch`]. Calls may nest.
+    fn watch_winch(&self) -> Result<(), Errno>;
+    fn unwatch_winch(&self);
+    /// SIGWINCHs seen while watched; a change means "copy the size again".
+    /// An atomic load, not a syscall: fakes don't record it.
+    fn winch_count(&self) -> u64;
+    /// poll(2) with a timeout in milliseconds (negative: none).
+    fn poll(&self, fds: &mut [PollFd<'_>], timeout_ms: i32) -> Result<usize, Errno>;
+    fn read(&self, fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<usize, Errno>;
+    fn write(&self, fd: BorrowedFd<'_>, buf: &[u8]) -> Result<usize, Errno>;
 
     // Child side.
 
@@ -75,10 +106,27 @@ pub trait Sys {
     fn loopback_up(&self) -> Result<(), Errno>;
     /// Drops every capability outside `keep` from all sets, bounding included.
     fn drop_caps(&self, keep: CapabilitySet) -> Result<(), Errno>;
+    /// Opens `/dev/ptmx` (in the container: `pts/ptmx` of its own devpts)
+    /// read-write, CLOEXEC, without making it the controlling terminal.
+    fn open_pty_master(&self) -> Result<OwnedFd, Errno>;
+    fn unlock_pty(&self, master: BorrowedFd<'_>) -> Result<(), Errno>;
+    /// Opens `master`'s slave (`/dev/pts/N` of the master's own devpts,
+    /// without a path lookup), read-write, CLOEXEC, not as controlling tty.
+    fn open_pty_slave(&self, master: BorrowedFd<'_>) -> Result<OwnedFd, Errno>;
+    /// Sends `fd` over unix socket `sock` (SCM_RIGHTS, one byte of data).
+    fn send_fd(&self, sock: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> Result<(), Errno>;
+    /// Starts a new session with this process as its leader.
+    fn setsid(&self) -> Result<(), Errno>;
+    /// Makes terminal `fd` the session's controlling terminal (TIOCSCTTY).
+    fn set_controlling_tty(&self, fd: BorrowedFd<'_>) -> Result<(), Errno>;
     /// Replaces the process image. [`LinuxSys`] returns only on failure;
     /// `Ok` means "replaced" and comes only from fakes.
     fn execve(&self, path: &CStr, argv: &CArgs, envp: &CArgs) -> Result<(), Errno>;
 }
+
+/// A terminal mode saved by [`Sys::make_raw`]; fakes save none.
+#[derive(Debug, Clone)]
+pub struct TermMode(Option<rustix::termios::Termios>);
 
 /// A NULL-terminated `char *[]` built before clone, so exec allocates nothing.
 pub struct CArgs {

@@ -2,8 +2,9 @@
 //! ignored (the container, in the terminal's foreground group, gets them) and
 //! SIGTERM/SIGHUP are forwarded to the running containers. Dispositions are
 //! process-wide, so holds are counted and the first/last one installs/restores.
+//! SIGWINCH is counted, likewise, while a pty relay watches it.
 
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use nix::errno::Errno as NixErrno;
@@ -31,6 +32,19 @@ static HELD: Mutex<Held> = Mutex::new(Held {
     saved: Vec::new(),
 });
 
+/// SIGWINCHs seen since the first watch; relays compare it with their last look.
+static WINCHES: AtomicU64 = AtomicU64::new(0);
+
+struct Watched {
+    count: usize,
+    saved: Option<SigAction>,
+}
+
+static WATCHED: Mutex<Watched> = Mutex::new(Watched {
+    count: 0,
+    saved: None,
+});
+
 pub(crate) fn errno(e: NixErrno) -> Errno {
     Errno::from_raw_os_error(e as i32)
 }
@@ -50,11 +64,17 @@ extern "C" fn forward(sig: libc::c_int) {
     NixErrno::set_raw(saved);
 }
 
+extern "C" fn count_winch(_: libc::c_int) {
+    // An atomic add is async-signal-safe and leaves errno alone.
+    WINCHES.fetch_add(1, Ordering::Relaxed);
+}
+
 /// Installs `action` for `sig`, returning the previous one.
 fn install(sig: Signal, action: &SigAction) -> Result<SigAction, Errno> {
     // SAFETY: the handlers installed here are SIG_IGN, SIG_DFL, a previously
-    // installed action being restored, or `forward`, which only touches
-    // atomics, errno and kill(2), all async-signal-safe.
+    // installed action being restored, `forward`, which only touches
+    // atomics, errno and kill(2), or `count_winch`, which only adds to an
+    // atomic: all async-signal-safe.
     unsafe { sigaction(sig, action) }.map_err(errno)
 }
 
@@ -105,6 +125,36 @@ fn restore(saved: &[(Signal, SigAction)]) {
     }
 }
 
+pub(crate) fn watch_winch() -> Result<(), Errno> {
+    let mut w = WATCHED.lock().unwrap_or_else(PoisonError::into_inner);
+    if w.count == 0 {
+        // SA_RESTART so other threads' blocking calls carry on; the relay's
+        // poll(2) is interrupted regardless.
+        let count = SigAction::new(
+            SigHandler::Handler(count_winch),
+            SaFlags::SA_RESTART,
+            SigSet::empty(),
+        );
+        w.saved = Some(install(Signal::SIGWINCH, &count)?);
+    }
+    w.count += 1;
+    Ok(())
+}
+
+pub(crate) fn unwatch_winch() {
+    let mut w = WATCHED.lock().unwrap_or_else(PoisonError::into_inner);
+    w.count = w.count.saturating_sub(1);
+    if w.count == 0 {
+        if let Some(old) = w.saved.take() {
+            restore(&[(Signal::SIGWINCH, old)]);
+        }
+    }
+}
+
+pub(crate) fn winch_count() -> u64 {
+    WINCHES.load(Ordering::Relaxed)
+}
+
 pub(crate) fn track(pid: Pid) {
     for slot in &CHILDREN {
         if slot
@@ -129,7 +179,7 @@ pub(crate) fn reset_in_child() -> Result<(), Errno> {
     for sig in IGNORED
         .iter()
         .chain(FORWARDED.iter())
-        .chain([Signal::SIGPIPE].iter())
+        .chain([Signal::SIGPIPE, Signal::SIGWINCH].iter())
     {
         install(*sig, &default)?;
     }
