@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+use berth_cli::progress::CopyBar;
 use berth_cli::Berth;
 use clap::{Args, Subcommand};
 
@@ -43,7 +44,9 @@ pub fn run(cli: &Cli, a: &SnapshotArgs) -> anyhow::Result<ExitCode> {
             print_list(cli.format, &["NAME", "CREATED", "VOLUME"], rows, &snaps)?;
         }
         Some(SnapCmd::Restore { name, snap }) => {
-            Berth::open(&cli.root, true)?.restore(name, snap)?;
+            let bar = CopyBar::new(format!("restoring {name}"));
+            Berth::open(&cli.root, true)?.restore(name, snap, &bar)?;
+            bar.finish();
             say(format!("restored {name} to {snap}"))?;
         }
         Some(SnapCmd::Rm { name, snap }) => {

@@ -72,7 +72,7 @@ pub fn ops_snapshot_restore(h: &Harness) {
     assert_eq!(b.snapshots("c1").expect("list")[0].name, "snap0");
     write(&b, "c1", "etc/state", "two");
     let before = b.store().container("c1").expect("c1").volume;
-    b.restore("c1", "snap0").expect("restore");
+    b.restore("c1", "snap0", &NoProgress).expect("restore");
     assert_eq!(read(&b, "c1", "etc/state").as_deref(), Some("one"));
     let after = b.store().container("c1").expect("c1").volume;
     assert_ne!(
@@ -81,7 +81,8 @@ pub fn ops_snapshot_restore(h: &Harness) {
     );
     // Restoring twice works (the snapshot is not consumed).
     write(&b, "c1", "etc/state", "three");
-    b.restore("c1", "snap0").expect("restore again");
+    b.restore("c1", "snap0", &NoProgress)
+        .expect("restore again");
     assert_eq!(read(&b, "c1", "etc/state").as_deref(), Some("one"));
     // Destroy refuses while snapshots exist, then takes them along.
     assert!(matches!(

@@ -2,12 +2,11 @@
 
 use berth_bdev::copy::Progress;
 use berth_bdev::fsutil::allocated_bytes;
-use berth_bdev::generic::copy_volume;
 use berth_bdev::names::validate_name;
 use berth_bdev::plan::{plan_clone, CloneMode, ClonePlan};
 use berth_bdev::{Backend, BackendKind, BdevError, CreateOpts, Revert, VolumeSpec, DEFAULT_SIZE};
 
-use super::{split_snapshot_ref, Berth};
+use super::{split_snapshot_ref, Berth, CopyTo};
 use crate::error::{BerthError, Result};
 use crate::store::{now, Container, Origin};
 
@@ -67,32 +66,13 @@ impl Berth {
         let mut rv = Revert::new();
         let volume = match plan {
             ClonePlan::SnapshotClone { .. } => dst_b.snapshot_clone(&source, dst, &mut rv)?,
-            ClonePlan::NativeCopy => {
-                let opts = self.copy_opts(&source, &dst_pool, src_b.as_ref());
-                match dst_b.copy_clone(&source, dst, &opts, &mut rv) {
-                    Err(BdevError::Unsupported { .. }) => self.generic_copy(
-                        src_b.as_ref(),
-                        &source,
-                        dst_b.as_ref(),
-                        dst,
-                        &opts,
-                        &mut rv,
-                        progress,
-                    )?,
-                    other => other?,
-                }
-            }
-            ClonePlan::GenericCopy => {
-                let opts = self.copy_opts(&source, &dst_pool, src_b.as_ref());
-                self.generic_copy(
-                    src_b.as_ref(),
-                    &source,
-                    dst_b.as_ref(),
-                    dst,
-                    &opts,
-                    &mut rv,
-                    progress,
-                )?
+            ClonePlan::NativeCopy | ClonePlan::GenericCopy => {
+                let to = CopyTo {
+                    backend: dst_b.as_ref(),
+                    name: dst,
+                    opts: self.copy_opts(&source, &dst_pool, src_b.as_ref()),
+                };
+                self.full_copy(src_b.as_ref(), &source, to, &mut rv, progress)?
             }
         };
         let pinned = matches!(plan, ClonePlan::SnapshotClone { pins_origin: true });
@@ -140,21 +120,5 @@ impl Berth {
             size: Some(used.map_or(base, |u| base.max(u.saturating_mul(3) / 2))),
             fstype: pool.fstype,
         }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn generic_copy(
-        &self,
-        src_b: &dyn Backend,
-        source: &VolumeSpec,
-        dst_b: &dyn Backend,
-        dst: &str,
-        opts: &CreateOpts,
-        rv: &mut Revert,
-        progress: &dyn Progress,
-    ) -> Result<VolumeSpec> {
-        let v = dst_b.create(dst, opts, rv)?;
-        copy_volume(src_b, source, dst_b, &v, &self.scratch(), progress)?;
-        Ok(v)
     }
 }

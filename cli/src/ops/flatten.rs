@@ -1,10 +1,9 @@
 //! `berth flatten` and `berth resize`: change a container's volume in place.
 
-use berth_bdev::generic::copy_volume;
 use berth_bdev::{BdevError, CreateOpts, Revert};
 use tracing::warn;
 
-use super::Berth;
+use super::{Berth, CopyTo};
 use crate::error::{BerthError, Result};
 
 impl Berth {
@@ -25,28 +24,18 @@ impl Berth {
             });
         }
         let backend = self.backend_of(&c)?;
-        let opts = CreateOpts {
-            size: backend.usage(&c.volume).ok().and_then(|u| u.limit_bytes),
-            fstype: None,
-        };
         let new_name = format!("{name}.flat-{}", super::snapshot::unique_suffix());
         let mut rv = Revert::new();
         // A native copy (zfs send, qemu-img convert) never keeps a backing chain.
-        let volume = match backend.copy_clone(&c.volume, &new_name, &opts, &mut rv) {
-            Err(BdevError::Unsupported { .. }) => {
-                let v = backend.create(&new_name, &opts, &mut rv)?;
-                copy_volume(
-                    backend.as_ref(),
-                    &c.volume,
-                    backend.as_ref(),
-                    &v,
-                    &self.scratch(),
-                    progress,
-                )?;
-                v
-            }
-            other => other?,
+        let to = CopyTo {
+            backend: backend.as_ref(),
+            name: &new_name,
+            opts: CreateOpts {
+                size: backend.usage(&c.volume).ok().and_then(|u| u.limit_bytes),
+                fstype: None,
+            },
         };
+        let volume = self.full_copy(backend.as_ref(), &c.volume, to, &mut rv, progress)?;
         let old = std::mem::replace(&mut c.volume, volume);
         if let Some(o) = c.origin.as_mut() {
             o.pinned = false;

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use berth_bdev::cmd::{HostRunner, Runner};
-use berth_bdev::{Backend, BackendKind, PoolConfig};
+use berth_bdev::copy::Progress;
+use berth_bdev::generic::copy_volume;
+use berth_bdev::{Backend, BackendKind, BdevError, CreateOpts, PoolConfig, Revert, VolumeSpec};
 use tracing::warn;
 
 use crate::error::{BerthError, Result};
@@ -140,6 +142,38 @@ impl Berth {
             }
         }
         Ok(readers)
+    }
+}
+
+/// Where `Berth::full_copy` puts its copy.
+pub(crate) struct CopyTo<'a> {
+    pub backend: &'a dyn Backend,
+    pub name: &'a str,
+    pub opts: CreateOpts,
+}
+
+impl Berth {
+    /// An independent full copy of `source` (held by `src_b`) as a new volume: the
+    /// target backend's own tool when both sides are the same kind (`zfs send`,
+    /// `qemu-img convert`, a reflinked image), else a new volume filled through
+    /// mounts.
+    pub(crate) fn full_copy(
+        &self,
+        src_b: &dyn Backend,
+        source: &VolumeSpec,
+        to: CopyTo<'_>,
+        rv: &mut Revert,
+        progress: &dyn Progress,
+    ) -> Result<VolumeSpec> {
+        if source.kind() == to.backend.kind() {
+            match to.backend.copy_clone(source, to.name, &to.opts, rv) {
+                Err(BdevError::Unsupported { .. }) => {}
+                other => return Ok(other?),
+            }
+        }
+        let v = to.backend.create(to.name, &to.opts, rv)?;
+        copy_volume(src_b, source, to.backend, &v, &self.scratch(), progress)?;
+        Ok(v)
     }
 }
 

@@ -1,11 +1,11 @@
 //! `berth snapshot`: take, list, restore and remove snapshots (lxc-snapshot).
 
-use berth_bdev::generic::copy_volume;
+use berth_bdev::copy::Progress;
 use berth_bdev::names::validate_name;
-use berth_bdev::{BdevError, CreateOpts, Revert};
+use berth_bdev::{CreateOpts, Revert};
 use tracing::warn;
 
-use super::Berth;
+use super::{Berth, CopyTo};
 use crate::error::{BerthError, Result};
 use crate::store::{dependents, now, Snapshot};
 
@@ -77,7 +77,7 @@ impl Berth {
     /// Restores `name` to snapshot `snap` atomically: the restored volume is built
     /// beside the current one, the container record is switched to it in one
     /// rename, and only then is the old volume destroyed.
-    pub fn restore(&self, name: &str, snap: &str) -> Result<()> {
+    pub fn restore(&self, name: &str, snap: &str, progress: &dyn Progress) -> Result<()> {
         let mut c = self.store().container(name)?;
         let s = c.snapshot(snap)?.clone();
         self.refuse_if_active(name, "stop it, or `berth umount` it, before restoring")?;
@@ -96,22 +96,15 @@ impl Berth {
         let volume = if caps.clone_from_snapshot && !caps.clone_pins_origin {
             backend.snapshot_clone(&s.volume, &new_name, &mut rv)?
         } else {
-            let opts = CreateOpts::default();
-            match backend.copy_clone(&s.volume, &new_name, &opts, &mut rv) {
-                Err(BdevError::Unsupported { .. }) => {
-                    let v = backend.create(&new_name, &opts, &mut rv)?;
-                    copy_volume(
-                        backend.as_ref(),
-                        &s.volume,
-                        backend.as_ref(),
-                        &v,
-                        &self.scratch(),
-                        &berth_bdev::copy::NoProgress,
-                    )?;
-                    v
-                }
-                other => other?,
-            }
+            let to = CopyTo {
+                backend: backend.as_ref(),
+                name: &new_name,
+                opts: CreateOpts {
+                    size: backend.usage(&c.volume).ok().and_then(|u| u.limit_bytes),
+                    fstype: None,
+                },
+            };
+            self.full_copy(backend.as_ref(), &s.volume, to, &mut rv, progress)?
         };
         let old = std::mem::replace(&mut c.volume, volume);
         self.store().save(&c)?;
