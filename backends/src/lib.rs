@@ -9,6 +9,7 @@ use berth_bdev::cmd::Runner;
 use berth_bdev::{Backend, BackendKind, BdevError, PoolConfig, Result};
 
 pub mod aufs;
+mod blockfs;
 pub mod btrfs;
 pub mod dir;
 pub mod r#loop;

@@ -407,40 +407,38 @@ pub fn probe_is_idempotent(h: &Harness) {
     let _ = Path::new("/");
 }
 
-/// Instantiates every property for one backend:
+/// Instantiates every property for one backend, as a module of tests plus
+/// `PROPERTIES`, the names it runs:
 /// `conformance!(btrfs, berth_tests::pools::btrfs::setup);`
+/// Attributes before the name go on every test, e.g. `#[ignore = "…"]` for a
+/// suite that only runs inside the lvm VM.
 #[macro_export]
 macro_rules! conformance {
-    ($name:ident, $setup:path) => {
-        mod $name {
-            $crate::conformance!(@props $setup;
-                create_write_read_destroy, read_only_mount, file_types_preserved,
+    ($(#[$attr:meta])* $name:ident, $setup:path) => {
+        $crate::conformance!(@suite [$(#[$attr])*] $name, $setup;
+            conformance: create_write_read_destroy, read_only_mount, file_types_preserved,
                 usage_changes, snapshot_point_in_time, snapshot_clone_independent,
-                clone_from_snapshot, snapshot_of_a_clone, copy_independent, resize_matches_caps, promote_matches_caps,
-                probe_is_idempotent);
-            $crate::conformance!(@ops $setup;
-                ops_snapshot_restore, ops_dependents, ops_destroy_keeping_clones,
+                clone_from_snapshot, snapshot_of_a_clone, copy_independent,
+                resize_matches_caps, promote_matches_caps, probe_is_idempotent;
+            ops: ops_snapshot_restore, ops_dependents, ops_destroy_keeping_clones,
                 ops_run_and_ephemeral);
+    };
+    (@suite $attrs:tt $name:ident, $setup:path;
+        conformance: $($p:ident),*; ops: $($o:ident),*) => {
+        pub mod $name {
+            /// Every property this suite runs.
+            pub const PROPERTIES: &[&str] = &[$(stringify!($p),)* $(stringify!($o)),*];
+            $( $crate::conformance!(@one $attrs $setup; conformance::$p); )*
+            $( $crate::conformance!(@one $attrs $setup; ops::$o); )*
         }
     };
-    (@ops $setup:path; $($prop:ident),*) => {
-        $(
-            #[test]
-            fn $prop() {
-                if let Some(h) = $crate::harness::harness($setup) {
-                    $crate::ops::$prop(&h);
-                }
+    (@one [$(#[$attr:meta])*] $setup:path; $module:ident :: $prop:ident) => {
+        #[test]
+        $(#[$attr])*
+        fn $prop() {
+            if let Some(h) = $crate::harness::harness($setup) {
+                $crate::$module::$prop(&h);
             }
-        )*
-    };
-    (@props $setup:path; $($prop:ident),*) => {
-        $(
-            #[test]
-            fn $prop() {
-                if let Some(h) = $crate::harness::harness($setup) {
-                    $crate::conformance::$prop(&h);
-                }
-            }
-        )*
+        }
     };
 }

@@ -8,3 +8,4 @@ pub mod conformance;
 pub mod harness;
 pub mod ops;
 pub mod pools;
+pub mod vm;

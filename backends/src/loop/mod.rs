@@ -6,7 +6,7 @@
 //! else sparse). Where the pool directory supports reflink, snapshot clones are
 //! reflinked image copies: O(1), copy-on-write, and independent of their origin.
 
-mod fs;
+use crate::blockfs as fs;
 
 use std::fs::{File, OpenOptions, Permissions};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -95,8 +95,8 @@ impl Loop {
     /// Copies the image `src` to the new `dst` (reflinked where possible, else
     /// sparse) and gives the copy its own filesystem UUID.
     fn copy_image(&self, src: &Path, dst: &Path, why: CopyFor, rv: &mut Revert) -> Result<()> {
-        let fstype = fs::detect_image(src)?;
-        fs::require_tools(fstype)?;
+        let fstype = fs::detect_path(src, || format!("loop:{}", src.display()))?;
+        fs::require_tools("loop", fstype)?;
         refuse_if_attached(src, why.refusal(), true)?;
         drop(self.claim(dst, rv)?);
         let stats = copy_file(src, dst)?;
@@ -249,7 +249,7 @@ impl Backend for Loop {
             });
         }
         require_kernel_fs("loop", self.fstype.as_str())?;
-        fs::require_tools(self.fstype)?;
+        fs::require_tools("loop", self.fstype)?;
         create_dir_all(&self.root)?;
         let _ = self.reflink();
         Ok(())
@@ -280,7 +280,7 @@ impl Backend for Loop {
                 reason,
             });
         }
-        fs::require_tools(fstype)?;
+        fs::require_tools("loop", fstype)?;
         let f = self.claim(&image, rv)?;
         f.set_len(size)
             .map_err(BdevError::io("size image", &image))?;
@@ -296,7 +296,7 @@ impl Backend for Loop {
         // Two writers (or a reader beside a writer) on one image corrupt or
         // mislead: a read-write mount wants the image to itself.
         refuse_if_attached(img, "refuse to mount", ro)?;
-        let fstype = fs::detect_image(img)?;
+        let fstype = fs::detect_path(img, || format!("loop:{}", img.display()))?;
         let dev = LoopDevice::attach(img, ro)?;
         mount::mount_fs(fstype.as_str(), dev.path().as_os_str(), at, &[], ro)?;
         debug!(image = %img.display(), dev = %dev.path().display(), at = %at.display(), ro, "loop mounted");
@@ -418,8 +418,8 @@ impl Backend for Loop {
         if size == have {
             return Ok(());
         }
-        let fstype = fs::detect_image(img)?;
-        fs::require_tools(fstype)?;
+        let fstype = fs::detect_path(img, || format!("loop:{}", img.display()))?;
+        fs::require_tools("loop", fstype)?;
         refuse_if_attached(img, "refuse to resize", false)?;
         let f = OpenOptions::new()
             .write(true)
@@ -432,7 +432,7 @@ impl Backend for Loop {
             f.set_len(have)
         });
         match fstype {
-            FsType::Ext4 => fs::grow_ext4(&*self.runner, img)?,
+            FsType::Ext4 => fs::grow_ext4(&*self.runner, img, true)?,
             FsType::Xfs | FsType::Btrfs => self.grow_online(img, fstype)?,
         }
         rv.commit();

@@ -4,6 +4,7 @@ pub mod aufs;
 pub mod btrfs;
 pub mod dir;
 pub mod r#loop;
+pub mod lvm;
 pub mod overlay;
 pub mod qcow2;
 pub mod zfs;

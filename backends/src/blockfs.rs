@@ -1,5 +1,6 @@
-//! The filesystem inside a loop image: detect it from the superblock, format it,
-//! give a copy its own UUID, grow it. Command lines are built by pure functions.
+//! The filesystem on a block device or image file (loop, lvm): detect it from the
+//! superblock, format it, give a copy its own UUID, grow it. Command lines are
+//! built by pure functions.
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -11,12 +12,12 @@ use berth_bdev::fsutil::require_tool;
 use berth_bdev::{BdevError, FsType, Result};
 
 /// Bytes to read to see every superblock we know (btrfs's is the farthest, at 64 KiB).
-pub(super) const PROBE_LEN: usize = BTRFS_MAGIC_AT + 8;
+pub(crate) const PROBE_LEN: usize = BTRFS_MAGIC_AT + 8;
 const EXT_MAGIC_AT: usize = 1080;
 const BTRFS_MAGIC_AT: usize = 65536 + 64;
 
 /// mkfs.xfs (xfsprogs ≥ 5.19) refuses anything smaller.
-pub(super) const XFS_MIN_SIZE: u64 = 300 << 20;
+pub(crate) const XFS_MIN_SIZE: u64 = 300 << 20;
 
 /// `mkfs.btrfs(8)`: mixed data+metadata block groups are recommended below 1 GiB
 /// and softly below 5 GiB; without them a small image runs out of metadata chunks
@@ -38,25 +39,27 @@ pub fn detect(buf: &[u8]) -> Option<FsType> {
     }
 }
 
-/// Reads the image's superblocks and names its filesystem.
-pub(super) fn detect_image(img: &Path) -> Result<FsType> {
+/// Reads the superblocks of the image or device at `path` and names its
+/// filesystem; `spec` names the volume in the error.
+pub(crate) fn detect_path(path: &Path, spec: impl FnOnce() -> String) -> Result<FsType> {
     let mut buf = Vec::with_capacity(PROBE_LEN);
-    File::open(img)
+    File::open(path)
         .and_then(|f| f.take(PROBE_LEN as u64).read_to_end(&mut buf))
-        .map_err(BdevError::io("read the superblock of", img))?;
+        .map_err(BdevError::io("read the superblock of", path))?;
     detect(&buf).ok_or_else(|| BdevError::InvalidSpec {
-        spec: format!("loop:{}", img.display()),
-        reason: "the image holds no ext2/3/4, xfs or btrfs filesystem".to_owned(),
+        spec: spec(),
+        reason: "it holds no ext2/3/4, xfs or btrfs filesystem".to_owned(),
     })
 }
 
 /// The programs a filesystem needs, with the Debian package of each.
-pub(super) fn tools(fs: FsType) -> &'static [(&'static str, &'static str)] {
+pub(crate) fn tools(fs: FsType) -> &'static [(&'static str, &'static str)] {
     match fs {
         FsType::Ext4 => &[
             ("mkfs.ext4", "e2fsprogs"),
             ("e2fsck", "e2fsprogs"),
             ("resize2fs", "e2fsprogs"),
+            ("dumpe2fs", "e2fsprogs"),
         ],
         FsType::Xfs => &[
             ("mkfs.xfs", "xfsprogs"),
@@ -71,15 +74,15 @@ pub(super) fn tools(fs: FsType) -> &'static [(&'static str, &'static str)] {
     }
 }
 
-pub(super) fn require_tools(fs: FsType) -> Result<()> {
+pub(crate) fn require_tools(backend: &'static str, fs: FsType) -> Result<()> {
     for (prog, pkg) in tools(fs) {
-        require_tool("loop", prog, pkg)?;
+        require_tool(backend, prog, pkg)?;
     }
     Ok(())
 }
 
 /// Why `fs` cannot be made `size` bytes big, if it cannot.
-pub(super) fn size_problem(fs: FsType, size: u64) -> Option<String> {
+pub(crate) fn size_problem(fs: FsType, size: u64) -> Option<String> {
     (fs == FsType::Xfs && size < XFS_MIN_SIZE).then(|| {
         format!(
             "xfs needs at least {} MiB, asked for {} MiB; use a bigger --size or ext4",
@@ -97,18 +100,19 @@ fn with_path(prog: &'static str, args: &[&str], path: &Path) -> Command {
     (prog, v)
 }
 
-/// The mkfs command for an image of `size` bytes.
+/// The mkfs command for an image or device of `size` bytes. Forced: a reused
+/// device may still carry an old signature.
 pub fn mkfs_command(fs: FsType, img: &Path, size: u64) -> Command {
     match fs {
         FsType::Ext4 => with_path("mkfs.ext4", &["-q", "-F"], img),
         // reflink=1 is the default since xfsprogs 5.1; spelled out so a copy of
         // the image inside a reflink pool can share blocks with the image's own
         // files too.
-        FsType::Xfs => with_path("mkfs.xfs", &["-q", "-m", "reflink=1"], img),
+        FsType::Xfs => with_path("mkfs.xfs", &["-q", "-f", "-m", "reflink=1"], img),
         FsType::Btrfs if size < BTRFS_MIXED_BELOW => {
-            with_path("mkfs.btrfs", &["-q", "--mixed"], img)
+            with_path("mkfs.btrfs", &["-q", "-f", "--mixed"], img)
         }
-        FsType::Btrfs => with_path("mkfs.btrfs", &["-q"], img),
+        FsType::Btrfs => with_path("mkfs.btrfs", &["-q", "-f"], img),
     }
 }
 
@@ -129,20 +133,23 @@ pub fn new_uuid_command(fs: FsType, img: &Path) -> Option<Command> {
 }
 
 /// Gives the copied image `img` its own UUID where the filesystem needs one.
-pub(super) fn new_uuid(runner: &dyn Runner, fs: FsType, img: &Path) -> Result<()> {
+pub(crate) fn new_uuid(runner: &dyn Runner, fs: FsType, img: &Path) -> Result<()> {
     if let Some((prog, args)) = new_uuid_command(fs, img) {
         run(runner, prog, &args)?;
     }
     Ok(())
 }
 
-/// Grows an unmounted ext4 filesystem to fill its (already extended) image.
-pub(super) fn grow_ext4(runner: &dyn Runner, img: &Path) -> Result<()> {
-    // resize2fs insists on a freshly checked filesystem.
-    let (prog, args) = with_path("e2fsck", &["-f", "-p"], img);
-    if let Err(e) = run(runner, prog, &args) {
-        if !fsck_fixed(&e) {
-            return Err(e.into());
+/// Grows an ext4 filesystem to fill its (already extended) image or device;
+/// `offline` when nothing mounts it.
+pub(crate) fn grow_ext4(runner: &dyn Runner, img: &Path, offline: bool) -> Result<()> {
+    if offline {
+        // resize2fs insists on a freshly checked filesystem when offline.
+        let (prog, args) = with_path("e2fsck", &["-f", "-p"], img);
+        if let Err(e) = run(runner, prog, &args) {
+            if !fsck_fixed(&e) {
+                return Err(e.into());
+            }
         }
     }
     let (prog, args) = with_path("resize2fs", &[], img);
@@ -164,7 +171,7 @@ pub fn fsck_fixed(e: &CmdError) -> bool {
     matches!(e, CmdError::Failed { status, .. } if status == "exit status: 1")
 }
 
-pub(super) fn run(runner: &dyn Runner, prog: &str, args: &[OsString]) -> Result<(), CmdError> {
+pub(crate) fn run(runner: &dyn Runner, prog: &str, args: &[OsString]) -> Result<(), CmdError> {
     let args: Vec<&std::ffi::OsStr> = args.iter().map(OsString::as_os_str).collect();
     runner.run(prog, &args).map(drop)
 }
@@ -217,15 +224,15 @@ mod tests {
         );
         assert_eq!(
             line(mkfs_command(FsType::Xfs, img, 1 << 30)),
-            "mkfs.xfs -q -m reflink=1 /p/c.img"
+            "mkfs.xfs -q -f -m reflink=1 /p/c.img"
         );
         assert_eq!(
             line(mkfs_command(FsType::Btrfs, img, 1 << 30)),
-            "mkfs.btrfs -q --mixed /p/c.img"
+            "mkfs.btrfs -q -f --mixed /p/c.img"
         );
         assert_eq!(
             line(mkfs_command(FsType::Btrfs, img, 8 << 30)),
-            "mkfs.btrfs -q /p/c.img"
+            "mkfs.btrfs -q -f /p/c.img"
         );
     }
 
@@ -281,7 +288,7 @@ mod tests {
             .fail("e2fsck -f -p /p/c.img", "fixed something")
             .expect("resize2fs /p/c.img", "");
         // The scripted failure reports exit status 1: corrected, so resize goes on.
-        grow_ext4(&r, Path::new("/p/c.img")).unwrap();
+        grow_ext4(&r, Path::new("/p/c.img"), true).unwrap();
         assert_eq!(r.calls().len(), 2);
     }
 }

@@ -1,0 +1,640 @@
+//! lvm: each volume is a logical volume in one volume group, holding a filesystem
+//! (ext4 by default) mounted from `/dev/VG/LV`.
+//!
+//! With a thin pool (`PoolConfig::thinpool`) volumes are thin LVs and snapshots and
+//! clones are thin snapshots: O(1), copy-on-write, and independent of their origin
+//! (a thin snapshot maps the same pool blocks; deleting the origin only drops its
+//! mappings). Without one, volumes are classic LVs and snapshots are classic COW
+//! snapshots, which keep reading their origin and cannot be snapshotted again, so
+//! that mode offers read-only snapshots only.
+//!
+//! Layout: volume `NAME` is LV `NAME`, snapshot `SNAP` of it is LV `NAME+SNAP`
+//! (`+` never occurs in berth names). Snapshots are always mounted read-only.
+
+use crate::blockfs as fs;
+mod parse;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use berth_bdev::cmd::{self, Runner};
+use berth_bdev::fsutil::{require_kernel_fs, require_tool};
+use berth_bdev::mount::{self, FsOpt, MountGuard};
+use berth_bdev::names::validate_name;
+use berth_bdev::{
+    Backend, BackendKind, BdevError, Caps, CreateOpts, FsType, PoolConfig, Result, Revert, Usage,
+    UsageKind, VolumeSpec, DEFAULT_SIZE,
+};
+use tracing::debug;
+
+pub use parse::{misc_has_device_mapper, parse_dumpe2fs_used, parse_lvs, parse_vgs, LvInfo};
+
+const NAME: &str = "lvm";
+/// Separates a volume's name from a snapshot's in an LV name.
+const SNAP_SEP: char = '+';
+const LVS_FIELDS: &str = "lv_name,vg_name,lv_size,data_percent,origin,pool_lv,lv_attr";
+
+pub fn open(pool: &PoolConfig, runner: Arc<dyn Runner>) -> Result<Box<dyn Backend>> {
+    Ok(Box::new(Lvm::open(pool, runner)?))
+}
+
+pub struct Lvm {
+    vg: String,
+    thinpool: Option<String>,
+    runner: Arc<dyn Runner>,
+    size: u64,
+    fstype: FsType,
+}
+
+/// Whether `name` is a valid VG or LV name for LVM (`lvm(8)`: `[a-zA-Z0-9+_.-]`,
+/// not starting with `-`, not `.` or `..`).
+fn lvm_name_ok(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('-')
+        && name != "."
+        && name != ".."
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '_' | '.' | '-'))
+}
+
+/// The LV of snapshot `snap` of volume `name`.
+pub fn snapshot_lv(name: &str, snap: &str) -> String {
+    format!("{name}{SNAP_SEP}{snap}")
+}
+
+fn is_snapshot_lv(lv: &str) -> bool {
+    lv.contains(SNAP_SEP)
+}
+
+/// `SIZE` in bytes as an LVM size argument.
+fn bytes_arg(size: u64) -> String {
+    format!("{size}b")
+}
+
+impl Lvm {
+    pub fn open(pool: &PoolConfig, runner: Arc<dyn Runner>) -> Result<Self> {
+        let vg = pool.vg.clone().ok_or_else(|| BdevError::InvalidSpec {
+            spec: pool.name.clone(),
+            reason: "an lvm pool needs --vg VOLUME_GROUP".to_owned(),
+        })?;
+        for n in std::iter::once(&vg).chain(pool.thinpool.iter()) {
+            if !lvm_name_ok(n) {
+                return Err(BdevError::InvalidSpec {
+                    spec: n.clone(),
+                    reason: "not a valid LVM name (letters, digits, '+', '_', '.', '-')".to_owned(),
+                });
+            }
+        }
+        Ok(Lvm {
+            vg,
+            thinpool: pool.thinpool.clone(),
+            runner,
+            size: pool.size.unwrap_or(DEFAULT_SIZE),
+            fstype: pool.fstype.unwrap_or_default(),
+        })
+    }
+
+    fn lv_of<'a>(&self, v: &'a VolumeSpec) -> Result<&'a str> {
+        match v {
+            VolumeSpec::Lvm { vg, lv } if *vg == self.vg => Ok(lv),
+            other => Err(BdevError::InvalidSpec {
+                spec: other.to_string(),
+                reason: format!("not an lvm volume of volume group {:?}", self.vg),
+            }),
+        }
+    }
+
+    fn spec(&self, lv: String) -> VolumeSpec {
+        VolumeSpec::Lvm {
+            vg: self.vg.clone(),
+            lv,
+        }
+    }
+
+    fn full(&self, lv: &str) -> String {
+        format!("{}/{lv}", self.vg)
+    }
+
+    fn device(&self, lv: &str) -> PathBuf {
+        Path::new("/dev").join(&self.vg).join(lv)
+    }
+
+    fn run(&self, prog: &str, args: &[&str]) -> Result<String> {
+        Ok(cmd::run(&*self.runner, prog, args)?.stdout)
+    }
+
+    /// Every LV of the volume group.
+    fn lvs(&self) -> Result<Vec<LvInfo>> {
+        let out = self.run(
+            "lvs",
+            &[
+                "--reportformat",
+                "json",
+                "-o",
+                LVS_FIELDS,
+                "--units",
+                "b",
+                "--nosuffix",
+                &self.vg,
+            ],
+        )?;
+        parse_lvs(&out)
+    }
+
+    fn find(&self, lv: &str) -> Result<LvInfo> {
+        self.lvs()?
+            .into_iter()
+            .find(|l| l.name == lv)
+            .ok_or_else(|| BdevError::NotFound {
+                what: "logical volume",
+                name: self.full(lv),
+            })
+    }
+
+    fn refuse_existing(&self, lv: &str) -> Result<()> {
+        if self.lvs()?.iter().any(|l| l.name == lv) {
+            return Err(BdevError::Exists {
+                what: "logical volume",
+                name: self.full(lv),
+            });
+        }
+        Ok(())
+    }
+
+    /// Registers the removal of the new LV `lv`.
+    fn undo_create(&self, lv: &str, rv: &mut Revert) {
+        let runner = self.runner.clone();
+        let full = self.full(lv);
+        rv.add(format!("remove logical volume {full}"), move || {
+            cmd::run(&*runner, "lvremove", &["-f", &full]).map(drop)
+        });
+    }
+
+    /// Activates `lv` if its device node is missing (thin snapshots made by other
+    /// tools skip activation by default, hence `-K`).
+    fn activate(&self, lv: &str) -> Result<PathBuf> {
+        let dev = self.device(lv);
+        if !dev.exists() {
+            self.run("lvchange", &["-ay", "-K", &self.full(lv)])?;
+        }
+        Ok(dev)
+    }
+
+    /// A snapshot of `lv` called `new`: a thin snapshot in a thin pool, else a
+    /// classic COW snapshot as big as its origin (so it can never overflow).
+    fn lv_snapshot(&self, lv: &str, new: &str, rv: &mut Revert) -> Result<()> {
+        let origin = self.find(lv)?;
+        self.refuse_existing(new)?;
+        let full = self.full(lv);
+        if self.thinpool.is_some() {
+            self.run(
+                "lvcreate",
+                &["-q", "--yes", "-s", &full, "-n", new, "-kn", "-ay"],
+            )?;
+        } else {
+            if origin.is_classic_snapshot() {
+                return Err(BdevError::unsupported(
+                    NAME,
+                    "snapshots of classic snapshots",
+                ));
+            }
+            let size = bytes_arg(origin.size);
+            self.run(
+                "lvcreate",
+                &["-q", "--yes", "-s", &full, "-n", new, "-L", &size],
+            )?;
+        }
+        self.undo_create(new, rv);
+        Ok(())
+    }
+
+    /// The filesystem on `lv`, from its superblock.
+    fn detect_fs(&self, lv: &str) -> Result<FsType> {
+        let dev = self.activate(lv)?;
+        fs::detect_path(&dev, || self.spec(lv.to_owned()).to_string())
+    }
+
+    /// Grows the filesystem on `dev` to fill it.
+    fn grow_fs(&self, lv: &str, dev: &Path, fstype: FsType) -> Result<()> {
+        if fstype == FsType::Ext4 {
+            return fs::grow_ext4(&*self.runner, dev, !self.mounted(dev));
+        }
+        // xfs and btrfs grow only while mounted.
+        let at = std::env::temp_dir().join(format!(
+            "berth-lvm-grow-{}-{}-{lv}",
+            std::process::id(),
+            self.vg
+        ));
+        berth_bdev::fsutil::create_dir_all(&at)?;
+        let grown = (|| {
+            let guard = self.mount_dev(dev, &at, fstype, false)?;
+            let (prog, args) = fs::grow_online_command(fstype, &at)
+                .ok_or_else(|| BdevError::unsupported(NAME, "growing this filesystem"))?;
+            let r = fs::run(&*self.runner, prog, &args).map_err(BdevError::from);
+            let released = guard.release();
+            r?;
+            released
+        })();
+        let _ = std::fs::remove_dir(&at);
+        grown
+    }
+
+    fn mounted(&self, dev: &Path) -> bool {
+        let Ok(real) = std::fs::canonicalize(dev) else {
+            return false;
+        };
+        mount::mounts()
+            .iter()
+            .any(|m| std::fs::canonicalize(&m.source).is_ok_and(|s| s == real))
+    }
+
+    fn mount_dev(&self, dev: &Path, at: &Path, fstype: FsType, ro: bool) -> Result<MountGuard> {
+        // Snapshots and clones carry their origin's xfs UUID, which xfs would refuse
+        // as a duplicate.
+        let opts: &[FsOpt<'_>] = match fstype {
+            FsType::Xfs => &[FsOpt::Flag("nouuid")],
+            _ => &[],
+        };
+        mount::mount_fs(fstype.as_str(), dev.as_os_str(), at, opts, ro)?;
+        Ok(MountGuard::mounted(at))
+    }
+}
+
+impl Backend for Lvm {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Lvm
+    }
+
+    fn caps(&self) -> Caps {
+        let thin = self.thinpool.is_some();
+        Caps {
+            snapshot: true,
+            // Classic snapshots cannot be snapshotted, and a writable classic
+            // snapshot as a clone would pin its origin for good: clones are thin only.
+            clone_from_snapshot: thin,
+            snapshot_clone: thin,
+            copy_on_write: thin,
+            clone_pins_origin: false,
+            clone_reads_live_origin: false,
+            promote: false,
+            stacks_on_trees: false,
+            lacks_xattrs: false,
+            coarse_timestamps: false,
+            size_limit: true,
+            block_backed: true,
+            resize: true,
+            kernel_fs: match self.fstype {
+                FsType::Ext4 => &["ext4"],
+                FsType::Xfs => &["xfs"],
+                FsType::Btrfs => &["btrfs"],
+            },
+            tools: match self.fstype {
+                FsType::Ext4 => &["lvm", "mkfs.ext4", "e2fsck", "resize2fs", "dumpe2fs"],
+                FsType::Xfs => &["lvm", "mkfs.xfs", "xfs_growfs"],
+                FsType::Btrfs => &["lvm", "mkfs.btrfs", "btrfs"],
+            },
+        }
+    }
+
+    fn probe(&self) -> Result<()> {
+        let misc = std::fs::read_to_string("/proc/misc").unwrap_or_default();
+        if !misc_has_device_mapper(&misc) && !Path::new("/sys/class/misc/device-mapper").exists() {
+            return Err(BdevError::Unavailable {
+                backend: NAME,
+                missing: "the kernel has no device-mapper (no device-mapper in /proc/misc)"
+                    .to_owned(),
+                hint: "load it with `modprobe dm-mod` (and dm-thin-pool for thin pools), or use a kernel built with CONFIG_BLK_DEV_DM"
+                    .to_owned(),
+            });
+        }
+        require_tool(NAME, "lvm", "lvm2")?;
+        require_kernel_fs(NAME, self.fstype.as_str())?;
+        fs::require_tools(NAME, self.fstype)?;
+        let vgs = self
+            .run("vgs", &["--reportformat", "json", "-o", "vg_name"])
+            .and_then(|out| parse_vgs(&out))?;
+        if !vgs.contains(&self.vg) {
+            return Err(BdevError::Unavailable {
+                backend: NAME,
+                missing: format!("volume group {:?} does not exist", self.vg),
+                hint: format!("create it with `vgcreate {} /dev/DEVICE`", self.vg),
+            });
+        }
+        if let Some(tp) = &self.thinpool {
+            let lvs = self.lvs()?;
+            if !lvs.iter().any(|l| l.name == *tp && l.is_thin_pool()) {
+                return Err(BdevError::Unavailable {
+                    backend: NAME,
+                    missing: format!("thin pool {}/{tp} does not exist", self.vg),
+                    hint: format!("create it with `lvcreate -T -L SIZE {}/{tp}`", self.vg),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn describe(&self) -> Vec<(&'static str, String)> {
+        let mode = match &self.thinpool {
+            Some(tp) => format!("thin pool {}/{tp}: O(1) thin snapshots and clones", self.vg),
+            None => "classic LVs: COW snapshots, no clones".to_owned(),
+        };
+        vec![
+            ("volume group", self.vg.clone()),
+            ("mode", mode),
+            ("fstype", self.fstype.to_string()),
+            ("default size", format!("{} MiB", self.size >> 20)),
+        ]
+    }
+
+    fn create(&self, name: &str, opts: &CreateOpts, rv: &mut Revert) -> Result<VolumeSpec> {
+        validate_name(name)?;
+        let size = opts.size.unwrap_or(self.size);
+        let fstype = opts.fstype.unwrap_or(self.fstype);
+        if let Some(reason) = fs::size_problem(fstype, size) {
+            return Err(BdevError::InvalidSpec {
+                spec: self.spec(name.to_owned()).to_string(),
+                reason,
+            });
+        }
+        fs::require_tools(NAME, fstype)?;
+        self.refuse_existing(name)?;
+        let size_arg = bytes_arg(size);
+        match &self.thinpool {
+            Some(tp) => {
+                let pool = self.full(tp);
+                self.run(
+                    "lvcreate",
+                    &["-q", "--yes", "-T", &pool, "-V", &size_arg, "-n", name],
+                )?
+            }
+            None => self.run(
+                "lvcreate",
+                &["-q", "--yes", "-Wy", "-L", &size_arg, "-n", name, &self.vg],
+            )?,
+        };
+        self.undo_create(name, rv);
+        let dev = self.activate(name)?;
+        let (prog, args) = fs::mkfs_command(fstype, &dev, size);
+        fs::run(&*self.runner, prog, &args)?;
+        debug!(vg = %self.vg, lv = name, %fstype, size, "lvm volume created");
+        Ok(self.spec(name.to_owned()))
+    }
+
+    fn mount(&self, v: &VolumeSpec, at: &Path, read_only: bool) -> Result<MountGuard> {
+        let lv = self.lv_of(v)?;
+        let ro = read_only || is_snapshot_lv(lv);
+        let fstype = self.detect_fs(lv)?;
+        let dev = self.activate(lv)?;
+        self.mount_dev(&dev, at, fstype, ro)
+    }
+
+    fn destroy(&self, v: &VolumeSpec) -> Result<()> {
+        let lv = self.lv_of(v)?;
+        let lvs = self.lvs()?;
+        if !lvs.iter().any(|l| l.name == lv) {
+            return Err(BdevError::NotFound {
+                what: "logical volume",
+                name: self.full(lv),
+            });
+        }
+        // `lvremove -f` on an origin silently takes its classic snapshots along.
+        let pinned: Vec<&str> = lvs
+            .iter()
+            .filter(|l| l.is_classic_snapshot() && l.origin.as_deref() == Some(lv))
+            .map(|l| l.name.as_str())
+            .collect();
+        if !pinned.is_empty() {
+            return Err(BdevError::DeleteRefused {
+                path: self.device(lv),
+                reason: format!(
+                    "classic snapshots read from it ({}); destroy them first",
+                    pinned.join(", ")
+                ),
+            });
+        }
+        self.run("lvremove", &["-q", "-f", &self.full(lv)])?;
+        Ok(())
+    }
+
+    fn usage(&self, v: &VolumeSpec) -> Result<Usage> {
+        let lv = self.lv_of(v)?;
+        let info = self.find(lv)?;
+        if let Some(used) = info.allocated() {
+            let note = if info.is_thin_volume() {
+                "thin blocks mapped by the volume, shared ones (snapshots, clones) included"
+            } else {
+                "copy-on-write space the snapshot holds"
+            };
+            return Ok(Usage {
+                used_bytes: used,
+                kind: UsageKind::Allocated,
+                limit_bytes: Some(info.size),
+                note: Some(note.to_owned()),
+            });
+        }
+        // A classic LV is allocated in full; what its filesystem holds is the
+        // figure that changes.
+        let dev = self.activate(lv)?;
+        if self.detect_fs(lv)? == FsType::Ext4 {
+            let dev_s = dev.to_string_lossy().into_owned();
+            let out = self.run("dumpe2fs", &["-h", &dev_s])?;
+            if let Some(used) = parse_dumpe2fs_used(&out) {
+                return Ok(Usage {
+                    used_bytes: used,
+                    kind: UsageKind::Allocated,
+                    limit_bytes: Some(info.size),
+                    note: Some(
+                        "blocks in use in the filesystem (superblock counters, updated on unmount); the LV itself is allocated in full"
+                            .to_owned(),
+                    ),
+                });
+            }
+        }
+        Ok(Usage {
+            used_bytes: info.size,
+            kind: UsageKind::Allocated,
+            limit_bytes: Some(info.size),
+            note: Some("a classic LV is allocated in full".to_owned()),
+        })
+    }
+
+    fn snapshot(
+        &self,
+        v: &VolumeSpec,
+        name: &str,
+        snap: &str,
+        rv: &mut Revert,
+    ) -> Result<VolumeSpec> {
+        validate_name(name)?;
+        validate_name(snap)?;
+        let lv = self.lv_of(v)?;
+        let new = snapshot_lv(name, snap);
+        self.lv_snapshot(lv, &new, rv)?;
+        Ok(self.spec(new))
+    }
+
+    fn destroy_snapshot(&self, snap: &VolumeSpec) -> Result<()> {
+        let lv = self.lv_of(snap)?;
+        if !is_snapshot_lv(lv) {
+            return Err(BdevError::InvalidSpec {
+                spec: snap.to_string(),
+                reason: "not a snapshot of this pool".to_owned(),
+            });
+        }
+        self.destroy(snap)
+    }
+
+    fn snapshot_clone(&self, src: &VolumeSpec, name: &str, rv: &mut Revert) -> Result<VolumeSpec> {
+        if self.thinpool.is_none() {
+            return Err(BdevError::unsupported(NAME, "snapshot clone"));
+        }
+        validate_name(name)?;
+        let lv = self.lv_of(src)?;
+        self.lv_snapshot(lv, name, rv)?;
+        Ok(self.spec(name.to_owned()))
+    }
+
+    fn resize(&self, v: &VolumeSpec, size: u64) -> Result<()> {
+        let lv = self.lv_of(v)?;
+        if is_snapshot_lv(lv) {
+            return Err(BdevError::InvalidSpec {
+                spec: v.to_string(),
+                reason: "snapshots are read-only and cannot be resized".to_owned(),
+            });
+        }
+        let info = self.find(lv)?;
+        if size < info.size {
+            return Err(BdevError::InvalidSpec {
+                spec: v.to_string(),
+                reason: format!(
+                    "cannot shrink from {} to {size} bytes: lvm volumes only grow",
+                    info.size
+                ),
+            });
+        }
+        if size == info.size {
+            return Ok(());
+        }
+        let fstype = self.detect_fs(lv)?;
+        self.run("lvextend", &["-q", "-L", &bytes_arg(size), &self.full(lv)])?;
+        let dev = self.activate(lv)?;
+        self.grow_fs(lv, &dev, fstype)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_bdev::cmd::ScriptedRunner;
+
+    fn pool(thin: bool) -> PoolConfig {
+        let mut p = PoolConfig::new("t", BackendKind::Lvm);
+        p.vg = Some("vg0".into());
+        if thin {
+            p.thinpool = Some("pool".into());
+        }
+        p
+    }
+
+    fn lvs_json(rows: &[(&str, &str, &str)]) -> String {
+        let rows: Vec<String> = rows
+            .iter()
+            .map(|(name, origin, attr)| {
+                format!(
+                    r#"{{"lv_name":"{name}", "vg_name":"vg0", "lv_size":"268435456", "data_percent":"", "origin":"{origin}", "pool_lv":"", "lv_attr":"{attr}"}}"#
+                )
+            })
+            .collect();
+        format!(r#"{{"report":[{{"lv":[{}]}}]}}"#, rows.join(","))
+    }
+
+    #[test]
+    fn a_pool_needs_a_valid_vg() {
+        let r: Arc<dyn Runner> = Arc::new(ScriptedRunner::new());
+        let mut p = pool(false);
+        p.vg = None;
+        assert!(Lvm::open(&p, r.clone()).is_err());
+        p.vg = Some("bad/vg".into());
+        assert!(Lvm::open(&p, r.clone()).is_err());
+        assert!(Lvm::open(&pool(true), r).is_ok());
+        assert!(lvm_name_ok("c1+snap"));
+        assert!(!lvm_name_ok("-x"));
+    }
+
+    #[test]
+    fn caps_follow_the_mode() {
+        let r: Arc<dyn Runner> = Arc::new(ScriptedRunner::new());
+        let thin = Lvm::open(&pool(true), r.clone()).unwrap().caps();
+        assert!(thin.snapshot_clone && thin.clone_from_snapshot && thin.copy_on_write);
+        let classic = Lvm::open(&pool(false), r).unwrap().caps();
+        assert!(classic.snapshot && !classic.snapshot_clone && !classic.clone_from_snapshot);
+        assert!(!thin.clone_pins_origin && !classic.clone_pins_origin);
+    }
+
+    #[test]
+    fn thin_create_runs_lvcreate_then_reverts() {
+        let r = Arc::new(
+            ScriptedRunner::new()
+                .expect("lvs --reportformat json", &lvs_json(&[]))
+                .expect("lvcreate -q --yes -T vg0/pool -V 268435456b -n c1", "")
+                .fail("lvchange -ay -K vg0/c1", "no such device")
+                .expect("lvremove -f vg0/c1", ""),
+        );
+        let l = Lvm::open(&pool(true), r.clone()).unwrap();
+        let opts = CreateOpts {
+            size: Some(256 << 20),
+            fstype: None,
+        };
+        let mut rv = Revert::new();
+        // /dev/vg0/c1 does not exist here, so activation is attempted first.
+        let e = l.create("c1", &opts, &mut rv);
+        drop(rv);
+        assert!(e.is_err());
+        let calls = r.calls();
+        assert!(
+            calls.iter().any(|c| c.starts_with("lvcreate -q --yes -T")),
+            "{calls:?}"
+        );
+        assert_eq!(calls.last().map(String::as_str), Some("lvremove -f vg0/c1"));
+    }
+
+    #[test]
+    fn destroying_an_origin_of_classic_snapshots_is_refused() {
+        let json = lvs_json(&[("c1", "", "owi-a-s---"), ("c1+s1", "c1", "swi-a-s---")]);
+        let r = Arc::new(ScriptedRunner::new().expect("lvs", &json));
+        let l = Lvm::open(&pool(false), r.clone()).unwrap();
+        let e = l
+            .destroy(&VolumeSpec::Lvm {
+                vg: "vg0".into(),
+                lv: "c1".into(),
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("c1+s1"), "{e}");
+        assert_eq!(r.calls().len(), 1, "nothing is removed");
+    }
+
+    #[test]
+    fn classic_pools_refuse_clones_and_foreign_specs() {
+        let l = Lvm::open(&pool(false), Arc::new(ScriptedRunner::new())).unwrap();
+        let v = VolumeSpec::Lvm {
+            vg: "vg0".into(),
+            lv: "c1".into(),
+        };
+        assert!(matches!(
+            l.snapshot_clone(&v, "c2", &mut Revert::new()),
+            Err(BdevError::Unsupported { .. })
+        ));
+        let other = VolumeSpec::Lvm {
+            vg: "vg1".into(),
+            lv: "c1".into(),
+        };
+        assert!(matches!(
+            l.lv_of(&other),
+            Err(BdevError::InvalidSpec { .. })
+        ));
+        assert_eq!(snapshot_lv("c1", "s1"), "c1+s1");
+        assert!(is_snapshot_lv("c1+s1") && !is_snapshot_lv("c1"));
+    }
+}
