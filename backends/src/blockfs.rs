@@ -52,6 +52,15 @@ pub(crate) fn detect_path(path: &Path, spec: impl FnOnce() -> String) -> Result<
     })
 }
 
+/// The kernel filesystem that mounts `fs`, as /proc/filesystems names it.
+pub(crate) fn kernel_fs(fs: FsType) -> &'static [&'static str] {
+    match fs {
+        FsType::Ext4 => &["ext4"],
+        FsType::Xfs => &["xfs"],
+        FsType::Btrfs => &["btrfs"],
+    }
+}
+
 /// The programs a filesystem needs, with the Debian package of each.
 pub(crate) fn tools(fs: FsType) -> &'static [(&'static str, &'static str)] {
     match fs {

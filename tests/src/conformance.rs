@@ -408,7 +408,7 @@ pub fn probe_is_idempotent(h: &Harness) {
 }
 
 /// Instantiates every property for one backend, as a module of tests plus
-/// `PROPERTIES`, the names it runs:
+/// `TABLE`, the properties it runs:
 /// `conformance!(btrfs, berth_tests::pools::btrfs::setup);`
 /// Attributes before the name go on every test, e.g. `#[ignore = "…"]` for a
 /// suite that only runs inside the lvm VM.
@@ -426,8 +426,12 @@ macro_rules! conformance {
     (@suite $attrs:tt $name:ident, $setup:path;
         conformance: $($p:ident),*; ops: $($o:ident),*) => {
         pub mod $name {
-            /// Every property this suite runs.
-            pub const PROPERTIES: &[&str] = &[$(stringify!($p),)* $(stringify!($o)),*];
+            /// Every property this suite runs, by name (for runners outside libtest,
+            /// such as the lvm VM's payload).
+            pub const TABLE: &[(&str, fn(&$crate::harness::Harness))] = &[
+                $((stringify!($p), $crate::conformance::$p as fn(&$crate::harness::Harness)),)*
+                $((stringify!($o), $crate::ops::$o as fn(&$crate::harness::Harness))),*
+            ];
             $( $crate::conformance!(@one $attrs $setup; conformance::$p); )*
             $( $crate::conformance!(@one $attrs $setup; ops::$o); )*
         }

@@ -227,11 +227,7 @@ impl Backend for Loop {
             size_limit: true,
             block_backed: true,
             resize: true,
-            kernel_fs: match self.fstype {
-                FsType::Ext4 => &["ext4"],
-                FsType::Xfs => &["xfs"],
-                FsType::Btrfs => &["btrfs"],
-            },
+            kernel_fs: fs::kernel_fs(self.fstype),
             tools: match self.fstype {
                 FsType::Ext4 => &["mkfs.ext4", "e2fsck", "resize2fs"],
                 FsType::Xfs => &["mkfs.xfs", "xfs_admin", "xfs_growfs"],

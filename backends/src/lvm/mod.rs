@@ -284,11 +284,7 @@ impl Backend for Lvm {
             size_limit: true,
             block_backed: true,
             resize: true,
-            kernel_fs: match self.fstype {
-                FsType::Ext4 => &["ext4"],
-                FsType::Xfs => &["xfs"],
-                FsType::Btrfs => &["btrfs"],
-            },
+            kernel_fs: fs::kernel_fs(self.fstype),
             tools: match self.fstype {
                 FsType::Ext4 => &["lvm", "mkfs.ext4", "e2fsck", "resize2fs", "dumpe2fs"],
                 FsType::Xfs => &["lvm", "mkfs.xfs", "xfs_growfs"],
