@@ -91,6 +91,26 @@ pub fn write_incompressible(out: &mut impl Write, mib: usize, seed: u64) -> std:
     Ok(())
 }
 
+/// Writes `mib` MiB of incompressible data under `root` as 4 MiB files
+/// `data/f0`, `data/f1` …, synced.
+pub fn fill_incompressible(root: &Path, mib: usize, seed: u64) -> std::io::Result<()> {
+    std::fs::create_dir_all(root.join("data"))?;
+    for f in 0..mib / 4 {
+        let mut file = std::fs::File::create(root.join(format!("data/f{f}")))?;
+        write_incompressible(&mut file, 4, seed.wrapping_add(f as u64))?;
+        file.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Options for a volume of `size` bytes with the backend's default filesystem.
+pub fn sized(size: u64) -> CreateOpts {
+    CreateOpts {
+        size: Some(size),
+        fstype: None,
+    }
+}
+
 /// Polls `f` for up to two seconds.
 pub fn wait_for(f: impl Fn() -> bool) -> bool {
     for _ in 0..200 {

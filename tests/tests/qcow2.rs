@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use berth_backends::qcow2::Qcow2;
 use berth_bdev::cmd;
 use berth_bdev::generic::with_mounted;
-use berth_bdev::{loopdev, mount, Backend, BdevError, CreateOpts, Revert, VolumeSpec};
-use berth_tests::harness::{self, write_incompressible, Harness};
+use berth_bdev::{loopdev, mount, Backend, BdevError, Revert, VolumeSpec};
+use berth_tests::harness::{self, fill_incompressible, sized, Harness};
 use berth_tests::pools::qcow2::daemons_under;
 
 fn harness() -> Option<Harness> {
@@ -21,23 +21,6 @@ fn pool_root(h: &Harness) -> PathBuf {
 }
 
 /// Writes `mib` MiB of incompressible data as 4 MiB files.
-fn sized(size: u64) -> CreateOpts {
-    CreateOpts {
-        size: Some(size),
-        fstype: None,
-    }
-}
-
-fn fill(root: &Path, mib: usize) -> std::io::Result<()> {
-    fs::create_dir_all(root.join("data"))?;
-    for f in 0..mib / 4 {
-        let mut file = fs::File::create(root.join(format!("data/f{f}")))?;
-        write_incompressible(&mut file, 4, 0x2545_F491_4F6C_DD1D + f as u64)?;
-        file.sync_all()?;
-    }
-    Ok(())
-}
-
 fn read(h: &Harness, v: &VolumeSpec, rel: &str, read_only: bool) -> Option<String> {
     with_mounted(
         h.backend.as_ref(),
@@ -90,7 +73,7 @@ fn backing_file_clone_of_a_populated_volume_adds_almost_no_disk() {
     let Some(h) = harness() else { return };
     let v = h.create("big", &sized(512 << 20));
     with_mounted(h.backend.as_ref(), &v, &h.scratch("mnt"), false, |root| {
-        fill(root, 120).map_err(BdevError::io("fill", root))
+        fill_incompressible(root, 120, 0x2545_F491_4F6C_DD1D).map_err(BdevError::io("fill", root))
     })
     .expect("fill the origin");
     let origin = h.backend.usage(&v).expect("usage").used_bytes;

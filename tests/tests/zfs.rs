@@ -3,12 +3,11 @@
 //! bookkeeping (persisted mounts, read-only snapshot mounts).
 
 use std::fs;
-use std::path::Path;
 
 use berth_bdev::cmd;
 use berth_bdev::generic::with_mounted;
-use berth_bdev::{BdevError, CreateOpts, Revert, VolumeSpec};
-use berth_tests::harness::{self, write_incompressible, Harness};
+use berth_bdev::{BdevError, Revert, VolumeSpec};
+use berth_tests::harness::{self, fill_incompressible, sized, Harness};
 use berth_tests::pools;
 
 fn harness() -> Option<Harness> {
@@ -16,23 +15,6 @@ fn harness() -> Option<Harness> {
 }
 
 /// Writes `mib` MiB of incompressible data as 4 MiB files under `dir`.
-fn sized(size: u64) -> CreateOpts {
-    CreateOpts {
-        size: Some(size),
-        fstype: None,
-    }
-}
-
-fn fill(root: &Path, mib: usize) -> std::io::Result<()> {
-    fs::create_dir_all(root.join("data"))?;
-    for f in 0..mib / 4 {
-        let mut file = fs::File::create(root.join(format!("data/f{f}")))?;
-        write_incompressible(&mut file, 4, 0x9E37_79B9_7F4A_7C15 + f as u64)?;
-        file.sync_all()?;
-    }
-    Ok(())
-}
-
 fn write(h: &Harness, v: &VolumeSpec, rel: &str, content: &str) {
     with_mounted(h.backend.as_ref(), v, &h.scratch("mnt"), false, |root| {
         fs::write(root.join(rel), content).map_err(BdevError::io("write", root.join(rel)))
@@ -96,7 +78,7 @@ fn clone_of_a_populated_volume_adds_almost_no_disk() {
     let Some(h) = harness() else { return };
     let v = h.create("big", &sized(512 << 20));
     with_mounted(h.backend.as_ref(), &v, &h.scratch("mnt"), false, |root| {
-        fill(root, 120).map_err(BdevError::io("fill", root))
+        fill_incompressible(root, 120, 0x9E37_79B9_7F4A_7C15).map_err(BdevError::io("fill", root))
     })
     .expect("fill the origin");
     let origin_used = h.backend.usage(&v).expect("usage").used_bytes;
