@@ -4,7 +4,6 @@
 //! text do not depend on the user's locale, and with stderr captured into the error.
 
 use std::ffi::{OsStr, OsString};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
@@ -51,10 +50,6 @@ pub struct CmdOutput {
 pub trait Runner: Send + Sync {
     /// Runs `prog` with `args`, failing on a non-zero exit.
     fn run(&self, prog: &str, args: &[&OsStr]) -> Result<CmdOutput, CmdError>;
-
-    /// Like `run`, with `dir` as the working directory (for tools that write into
-    /// it, such as `apt-get download`).
-    fn run_in(&self, dir: &Path, prog: &str, args: &[&OsStr]) -> Result<CmdOutput, CmdError>;
 
     /// Runs `first | second`, e.g. `zfs send | zfs recv`, failing if either fails.
     fn pipe(
@@ -107,18 +102,6 @@ impl Runner for HostRunner {
     fn run(&self, prog: &str, args: &[&OsStr]) -> Result<CmdOutput, CmdError> {
         debug!(prog, args = %join_args(args), "run");
         let out = command(prog, args)
-            .output()
-            .map_err(|source| CmdError::Spawn {
-                prog: prog.to_owned(),
-                source,
-            })?;
-        check(prog, args, out)
-    }
-
-    fn run_in(&self, dir: &Path, prog: &str, args: &[&OsStr]) -> Result<CmdOutput, CmdError> {
-        debug!(prog, args = %join_args(args), dir = %dir.display(), "run");
-        let out = command(prog, args)
-            .current_dir(dir)
             .output()
             .map_err(|source| CmdError::Spawn {
                 prog: prog.to_owned(),
@@ -242,10 +225,6 @@ impl Runner for ScriptedRunner {
         self.answer(format!("{prog} {}", join_args(args)))
     }
 
-    fn run_in(&self, _dir: &Path, prog: &str, args: &[&OsStr]) -> Result<CmdOutput, CmdError> {
-        self.run(prog, args)
-    }
-
     fn pipe(
         &self,
         (p1, a1): (&str, &[&OsStr]),
@@ -294,13 +273,6 @@ mod tests {
     fn host_runner_forces_c_locale() {
         let out = run(&HostRunner, "sh", &["-c", "echo $LC_ALL"]).unwrap();
         assert_eq!(out.stdout.trim(), "C");
-    }
-
-    #[test]
-    fn run_in_sets_the_working_directory() {
-        let d = tempfile::tempdir().unwrap();
-        let out = HostRunner.run_in(d.path(), "pwd", &[]).unwrap();
-        assert_eq!(Path::new(out.stdout.trim()), d.path());
     }
 
     #[test]

@@ -4,7 +4,7 @@ use berth_bdev::{BdevError, CreateOpts, Revert};
 use tracing::warn;
 
 use super::{Berth, CopyTo};
-use crate::error::{BerthError, Result};
+use crate::error::Result;
 
 impl Berth {
     /// Makes a clone independent of its origin: its data is copied into a new
@@ -15,14 +15,7 @@ impl Berth {
         if !c.origin.as_ref().is_some_and(|o| o.pinned) {
             return Ok(false);
         }
-        self.refuse_if_active(name, "stop it, or `berth umount` it, before flattening")?;
-        let readers = self.pinned_read_only(name)?;
-        if !readers.is_empty() {
-            return Err(BerthError::HasDependents {
-                what: format!("the current rootfs of {name:?}"),
-                dependents: readers,
-            });
-        }
+        self.refuse_if_in_use(name, "stop it, or `berth umount` it, before flattening")?;
         let backend = self.backend_of(&c)?;
         let new_name = format!("{name}.flat-{}", super::snapshot::unique_suffix());
         let mut rv = Revert::new();

@@ -39,6 +39,20 @@ impl Berth {
         })
     }
 
+    /// Fails unless the live volume of `name` may be replaced (restore, flatten):
+    /// nothing runs or mounts it, and no clone reads it.
+    pub(super) fn refuse_if_in_use(&self, name: &str, hint: &'static str) -> Result<()> {
+        self.refuse_if_active(name, hint)?;
+        let readers = self.pinned_read_only(name)?;
+        if !readers.is_empty() {
+            return Err(BerthError::HasDependents {
+                what: format!("the current rootfs of {name:?}"),
+                dependents: readers,
+            });
+        }
+        Ok(())
+    }
+
     fn mount_rootfs(&self, c: &Container) -> Result<(MountGuard, PathBuf, bool)> {
         self.refuse_if_active(&c.name, "stop it, or `berth umount` it, first")?;
         let backend = self.backend_of(c)?;

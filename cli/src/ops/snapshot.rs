@@ -80,14 +80,7 @@ impl Berth {
     pub fn restore(&self, name: &str, snap: &str, progress: &dyn Progress) -> Result<()> {
         let mut c = self.store().container(name)?;
         let s = c.snapshot(snap)?.clone();
-        self.refuse_if_active(name, "stop it, or `berth umount` it, before restoring")?;
-        let readers = self.pinned_read_only(name)?;
-        if !readers.is_empty() {
-            return Err(BerthError::HasDependents {
-                what: format!("the current rootfs of {name:?}"),
-                dependents: readers,
-            });
-        }
+        self.refuse_if_in_use(name, "stop it, or `berth umount` it, before restoring")?;
         let backend = self.backend_of(&c)?;
         let caps = backend.caps();
         let new_name = format!("{name}.restore-{}", unique_suffix());
