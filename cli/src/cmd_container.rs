@@ -319,6 +319,9 @@ pub fn info(cli: &Cli, name: &str) -> anyhow::Result<ExitCode> {
     if !info.dependents.is_empty() {
         say(format!("dependents: {}", info.dependents.join(", ")))?;
     }
+    for line in crate::cmd_config::describe(&c.run) {
+        say(line)?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

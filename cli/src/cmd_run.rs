@@ -1,14 +1,13 @@
-//! `berth run NAME -- CMD…`: mount, run in new namespaces, unmount.
+//! `berth run NAME -- CMD…`: mount, run confined in new namespaces, unmount.
 
 use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use berth_cli::Berth;
-use berth_runtime::{LinuxSys, NetMode, RunSpec};
+use berth_cli::ops::run::{run as run_container, RunRequest};
+use berth_runtime::NetMode;
 use clap::{Args, ValueEnum};
-use tracing::warn;
 
 use crate::Cli;
 
@@ -32,9 +31,37 @@ pub struct RunArgs {
     /// Extra environment variables, KEY=VALUE (repeatable).
     #[arg(short, long = "env")]
     pub env: Vec<String>,
-    /// Keep every capability (by default those outside Docker's default set are dropped).
+    /// Turn off the confinement: every capability, writable /proc, all
+    /// devices, no seccomp. The container can then take over the host.
     #[arg(long)]
     pub privileged: bool,
+    /// Memory limit (e.g. 512M, 2G); the container is OOM-killed past it.
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<String>,
+    /// Memory plus swap limit (Docker's --memory-swap).
+    #[arg(long, value_name = "SIZE")]
+    pub memory_swap: Option<String>,
+    /// Most processes and threads at once (default 4096).
+    #[arg(long, value_name = "N")]
+    pub pids: Option<u64>,
+    /// CPU time, in CPUs (e.g. 0.5).
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<String>,
+    /// CPUs it may run on (e.g. 0-1,3).
+    #[arg(long, value_name = "LIST")]
+    pub cpuset: Option<String>,
+    /// Block I/O weight (cgroup v2: 1-10000, v1: 10-1000).
+    #[arg(long, value_name = "N")]
+    pub io_weight: Option<u16>,
+    /// Parent cgroup of the container's own (default: the caller's + /berth).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup_parent: Option<PathBuf>,
+    /// seccomp profile: default, unconfined, or a profile in Docker's JSON format.
+    #[arg(long, value_name = "PROFILE")]
+    pub seccomp: Option<String>,
+    /// Map container root to an unprivileged host id (from /etc/subuid).
+    #[arg(long)]
+    pub userns: bool,
     /// Give the command a pseudo-terminal of the container's own (the default when stdin is a terminal).
     #[arg(short, long, conflicts_with = "no_tty")]
     pub tty: bool,
@@ -46,6 +73,32 @@ pub struct RunArgs {
     pub command: Vec<OsString>,
 }
 
+impl RunArgs {
+    /// The flags that override the container's config, as config keys.
+    fn overrides(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut put = |k: &str, v: Option<String>| {
+            if let Some(v) = v {
+                out.push((k.to_owned(), v));
+            }
+        };
+        put("memory", self.memory.clone());
+        put("memory_swap", self.memory_swap.clone());
+        put("pids", self.pids.map(|p| p.to_string()));
+        put("cpus", self.cpus.clone());
+        put("cpuset", self.cpuset.clone());
+        put("io_weight", self.io_weight.map(|w| w.to_string()));
+        put(
+            "cgroup_parent",
+            self.cgroup_parent.as_ref().map(|p| p.display().to_string()),
+        );
+        put("seccomp", self.seccomp.clone());
+        put("privileged", self.privileged.then(|| "true".to_owned()));
+        put("userns", self.userns.then(|| "true".to_owned()));
+        out
+    }
+}
+
 pub fn run(cli: &Cli, a: &RunArgs) -> anyhow::Result<ExitCode> {
     let mut env = Vec::new();
     for kv in &a.env {
@@ -54,23 +107,17 @@ pub fn run(cli: &Cli, a: &RunArgs) -> anyhow::Result<ExitCode> {
         };
         env.push((OsString::from(k), OsString::from(v)));
     }
-    // Hold the store lock only while mounting and unmounting, not while it runs.
-    let mounted = Berth::open(&cli.root, true)?.start_run(&a.name)?;
-    if mounted.read_only {
-        warn!(name = %a.name, "clones depend on this container: its rootfs is mounted read-only");
-    }
-    let mut spec = RunSpec::new(&mounted.rootfs, a.name.clone(), a.command.clone());
-    spec.net = match a.net {
-        Net::None => NetMode::None,
-        Net::Host => NetMode::Host,
+    let req = RunRequest {
+        argv: a.command.clone(),
+        env,
+        cwd: Some(a.cwd.clone()),
+        net: match a.net {
+            Net::None => NetMode::None,
+            Net::Host => NetMode::Host,
+        },
+        tty: a.tty || (!a.no_tty && std::io::stdin().is_terminal()),
+        overrides: a.overrides(),
     };
-    spec.cwd = a.cwd.clone();
-    spec.env.extend(env);
-    spec.drop_caps = !a.privileged;
-    spec.tty = a.tty || (!a.no_tty && std::io::stdin().is_terminal());
-    let status = berth_runtime::run(&spec, &LinuxSys);
-    let finished = Berth::open(&cli.root, true).and_then(|b| b.finish_run(mounted));
-    let status = status?;
-    finished?;
+    let status = run_container(&cli.root, &a.name, req)?;
     Ok(ExitCode::from(u8::try_from(status.code()).unwrap_or(255)))
 }

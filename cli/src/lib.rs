@@ -2,11 +2,13 @@
 //! command. The `berth` binary (main.rs) parses arguments and prints.
 #![forbid(unsafe_code)]
 
+pub mod confine;
 pub mod error;
 pub mod interrupt;
 pub mod ops;
 pub mod progress;
 pub mod store;
+pub mod userns;
 
 pub use error::{BerthError, Result};
 pub use ops::Berth;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod cmd_bench;
+mod cmd_config;
 mod cmd_container;
 mod cmd_pool;
 mod cmd_run;
@@ -69,6 +70,9 @@ pub enum Command {
     Resize(cmd_container::ResizeArgs),
     /// Run a command in a container.
     Run(cmd_run::RunArgs),
+    /// Show or change a container's limits and security settings.
+    #[command(subcommand)]
+    Config(cmd_config::ConfigCmd),
     /// Take, list, restore and remove snapshots.
     Snapshot(cmd_snapshot::SnapshotArgs),
     /// Measure copies and clones.
@@ -114,6 +118,7 @@ fn main() -> ExitCode {
         Command::Flatten(a) => cmd_container::flatten(&cli, &a.name),
         Command::Resize(a) => cmd_container::resize(&cli, a),
         Command::Run(a) => cmd_run::run(&cli, a),
+        Command::Config(c) => cmd_config::run(&cli, c),
         Command::Snapshot(a) => cmd_snapshot::run(&cli, a),
         Command::Bench(c) => cmd_bench::run(&cli, c),
     };

@@ -22,6 +22,7 @@ use rustix::fs::{flock, FlockOperation};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::confine::RunConfig;
 use crate::error::{BerthError, Result};
 
 pub const DEFAULT_ROOT: &str = "/var/lib/berth";
@@ -61,6 +62,13 @@ pub struct Container {
     pub ephemeral: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub snapshots: Vec<Snapshot>,
+    /// Limits, security settings and user namespace (`berth config`).
+    #[serde(default, skip_serializing_if = "is_default_run")]
+    pub run: RunConfig,
+}
+
+fn is_default_run(r: &RunConfig) -> bool {
+    *r == RunConfig::default()
 }
 
 impl Container {
@@ -375,6 +383,7 @@ mod tests {
             }),
             ephemeral: false,
             snapshots: Vec::new(),
+            run: RunConfig::default(),
         }
     }
 

@@ -252,6 +252,27 @@ fn flatten_frees_the_origin() {
     r.ok(&["destroy", "ov"]);
 }
 
+/// The cgroup directories named `berth/NAME`, in every hierarchy.
+fn cgroups_of(name: &str) -> Vec<PathBuf> {
+    let want = Path::new("berth").join(name);
+    let mut found = Vec::new();
+    let mut stack = vec![(PathBuf::from("/sys/fs/cgroup"), 0)];
+    while let Some((dir, depth)) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) && depth < 6 {
+                if e.path().ends_with(&want) {
+                    found.push(e.path());
+                }
+                stack.push((e.path(), depth + 1));
+            }
+        }
+    }
+    found
+}
+
 /// A berth killed mid-run leaves a mount behind; the next berth command cleans it
 /// up, and destroys the container if it was ephemeral.
 #[test]
@@ -279,6 +300,10 @@ fn crash_leftovers_are_cleaned_by_the_next_command() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     assert!(mounted, "the run never started");
+    assert!(
+        !cgroups_of("eph").is_empty(),
+        "the running container has no cgroup"
+    );
     HostRunner
         .run("kill", &[OsStr::new("-9"), OsStr::new(&pid)])
         .unwrap();
@@ -304,6 +329,8 @@ fn crash_leftovers_are_cleaned_by_the_next_command() {
         !r.ok(&["ls"]).contains("eph"),
         "ephemeral container survived the crash"
     );
+    let left = cgroups_of("eph");
+    assert!(left.is_empty(), "cgroups left after the crash: {left:?}");
 
     // A berth that died after mounting but before recording the mount.
     let at = PathBuf::from(r.ok(&["mount", "base"]).lines().last().unwrap());

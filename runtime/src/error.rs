@@ -82,6 +82,39 @@ pub enum RuntimeError {
     #[error("relay the container's terminal: {step}")]
     Relay { step: &'static str, source: Errno },
 
+    #[error("wait for berth to set up the container's cgroup and user namespace")]
+    Sync { source: Errno },
+
+    #[error("user namespace: {step}")]
+    UserNs { step: &'static str, source: Errno },
+
+    #[error("create the container's cgroup namespace")]
+    CgroupNs { source: Errno },
+
+    #[error("start a new session")]
+    Session { source: Errno },
+
+    #[error("mark inherited descriptors close-on-exec")]
+    CloseFds { source: Errno },
+
+    #[error("set no_new_privs")]
+    NoNewPrivs { source: Errno },
+
+    #[error("load the seccomp filter")]
+    SeccompLoad { source: Errno },
+
+    #[error("seccomp profile")]
+    Seccomp {
+        #[from]
+        source: crate::seccomp::SeccompError,
+    },
+
+    #[error("container cgroup")]
+    Cgroup {
+        #[from]
+        source: crate::cgroup::CgroupError,
+    },
+
     #[error("exec {}", .cmd.to_string_lossy())]
     Exec { cmd: OsString, source: Errno },
 }

@@ -6,19 +6,25 @@
 //! All syscalls go through [`sys::Sys`]; [`sys::LinuxSys`] is the real one and
 //! [`sys::FakeSys`] records calls for tests.
 
+pub mod cgroup;
 mod devices;
 pub mod error;
 mod exec;
 mod pty;
 mod rootfs;
+pub mod seccomp;
 mod spawn;
 pub mod spec;
 mod step;
 pub mod sys;
 
+pub use cgroup::{CgroupConfig, Limits};
 pub use devices::DEVICES;
 pub use error::RuntimeError;
 pub use rootfs::DEFAULT_CAPS;
+pub use seccomp::SeccompChoice;
 pub use spawn::run;
-pub use spec::{default_env, ExitStatus, NetMode, RunSpec, Stdio, DEFAULT_PATH};
+pub use spec::{
+    default_env, ExitStatus, IdRange, NetMode, RunSpec, Security, Stdio, UserNs, DEFAULT_PATH,
+};
 pub use sys::{Call, FakeSys, LinuxSys, Sys, TermMode};

@@ -5,7 +5,12 @@ use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
+use rustix::thread::CapabilitySet;
+
+use crate::cgroup::{CgroupConfig, Limits};
 use crate::error::{Result, RuntimeError};
+use crate::rootfs::DEFAULT_CAPS;
+use crate::seccomp::SeccompChoice;
 
 /// The `PATH` a container gets unless the spec's environment sets one.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -51,8 +56,14 @@ pub struct RunSpec {
     pub cwd: PathBuf,
     pub net: NetMode,
     pub stdio: Stdio,
-    /// Drop the capabilities outside Docker's default set before exec.
-    pub drop_caps: bool,
+    /// What confines the container; [`Security::default`] is berth's safe
+    /// default, [`Security::privileged`] the one explicit way out.
+    pub security: Security,
+    /// The container's own cgroup (limits, device policy); `None` leaves it
+    /// in the caller's cgroup.
+    pub cgroup: Option<CgroupConfig>,
+    /// Run in a new user namespace with these mappings (unprivileged container).
+    pub userns: Option<UserNs>,
     /// Give the command a pty from the container's own devpts as its stdio,
     /// its controlling terminal in a new session, relayed to the host's
     /// stdin/stdout (raw mode and window size if stdin is a terminal).
@@ -75,9 +86,23 @@ impl RunSpec {
             cwd: PathBuf::from("/"),
             net: NetMode::default(),
             stdio: Stdio::default(),
-            drop_caps: true,
+            security: Security::default(),
+            cgroup: None,
+            userns: None,
             tty: false,
         }
+    }
+
+    /// Gives the container its own cgroup named after its hostname, with the
+    /// default limits and the device policy that `security` implies.
+    pub fn with_cgroup(mut self, parent: Option<PathBuf>, limits: Limits) -> Self {
+        self.cgroup = Some(CgroupConfig {
+            name: self.hostname.clone(),
+            parent,
+            limits,
+            restrict_devices: self.security.restrict_devices,
+        });
+        self
     }
 
     /// The value of `PATH` in the container's environment, or [`DEFAULT_PATH`].
@@ -116,6 +141,15 @@ impl RunSpec {
                 return invalid("env", "variable names must be non-empty and contain no '='");
             }
         }
+        if let Some(ns) = &self.userns {
+            let ok = |m: &[IdRange]| !m.is_empty() && m.iter().all(|r| r.count > 0);
+            if !ok(&ns.uid_map) || !ok(&ns.gid_map) {
+                return invalid(
+                    "userns",
+                    "uid and gid maps need at least one range of 1 or more ids",
+                );
+            }
+        }
         let has_nul = |s: &OsStr| s.as_bytes().contains(&0);
         if has_nul(self.rootfs.as_os_str())
             || has_nul(self.cwd.as_os_str())
@@ -126,6 +160,93 @@ impl RunSpec {
             return invalid("spec", "strings must not contain NUL bytes");
         }
         Ok(())
+    }
+}
+
+/// How a container is confined. `Default` is safe: a reduced capability set
+/// (Docker's, less `CAP_MKNOD` and `CAP_NET_RAW`), masked and read-only /proc
+/// paths, the device allow-list, `no_new_privs` and berth's seccomp profile.
+#[derive(Debug, Clone)]
+pub struct Security {
+    /// Capabilities to keep; `None` keeps every one.
+    pub caps: Option<CapabilitySet>,
+    /// Mount /proc/sys and friends read-only and mask /proc/kcore and friends.
+    pub mask_proc: bool,
+    /// Allow only the basic character devices (device cgroup or BPF program).
+    pub restrict_devices: bool,
+    pub no_new_privs: bool,
+    pub seccomp: SeccompChoice,
+}
+
+impl Default for Security {
+    fn default() -> Self {
+        Security {
+            caps: Some(DEFAULT_CAPS),
+            mask_proc: true,
+            restrict_devices: true,
+            no_new_privs: true,
+            seccomp: SeccompChoice::Default,
+        }
+    }
+}
+
+impl Security {
+    /// `--privileged`: every capability, no masking, no device policy, no
+    /// seccomp, `no_new_privs` off. Namespaces and the cgroup's limits stay.
+    pub fn privileged() -> Self {
+        Security {
+            caps: None,
+            mask_proc: false,
+            restrict_devices: false,
+            no_new_privs: false,
+            seccomp: SeccompChoice::Unconfined,
+        }
+    }
+}
+
+/// One contiguous id mapping: ids `inside..inside+count` in the container are
+/// `outside..outside+count` on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdRange {
+    pub inside: u32,
+    pub outside: u32,
+    pub count: u32,
+}
+
+/// A user namespace for the container. `idmap_rootfs` shifts the rootfs's
+/// owners with an idmapped mount (nothing on disk changes); without it the
+/// volume must already be owned by the mapped ids (a chown shift).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserNs {
+    pub uid_map: Vec<IdRange>,
+    pub gid_map: Vec<IdRange>,
+    pub idmap_rootfs: bool,
+}
+
+impl UserNs {
+    /// Container root (and the next `count - 1` ids) mapped to host ids from
+    /// `uid`/`gid` on.
+    pub fn root_at(uid: u32, gid: u32, count: u32) -> Self {
+        let one = |outside| {
+            vec![IdRange {
+                inside: 0,
+                outside,
+                count,
+            }]
+        };
+        UserNs {
+            uid_map: one(uid),
+            gid_map: one(gid),
+            idmap_rootfs: true,
+        }
+    }
+
+    /// The text written to `/proc/PID/uid_map` or `gid_map`.
+    pub fn map_text(ranges: &[IdRange]) -> String {
+        ranges
+            .iter()
+            .map(|r| format!("{} {} {}\n", r.inside, r.outside, r.count))
+            .collect()
     }
 }
 

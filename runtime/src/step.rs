@@ -5,15 +5,30 @@ use std::os::fd::{BorrowedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags};
+use nix::sched::CloneFlags;
 use rustix::io::Errno;
 use rustix::thread::CapabilitySet;
 
 use crate::error::RuntimeError;
 use crate::pty::{PtyChild, PtyOp};
+use crate::seccomp::BpfProgram;
 use crate::sys::Sys;
 
 /// Flags for the read-only bind of the host's /sys when sysfs can't be mounted.
+const NO_SUID_DEV_EXEC: MsFlags = MsFlags::MS_NOSUID
+    .union(MsFlags::MS_NODEV)
+    .union(MsFlags::MS_NOEXEC);
+
 const SYS_RO: MsFlags = MsFlags::MS_RDONLY
+    .union(MsFlags::MS_NOSUID)
+    .union(MsFlags::MS_NODEV)
+    .union(MsFlags::MS_NOEXEC);
+
+/// Flags of a read-only remount of a /proc path: ours are nosuid, nodev,
+/// noexec, and a remount must repeat them (in a user namespace they are locked).
+const PROC_RO: MsFlags = MsFlags::MS_BIND
+    .union(MsFlags::MS_REMOUNT)
+    .union(MsFlags::MS_RDONLY)
     .union(MsFlags::MS_NOSUID)
     .union(MsFlags::MS_NODEV)
     .union(MsFlags::MS_NOEXEC);
@@ -21,6 +36,37 @@ const SYS_RO: MsFlags = MsFlags::MS_RDONLY
 #[derive(Debug)]
 pub(crate) enum Step<'a> {
     ResetSignals,
+    /// Waits until the parent has put the child in its cgroup and written
+    /// its id maps.
+    AwaitParent {
+        fd: BorrowedFd<'a>,
+    },
+    /// uid/gid 0 of the new user namespace, no supplementary groups.
+    BecomeRoot,
+    /// A cgroup namespace rooted at the container's own cgroup.
+    UnshareCgroup,
+    /// A new session without a controlling terminal (no TIOCSTI into ours).
+    Setsid,
+    /// Attaches the idmapped copy of the rootfs the parent sends on `sock`.
+    AttachRootfs {
+        sock: BorrowedFd<'a>,
+        target: PathBuf,
+    },
+    /// Binds `path` onto itself read-only; a missing path is skipped.
+    ReadOnly {
+        path: PathBuf,
+    },
+    /// Hides `path`: /dev/null over a file, an empty read-only tmpfs over a
+    /// directory; a missing path is skipped.
+    Mask {
+        path: PathBuf,
+    },
+    NoNewPrivs,
+    /// Everything above stdio is closed at exec.
+    CloseInherited,
+    Seccomp {
+        prog: &'a BpfProgram,
+    },
     Redirect {
         fd: BorrowedFd<'a>,
         target: RawFd,
@@ -79,6 +125,34 @@ impl Step<'_> {
     pub(crate) fn run(&self, sys: &dyn Sys) -> Result<(), Errno> {
         match self {
             Step::ResetSignals => sys.reset_signals(),
+            Step::AwaitParent { fd } => sys.await_parent(*fd),
+            Step::BecomeRoot => sys.become_root(),
+            Step::UnshareCgroup => sys.unshare(CloneFlags::CLONE_NEWCGROUP),
+            Step::Setsid => sys.setsid(),
+            Step::AttachRootfs { sock, target } => sys.attach_tree(*sock, target),
+            Step::ReadOnly { path } => {
+                let bind = MsFlags::MS_BIND | MsFlags::MS_REC;
+                match sys.mount(Some(path), path, None, bind, None) {
+                    Err(Errno::NOENT) => Ok(()),
+                    Err(e) => Err(e),
+                    Ok(()) => sys.mount(None, path, None, PROC_RO, None),
+                }
+            }
+            Step::Mask { path } => {
+                let null = Path::new("/dev/null");
+                match sys.mount(Some(null), path, None, MsFlags::MS_BIND, None) {
+                    Err(Errno::NOENT) => Ok(()),
+                    Err(Errno::NOTDIR) => {
+                        let flags = MsFlags::MS_RDONLY | NO_SUID_DEV_EXEC;
+                        let tmpfs = Path::new("tmpfs");
+                        sys.mount(Some(tmpfs), path, Some("tmpfs"), flags, Some("size=0"))
+                    }
+                    other => other,
+                }
+            }
+            Step::NoNewPrivs => sys.set_no_new_privs(),
+            Step::CloseInherited => sys.cloexec_from(3),
+            Step::Seccomp { prog } => sys.load_seccomp(prog),
             Step::Redirect { fd, target } => sys.redirect(*fd, *target),
             Step::Mount {
                 src,
@@ -131,6 +205,31 @@ impl Step<'_> {
     pub(crate) fn error(&self, source: Errno) -> RuntimeError {
         match self {
             Step::ResetSignals => RuntimeError::Signals { source },
+            Step::AwaitParent { .. } => RuntimeError::Sync { source },
+            Step::BecomeRoot => RuntimeError::UserNs {
+                step: "become root in the user namespace",
+                source,
+            },
+            Step::UnshareCgroup => RuntimeError::CgroupNs { source },
+            Step::Setsid => RuntimeError::Session { source },
+            Step::AttachRootfs { target, .. } => RuntimeError::Mount {
+                what: "idmapped rootfs",
+                target: target.clone(),
+                source,
+            },
+            Step::ReadOnly { path } => RuntimeError::Mount {
+                what: "read-only /proc path",
+                target: path.clone(),
+                source,
+            },
+            Step::Mask { path } => RuntimeError::Mount {
+                what: "mask",
+                target: path.clone(),
+                source,
+            },
+            Step::NoNewPrivs => RuntimeError::NoNewPrivs { source },
+            Step::CloseInherited => RuntimeError::CloseFds { source },
+            Step::Seccomp { .. } => RuntimeError::SeccompLoad { source },
             Step::Redirect { target, .. } => RuntimeError::Stdio {
                 fd: *target,
                 source,

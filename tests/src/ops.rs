@@ -141,7 +141,7 @@ pub fn ops_run_and_ephemeral(h: &Harness) {
     let b = berth(h);
     create(&b, h, "r1");
     let m = b.start_run("r1").expect("mount for run");
-    let mut spec = berth_runtime::RunSpec::new(
+    let spec = berth_runtime::RunSpec::new(
         &m.rootfs,
         "r1",
         vec![
@@ -150,7 +150,6 @@ pub fn ops_run_and_ephemeral(h: &Harness) {
             "echo $(hostname) $$ > /etc/ran".into(),
         ],
     );
-    spec.drop_caps = true;
     let status = berth_runtime::run(&spec, &berth_runtime::LinuxSys).expect("run");
     assert!(status.success(), "{status:?}");
     b.finish_run(m).expect("unmount after run");

@@ -93,6 +93,8 @@ impl Berth {
                 .to_owned(),
             }),
             ephemeral: req.ephemeral,
+            // Limits and security travel with the rootfs, as lxc-copy copies the config.
+            run: origin.run.clone(),
             snapshots: Vec::new(),
         };
         self.store().save(&c)?;

@@ -82,6 +82,7 @@ impl Berth {
             origin: None,
             ephemeral: false,
             snapshots: Vec::new(),
+            run: Default::default(),
         };
         self.store().save(&c)?;
         rv.commit();

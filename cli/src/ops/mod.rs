@@ -19,12 +19,14 @@ mod destroy;
 mod flatten;
 mod mount;
 mod pool;
+pub mod run;
 mod snapshot;
 
 pub use clone::CloneRequest;
 pub use create::CreateRequest;
 pub use destroy::DestroyRequest;
 pub use mount::Mounted;
+pub use run::RunRequest;
 
 /// An open berth state root. Commands that change state hold its lock exclusively.
 pub struct Berth {

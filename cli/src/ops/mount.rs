@@ -202,6 +202,11 @@ impl Berth {
                 continue;
             }
             self.store().clear_run_state(&name)?;
+            // The container died with its berth; its cgroup is empty now.
+            let parent = c.run.cgroup_parent.as_deref();
+            if let Err(e) = berth_runtime::cgroup::remove_stale(parent, &name) {
+                warn!(name, error = %e, "could not remove the container's cgroup");
+            }
             if c.ephemeral {
                 self.destroy(
                     &name,

@@ -20,6 +20,7 @@ use rustix::io::Errno;
 use rustix::thread::CapabilitySet;
 
 use super::{CArgs, Sys, TermMode};
+use crate::seccomp::BpfProgram;
 use crate::spec::ExitStatus;
 
 /// One recorded call, with its arguments.
@@ -32,6 +33,34 @@ pub enum Call {
     },
     Wait {
         pid: Pid,
+    },
+    Kill {
+        pid: Pid,
+    },
+    WriteIdMaps {
+        pid: Pid,
+        uid_map: String,
+        gid_map: String,
+    },
+    IdmappedTree {
+        path: PathBuf,
+        pid: Pid,
+    },
+    ReleaseChild,
+    AwaitParent,
+    BecomeRoot,
+    Unshare {
+        flags: CloneFlags,
+    },
+    AttachTree {
+        target: PathBuf,
+    },
+    NoNewPrivs,
+    CloexecFrom {
+        first: RawFd,
+    },
+    LoadSeccomp {
+        len: usize,
     },
     Socketpair,
     RecvFd {
@@ -270,6 +299,62 @@ impl Sys for FakeSys {
     fn wait(&self, pid: Pid) -> Result<ExitStatus, Errno> {
         self.record(Call::Wait { pid })?;
         Ok(self.exit.get().unwrap_or(ExitStatus::Exited(0)))
+    }
+
+    fn kill(&self, pid: Pid) {
+        let _ = self.record(Call::Kill { pid });
+    }
+
+    fn write_id_maps(&self, pid: Pid, uid_map: &str, gid_map: &str) -> Result<(), Errno> {
+        self.record(Call::WriteIdMaps {
+            pid,
+            uid_map: uid_map.to_owned(),
+            gid_map: gid_map.to_owned(),
+        })
+    }
+
+    fn idmapped_tree(&self, path: &Path, pid: Pid) -> Result<OwnedFd, Errno> {
+        self.record(Call::IdmappedTree {
+            path: path.to_path_buf(),
+            pid,
+        })?;
+        // Any descriptor will do: the fake child never attaches it.
+        let (a, _b) = super::LinuxSys.socketpair()?;
+        Ok(a)
+    }
+
+    fn release_child(&self, _fd: BorrowedFd<'_>) -> Result<(), Errno> {
+        self.record(Call::ReleaseChild)
+    }
+
+    fn await_parent(&self, _fd: BorrowedFd<'_>) -> Result<(), Errno> {
+        self.record(Call::AwaitParent)
+    }
+
+    fn become_root(&self) -> Result<(), Errno> {
+        self.record(Call::BecomeRoot)
+    }
+
+    fn unshare(&self, flags: CloneFlags) -> Result<(), Errno> {
+        self.record(Call::Unshare { flags })
+    }
+
+    fn attach_tree(&self, _sock: BorrowedFd<'_>, target: &Path) -> Result<(), Errno> {
+        self.record(Call::AttachTree {
+            target: target.to_path_buf(),
+        })
+    }
+
+    fn set_no_new_privs(&self) -> Result<(), Errno> {
+        self.record(Call::NoNewPrivs)
+    }
+
+    fn cloexec_from(&self, first: RawFd) -> Result<(), Errno> {
+        self.record(Call::CloexecFrom { first })
+    }
+
+    fn load_seccomp(&self, prog: &BpfProgram) -> Result<(), Errno> {
+        self.record(Call::LoadSeccomp { len: prog.len() })
     }
 
     fn socketpair(&self) -> Result<(OwnedFd, OwnedFd), Errno> {

@@ -4,7 +4,7 @@
 use std::ffi::CStr;
 use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
 
 use nix::mount::{MntFlags, MsFlags};
@@ -24,6 +24,7 @@ use rustix::thread::{self as rthread, CapabilitySet, CapabilitySets};
 
 use super::signals::{self, errno};
 use super::{CArgs, Sys, TermMode};
+use crate::seccomp::BpfProgram;
 use crate::spec::ExitStatus;
 
 /// The kernel-backed [`Sys`].
@@ -86,6 +87,34 @@ impl Sys for LinuxSys {
             Ok(ExitStatus::Signaled(sig))
         } else {
             Ok(ExitStatus::Exited(status.exit_status().unwrap_or(0)))
+        }
+    }
+
+    fn kill(&self, pid: Pid) {
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    }
+
+    fn write_id_maps(&self, pid: Pid, uid_map: &str, gid_map: &str) -> Result<(), Errno> {
+        for (file, map) in [("uid_map", uid_map), ("gid_map", gid_map)] {
+            let path = format!("/proc/{}/{file}", pid.as_raw());
+            // The kernel takes a map in one write only.
+            std::fs::write(&path, map)
+                .map_err(|e| Errno::from_io_error(&e).unwrap_or(Errno::IO))?;
+        }
+        Ok(())
+    }
+
+    fn idmapped_tree(&self, path: &Path, pid: Pid) -> Result<OwnedFd, Errno> {
+        super::idmap::idmapped_tree(path, pid)
+    }
+
+    fn release_child(&self, fd: BorrowedFd<'_>) -> Result<(), Errno> {
+        loop {
+            match rustix::io::write(fd, b"g") {
+                Ok(_) => return Ok(()),
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(e),
+            }
         }
     }
 
@@ -182,6 +211,74 @@ impl Sys for LinuxSys {
     fn reset_signals(&self) -> Result<(), Errno> {
         signals::reset_in_child()?;
         rproc::set_parent_process_death_signal(Some(rproc::Signal::KILL))
+    }
+
+    fn await_parent(&self, fd: BorrowedFd<'_>) -> Result<(), Errno> {
+        let mut byte = [0u8; 1];
+        loop {
+            match rustix::io::read(fd, &mut byte) {
+                Ok(0) => return Err(Errno::CANCELED),
+                Ok(_) => return Ok(()),
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn become_root(&self) -> Result<(), Errno> {
+        // Raw per-thread calls: libc's setxid would signal the parent's
+        // threads, which don't exist in this copy of the process.
+        rthread::set_thread_groups(&[])?;
+        let root_gid = rustix::process::Gid::ROOT;
+        rthread::set_thread_res_gid(root_gid, root_gid, root_gid)?;
+        let root = rustix::process::Uid::ROOT;
+        rthread::set_thread_res_uid(root, root, root)
+    }
+
+    fn unshare(&self, flags: CloneFlags) -> Result<(), Errno> {
+        nix::sched::unshare(flags).map_err(errno)
+    }
+
+    fn attach_tree(&self, sock: BorrowedFd<'_>, target: &Path) -> Result<(), Errno> {
+        let tree = self.recv_fd(sock)?.ok_or(Errno::CANCELED)?;
+        super::idmap::attach(tree.as_fd(), target)
+    }
+
+    fn set_no_new_privs(&self) -> Result<(), Errno> {
+        super::seccomp::set_no_new_privs()
+    }
+
+    fn cloexec_from(&self, first: RawFd) -> Result<(), Errno> {
+        let first = libc::c_uint::try_from(first).map_err(|_| Errno::BADF)?;
+        // SAFETY: close_range(2) with CLOSE_RANGE_CLOEXEC takes two integers
+        // and a flag and only sets descriptor flags; it touches no memory.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                first,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            )
+        };
+        if ret == 0 {
+            return Ok(());
+        }
+        match last_errno() {
+            // Before Linux 5.11: one descriptor at a time, up to a sane bound.
+            Errno::NOSYS | Errno::INVAL => {
+                for fd in first..4096 {
+                    // SAFETY: fcntl(F_SETFD) on a number that may not be an
+                    // open descriptor only fails with EBADF; no memory is used.
+                    unsafe { libc::fcntl(fd as RawFd, libc::F_SETFD, libc::FD_CLOEXEC) };
+                }
+                Ok(())
+            }
+            e => Err(e),
+        }
+    }
+
+    fn load_seccomp(&self, prog: &BpfProgram) -> Result<(), Errno> {
+        super::seccomp::load_filter(prog)
     }
 
     fn redirect(&self, fd: BorrowedFd<'_>, target: RawFd) -> Result<(), Errno> {

@@ -24,10 +24,14 @@ use rustix::event::PollFd;
 use rustix::io::Errno;
 use rustix::thread::CapabilitySet;
 
+use crate::seccomp::BpfProgram;
 use crate::spec::ExitStatus;
 
+pub(crate) mod bpf;
 mod fake;
+mod idmap;
 mod linux;
+pub(crate) mod seccomp;
 mod signals;
 
 pub use fake::{Call, FakeSys, FAKE_PID};
@@ -47,6 +51,15 @@ pub trait Sys {
     fn spawn(&self, flags: CloneFlags, child: &mut dyn FnMut() -> i32) -> Result<Pid, Errno>;
     /// Waits for `pid` to terminate and reaps it.
     fn wait(&self, pid: Pid) -> Result<ExitStatus, Errno>;
+    /// SIGKILLs `pid` (best effort: it may be gone already).
+    fn kill(&self, pid: Pid);
+    /// Writes `/proc/PID/uid_map` and `gid_map` of a child in a new user namespace.
+    fn write_id_maps(&self, pid: Pid, uid_map: &str, gid_map: &str) -> Result<(), Errno>;
+    /// A detached copy of the mount tree at `path`, idmapped with the user
+    /// namespace of `pid` (`open_tree` + `mount_setattr(MOUNT_ATTR_IDMAP)`).
+    fn idmapped_tree(&self, path: &Path, pid: Pid) -> Result<OwnedFd, Errno>;
+    /// Lets a child blocked in [`Sys::await_parent`] go on.
+    fn release_child(&self, fd: BorrowedFd<'_>) -> Result<(), Errno>;
 
     // Parent side, pty relay (only with `RunSpec::tty`).
 
@@ -80,6 +93,21 @@ pub trait Sys {
     /// Restores default signal dispositions and an empty mask, and asks for
     /// SIGKILL if the parent dies.
     fn reset_signals(&self) -> Result<(), Errno>;
+    /// Blocks until the parent's [`Sys::release_child`]; `ECANCELED` if the
+    /// parent closed the pipe instead (it failed to set the child up).
+    fn await_parent(&self, fd: BorrowedFd<'_>) -> Result<(), Errno>;
+    /// In a new user namespace: drops supplementary groups and becomes its
+    /// uid and gid 0.
+    fn become_root(&self) -> Result<(), Errno>;
+    fn unshare(&self, flags: CloneFlags) -> Result<(), Errno>;
+    /// Receives a detached mount tree on `sock` and attaches it at `target`.
+    fn attach_tree(&self, sock: BorrowedFd<'_>, target: &Path) -> Result<(), Errno>;
+    fn set_no_new_privs(&self) -> Result<(), Errno>;
+    /// Marks every descriptor from `first` on close-on-exec, so nothing berth
+    /// inherited (an open host directory, say) reaches the container.
+    fn cloexec_from(&self, first: RawFd) -> Result<(), Errno>;
+    /// Installs a seccomp filter on this (single-threaded) process.
+    fn load_seccomp(&self, prog: &BpfProgram) -> Result<(), Errno>;
     /// Puts `fd` on descriptor `target` (0, 1 or 2), inheritable across exec.
     fn redirect(&self, fd: BorrowedFd<'_>, target: RawFd) -> Result<(), Errno>;
     fn mount(

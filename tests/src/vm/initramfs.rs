@@ -174,11 +174,16 @@ fn module_order(modules_dir: &Path) -> Result<Vec<PathBuf>, String> {
     Ok(order)
 }
 
-fn init_script(env: &[(String, String)]) -> String {
+fn init_script(env: &[(String, String)], cfg: &GuestConfig) -> String {
     let exports: String = env
         .iter()
         .map(|(k, v)| format!("export {k}='{v}'\n"))
         .collect();
+    let cgroup = if cfg.pure_cgroup2 {
+        "mount -t cgroup2 cgroup2 /sys/fs/cgroup || echo \"BERTH-VM: no cgroup2\"\n"
+    } else {
+        ""
+    };
     format!(
         r#"#!/bin/busybox sh
 export PATH=/sbin:/bin:/usr/sbin:/usr/bin
@@ -197,7 +202,7 @@ if [ ! -e /.stage2 ]; then
 fi
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
+{cgroup}mount -t devtmpfs devtmpfs /dev
 mount -t tmpfs tmpfs /run
 for m in $(cat /modules); do insmod "$m" || echo "BERTH-VM: insmod $m failed"; done
 # Tests want a disk filesystem with user xattrs (tmpfs has none in 6.1): ext4 on
@@ -221,6 +226,17 @@ poweroff -f
 
 /// Builds the initramfs that runs `exe` with `args` in the guest.
 pub fn initramfs(a: &Assets, exe: &Path, args: &[&str], out: &Path) -> Result<(), String> {
+    initramfs_with(a, exe, args, out, &GuestConfig::default())
+}
+
+/// [`initramfs`] whose /init prepares what `cfg` asks for.
+pub fn initramfs_with(
+    a: &Assets,
+    exe: &Path,
+    args: &[&str],
+    out: &Path,
+    cfg: &GuestConfig,
+) -> Result<(), String> {
     let lib_path = a.lib_path();
     let mut c = Cpio::default();
     for d in [
@@ -272,13 +288,29 @@ pub fn initramfs(a: &Assets, exe: &Path, args: &[&str], out: &Path) -> Result<()
         .filter_map(|k| Some(((*k).to_owned(), std::env::var(k).ok()?)))
         .filter(|(_, v)| !v.contains('\''))
         .collect();
-    c.file("init", 0o755, init_script(&env).into_bytes());
+    c.file("init", 0o755, init_script(&env, cfg).into_bytes());
     std::fs::write(out, c.bytes()).map_err(|e| format!("write {out:?}: {e}"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn init_mounts_cgroup2_only_when_asked() {
+        let plain = init_script(&[], &GuestConfig::default());
+        assert!(!plain.contains("cgroup2"));
+        let v2 = init_script(&[], &GuestConfig { pure_cgroup2: true });
+        let at = |s: &str| v2.find(s).unwrap();
+        assert!(at("mount -t sysfs") < at("mount -t cgroup2 cgroup2 /sys/fs/cgroup"));
+        assert!(at("mount -t cgroup2") < at("/payload/test"));
+        assert!(GuestConfig { pure_cgroup2: true }
+            .kernel_args()
+            .contains("cgroup_no_v1=all"));
+        assert!(!GuestConfig::default()
+            .kernel_args()
+            .contains("cgroup_no_v1"));
+    }
 
     #[test]
     fn cpio_is_newc_with_parents_and_trailer() {

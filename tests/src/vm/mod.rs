@@ -75,6 +75,27 @@ backup {
 }
 ";
 
+/// How a guest boots, beyond what every guest gets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GuestConfig {
+    /// A pure cgroup v2 host: `cgroup_no_v1=all` on the kernel command line
+    /// and cgroup2 mounted at /sys/fs/cgroup by /init (with every controller
+    /// available at its root). Kernel messages below errors stay off the
+    /// console, so OOM reports do not cut through the payload's lines.
+    pub pure_cgroup2: bool,
+}
+
+impl GuestConfig {
+    /// The kernel command line.
+    pub fn kernel_args(&self) -> String {
+        if self.pure_cgroup2 {
+            "console=ttyS0 panic=-1 quiet loglevel=3 cgroup_no_v1=all".to_owned()
+        } else {
+            "console=ttyS0 panic=-1 quiet loglevel=4".to_owned()
+        }
+    }
+}
+
 /// Whether this process runs inside the test VM.
 pub fn in_vm() -> bool {
     std::env::var(IN_VM_ENV).is_ok_and(|v| v == "1")
@@ -108,6 +129,18 @@ impl Drop for Qemu {
 
 /// Boots the VM and returns its serial log once it powers off; fails after `limit`.
 pub fn boot(a: &Assets, initrd: &Path, work: &Path, limit: Duration) -> Result<String, String> {
+    boot_with(a, initrd, work, limit, &GuestConfig::default())
+}
+
+/// [`boot`] with the kernel command line of `cfg`.
+pub fn boot_with(
+    a: &Assets,
+    initrd: &Path,
+    work: &Path,
+    limit: Duration,
+    cfg: &GuestConfig,
+) -> Result<String, String> {
+    let append = cfg.kernel_args();
     let log = work.join("serial.log");
     let pidfile = work.join("qemu.pid");
     let _ = std::fs::remove_file(&pidfile);
@@ -158,7 +191,7 @@ pub fn boot(a: &Assets, initrd: &Path, work: &Path, limit: Duration) -> Result<S
             "-initrd",
             &initrd,
             "-append",
-            "console=ttyS0 panic=-1 quiet loglevel=4",
+            &append,
             "-daemonize",
             "-pidfile",
             &pid_s,
@@ -238,6 +271,11 @@ fn qemus_under(dir: &Path) -> Vec<i32> {
 /// and all passed. Under CI a VM that cannot be built is a failure; elsewhere it
 /// is a skip.
 pub fn run_in_vm(exe: &Path, args: &[&str], limit: Duration) {
+    run_in_vm_with(exe, args, limit, &GuestConfig::default());
+}
+
+/// [`run_in_vm`] in a guest booted as `cfg` says.
+pub fn run_in_vm_with(exe: &Path, args: &[&str], limit: Duration, cfg: &GuestConfig) {
     let started = Instant::now();
     let a = match assets() {
         Ok(a) => a,
@@ -255,14 +293,15 @@ pub fn run_in_vm(exe: &Path, args: &[&str], limit: Duration) {
         Err(e) => panic!("temp dir: {e}"),
     };
     let initrd = work.path().join("initrd.cpio");
-    if let Err(e) = initramfs(&a, exe, args, &initrd) {
+    if let Err(e) = initramfs_with(&a, exe, args, &initrd, cfg) {
         panic!("build the initramfs: {e}");
     }
-    let booted = boot(
+    let booted = boot_with(
         &a,
         &initrd,
         work.path(),
         limit.saturating_sub(started.elapsed()),
+        cfg,
     );
     let left = qemus_under(work.path());
     assert!(left.is_empty(), "qemu outlived the test: pids {left:?}");

@@ -1,0 +1,119 @@
+//! `berth run`: mount the rootfs, confine the container as its config (and
+//! this run's overrides) say, run the command, unmount. The store lock is held
+//! while mounting and unmounting, not while the command runs.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use berth_runtime::{ExitStatus, LinuxSys, NetMode, RunSpec, RuntimeError, UserNs};
+use tracing::{info, warn};
+
+use super::{Berth, Mounted};
+use crate::confine::{IdShift, RunConfig};
+use crate::error::Result;
+use crate::userns::{shift_owners, subordinate_ids, unshifted};
+
+/// What one `berth run` asks for.
+#[derive(Debug, Default)]
+pub struct RunRequest {
+    pub argv: Vec<OsString>,
+    /// Added to the default environment.
+    pub env: Vec<(OsString, OsString)>,
+    pub cwd: Option<PathBuf>,
+    pub net: NetMode,
+    pub tty: bool,
+    /// `berth config` keys set for this run only (from flags), applied in order.
+    pub overrides: Vec<(String, String)>,
+}
+
+/// Runs `req` in container `name` of the store at `root`; returns the
+/// command's exit status.
+pub fn run(root: &Path, name: &str, req: RunRequest) -> Result<ExitStatus> {
+    let mounted = Berth::open(root, true)?.start_run(name)?;
+    let result = confined_run(root, &mounted, &req);
+    let finished = Berth::open(root, true).and_then(|b| b.finish_run(mounted));
+    let status = result?;
+    finished?;
+    Ok(status)
+}
+
+fn confined_run(root: &Path, m: &Mounted, req: &RunRequest) -> Result<ExitStatus> {
+    if m.read_only {
+        warn!(name = %m.container.name, "clones depend on this container: its rootfs is mounted read-only");
+    }
+    let mut cfg = m.container.run.clone();
+    for (k, v) in &req.overrides {
+        cfg.set(k, v)?;
+    }
+    let mut spec = RunSpec::new(&m.rootfs, m.container.name.clone(), req.argv.clone());
+    spec.net = req.net;
+    if let Some(cwd) = &req.cwd {
+        spec.cwd = cwd.clone();
+    }
+    spec.env.extend(req.env.iter().cloned());
+    spec.tty = req.tty;
+    spec.security = cfg.security()?;
+    spec = spec.with_cgroup(cfg.cgroup_parent.clone(), cfg.limits()?);
+    let on_disk = m.container.run.shifted;
+    if !cfg.userns {
+        if let Some(shift) = on_disk {
+            // Owners were shifted for a user namespace: put them back first.
+            unshift(root, m, shift)?;
+        }
+        return Ok(berth_runtime::run(&spec, &LinuxSys)?);
+    }
+    let ids = match on_disk {
+        Some(shift) => shift,
+        None => subordinate_ids()?,
+    };
+    spec.userns = Some(UserNs::root_at(ids.uid, ids.gid, ids.count));
+    if on_disk.is_some() {
+        set_idmapped(&mut spec, false);
+        return Ok(berth_runtime::run(&spec, &LinuxSys)?);
+    }
+    match berth_runtime::run(&spec, &LinuxSys) {
+        Err(RuntimeError::UserNs { step, source }) if step.starts_with("idmap the rootfs") => {
+            // This filesystem cannot be idmapped (FUSE, overlay): shift the
+            // owners on disk once, and remember it.
+            info!(name = %m.container.name, error = %source, "no idmapped mount here: shifting owners on disk");
+            let n = shift_owners(&m.rootfs, unshifted(ids.count), ids)?;
+            info!(name = %m.container.name, entries = n, "owners shifted");
+            record_shift(root, &m.container.name, Some(ids))?;
+            set_idmapped(&mut spec, false);
+            Ok(berth_runtime::run(&spec, &LinuxSys)?)
+        }
+        other => Ok(other?),
+    }
+}
+
+fn set_idmapped(spec: &mut RunSpec, on: bool) {
+    if let Some(ns) = &mut spec.userns {
+        ns.idmap_rootfs = on;
+    }
+}
+
+fn unshift(root: &Path, m: &Mounted, shift: IdShift) -> Result<()> {
+    let n = shift_owners(&m.rootfs, shift, unshifted(shift.count))?;
+    info!(name = %m.container.name, entries = n, "owners shifted back");
+    record_shift(root, &m.container.name, None)
+}
+
+/// Records (or clears) the on-disk shift in the container's config.
+fn record_shift(root: &Path, name: &str, shift: Option<IdShift>) -> Result<()> {
+    let b = Berth::open(root, true)?;
+    let mut c = b.store().container(name)?;
+    c.run.shifted = shift;
+    b.store().save(&c)
+}
+
+impl Berth {
+    /// `berth config set`: validates and stores run settings.
+    pub fn set_config(&self, name: &str, settings: &[(String, String)]) -> Result<RunConfig> {
+        let mut c = self.store().container(name)?;
+        for (k, v) in settings {
+            c.run.set(k, v)?;
+        }
+        self.store().save(&c)?;
+        Ok(c.run)
+    }
+}

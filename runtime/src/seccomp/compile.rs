@@ -1,0 +1,261 @@
+//! Compiling a [`Plan`] with libseccomp, in the parent: the BPF comes back
+//! as a plain [`BpfProgram`] the container process loads without allocating.
+
+use std::io::{Read, Seek, SeekFrom};
+
+use libseccomp::{
+    ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall,
+};
+use rustix::fs::MemfdFlags;
+use rustix::io::Errno;
+use rustix::thread::CapabilitySet;
+use tracing::debug;
+
+use super::names::{Action, Op};
+use super::plan::{Host, Plan, Rule};
+use super::profile::{Cond, SeccompProfile};
+use super::SeccompError;
+
+/// The most instructions the kernel accepts in one filter (BPF_MAXINSNS).
+const MAX_INSNS: usize = 4096;
+
+/// One classic BPF instruction, laid out like the kernel's (and libc's)
+/// `struct sock_filter`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SockFilter {
+    pub code: u16,
+    pub jt: u8,
+    pub jf: u8,
+    pub k: u32,
+}
+
+const _: () =
+    assert!(std::mem::size_of::<SockFilter>() == std::mem::size_of::<libc::sock_filter>());
+const _: () =
+    assert!(std::mem::align_of::<SockFilter>() == std::mem::align_of::<libc::sock_filter>());
+
+/// A compiled seccomp filter, ready for [`BpfProgram::load`]. Never empty
+/// and at most 4096 instructions long.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BpfProgram(Vec<SockFilter>);
+
+impl BpfProgram {
+    /// The number of instructions.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Always false for a compiled program.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn instructions(&self) -> &[SockFilter] {
+        &self.0
+    }
+
+    /// Installs the filter on the calling thread with
+    /// `seccomp(SECCOMP_SET_MODE_FILTER)`. Child side: allocates nothing. The
+    /// kernel refuses it (`EACCES`) unless no_new_privs is set (see
+    /// [`super::set_no_new_privs`]) or the thread has CAP_SYS_ADMIN.
+    pub fn load(&self) -> Result<(), Errno> {
+        crate::sys::seccomp::load_filter(self)
+    }
+
+    /// Decodes libseccomp's export: native-endian 8-byte instructions.
+    fn from_bytes(bytes: &[u8]) -> Result<Self, SeccompError> {
+        const SIZE: usize = std::mem::size_of::<SockFilter>();
+        let count = bytes.len() / SIZE;
+        if !bytes.len().is_multiple_of(SIZE) || count == 0 || count > MAX_INSNS {
+            return Err(SeccompError::ProgramSize { bytes: bytes.len() });
+        }
+        Ok(BpfProgram(
+            bytes
+                .chunks_exact(SIZE)
+                .map(|c| SockFilter {
+                    code: u16::from_ne_bytes([c[0], c[1]]),
+                    jt: c[2],
+                    jf: c[3],
+                    k: u32::from_ne_bytes([c[4], c[5], c[6], c[7]]),
+                })
+                .collect(),
+        ))
+    }
+}
+
+impl SeccompProfile {
+    /// Compiles the profile for a container that keeps `caps` (the rules'
+    /// `includes.caps`/`excludes.caps` are evaluated against them), on this
+    /// machine's architecture and kernel. Call it in the parent.
+    pub fn compile(&self, caps: CapabilitySet) -> Result<BpfProgram, SeccompError> {
+        compile(&self.plan(caps, &Host::current()?))
+    }
+}
+
+pub(crate) fn compile(plan: &Plan) -> Result<BpfProgram, SeccompError> {
+    let mut ctx = ScmpFilterContext::new(scmp_action(plan.default))
+        .map_err(|source| SeccompError::InitFilter { source })?;
+    ctx.set_act_badarch(ScmpAction::KillProcess)
+        .map_err(|source| SeccompError::InitFilter { source })?;
+    for &arch in &plan.arches {
+        add_arch(&mut ctx, arch)?;
+    }
+    for rule in &plan.rules {
+        add_rule(&mut ctx, rule)?;
+    }
+    export(&ctx)
+}
+
+fn add_arch(ctx: &mut ScmpFilterContext, arch: ScmpArch) -> Result<(), SeccompError> {
+    let fail = |source| SeccompError::AddArch {
+        arch: format!("{arch:?}"),
+        source,
+    };
+    if !ctx.is_arch_present(arch).map_err(fail)? {
+        ctx.add_arch(arch).map_err(fail)?;
+    }
+    Ok(())
+}
+
+fn add_rule(ctx: &mut ScmpFilterContext, rule: &Rule) -> Result<(), SeccompError> {
+    // Resolved for the native ABI; libseccomp maps the name onto each
+    // architecture in the filter and leaves out those that lack it.
+    let Ok(syscall) = ScmpSyscall::from_name(&rule.name) else {
+        debug!(
+            syscall = rule.name,
+            "syscall unknown to libseccomp, rule skipped"
+        );
+        return Ok(());
+    };
+    let args: Vec<ScmpArgCompare> = rule.args.iter().map(scmp_cond).collect();
+    ctx.add_rule_conditional(scmp_action(rule.action), syscall, &args)
+        .map_err(|source| SeccompError::AddRule {
+            syscall: rule.name.clone(),
+            source,
+        })?;
+    Ok(())
+}
+
+fn export(ctx: &ScmpFilterContext) -> Result<BpfProgram, SeccompError> {
+    let read = |source| SeccompError::ReadBpf { source };
+    let fd = rustix::fs::memfd_create("berth-seccomp", MemfdFlags::CLOEXEC)
+        .map_err(|e| read(e.into()))?;
+    ctx.export_bpf(&fd)
+        .map_err(|source| SeccompError::ExportBpf { source })?;
+    let mut file = std::fs::File::from(fd);
+    file.seek(SeekFrom::Start(0)).map_err(read)?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(read)?;
+    BpfProgram::from_bytes(&bytes)
+}
+
+fn scmp_action(action: Action) -> ScmpAction {
+    match action {
+        Action::Allow => ScmpAction::Allow,
+        Action::Errno(e) => ScmpAction::Errno(i32::from(e)),
+        Action::KillThread => ScmpAction::KillThread,
+        Action::KillProcess => ScmpAction::KillProcess,
+        Action::Trap => ScmpAction::Trap,
+        Action::Trace(v) => ScmpAction::Trace(v),
+        Action::Log => ScmpAction::Log,
+    }
+}
+
+fn scmp_cond(c: &Cond) -> ScmpArgCompare {
+    let (op, datum) = match c.op {
+        Op::Ne => (ScmpCompareOp::NotEqual, c.value),
+        Op::Lt => (ScmpCompareOp::Less, c.value),
+        Op::Le => (ScmpCompareOp::LessOrEqual, c.value),
+        Op::Eq => (ScmpCompareOp::Equal, c.value),
+        Op::Ge => (ScmpCompareOp::GreaterEqual, c.value),
+        Op::Gt => (ScmpCompareOp::Greater, c.value),
+        Op::MaskedEq => (ScmpCompareOp::MaskedEqual(c.value), c.value_two),
+    };
+    ScmpArgCompare::new(c.index, op, datum)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    /// `BPF_JMP | BPF_JEQ | BPF_K`: how the filter compares the arch word.
+    const JEQ_K: u16 = 0x15;
+    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+    const AUDIT_ARCH_I386: u32 = 0x4000_0003;
+    /// `BPF_RET | BPF_K`.
+    const RET_K: u16 = 0x06;
+    const RET_ERRNO: u32 = 0x0005_0000;
+
+    fn compares(prog: &BpfProgram, k: u32) -> bool {
+        prog.instructions()
+            .iter()
+            .any(|i| i.code == JEQ_K && i.k == k)
+    }
+
+    fn returns(prog: &BpfProgram, k: u32) -> bool {
+        prog.instructions()
+            .iter()
+            .any(|i| i.code == RET_K && i.k == k)
+    }
+
+    #[test]
+    fn default_profile_compiles_for_every_abi() {
+        let profile = SeccompProfile::default_profile().unwrap();
+        let prog = profile.compile(crate::DEFAULT_CAPS).unwrap();
+        assert!(!prog.is_empty());
+        assert!(prog.len() < MAX_INSNS);
+        #[cfg(target_arch = "x86_64")]
+        {
+            assert!(compares(&prog, AUDIT_ARCH_X86_64));
+            assert!(compares(&prog, AUDIT_ARCH_I386));
+            // x32 shares x86_64's arch word; its syscalls carry bit 30.
+            assert!(prog.instructions().iter().any(|i| i.k == 0x4000_0000));
+        }
+        assert!(returns(&prog, RET_ERRNO | 1), "EPERM rules");
+        assert!(returns(&prog, RET_ERRNO | 38), "clone3 ENOSYS");
+    }
+
+    #[test]
+    fn caps_shrink_the_default_filter() {
+        let profile = SeccompProfile::default_profile().unwrap();
+        let all = CapabilitySet::all();
+        let wide = profile.compile(crate::DEFAULT_CAPS).unwrap();
+        let narrow = profile.compile(all).unwrap();
+        assert!(narrow.len() < wide.len());
+        // With every cap only the unconditional groups are left: no ENOSYS.
+        assert!(!returns(&narrow, RET_ERRNO | 38));
+    }
+
+    #[test]
+    fn unknown_syscall_names_are_skipped() {
+        let profile = SeccompProfile::from_json(
+            r#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+                {"names": ["no_such_syscall", "getcwd"], "action": "SCMP_ACT_ERRNO",
+                 "errnoRet": 1}]}"#,
+            Path::new("t.json"),
+        )
+        .unwrap();
+        let prog = profile.compile(CapabilitySet::empty()).unwrap();
+        assert!(returns(&prog, RET_ERRNO | 1));
+    }
+
+    #[test]
+    fn bpf_bytes_decode_and_reject_bad_sizes() {
+        let one = [0x06, 0x00, 0x01, 0x02, 0x00, 0x00, 0xff, 0x7f];
+        let prog = BpfProgram::from_bytes(&one).unwrap();
+        assert_eq!(prog.len(), 1);
+        assert_eq!(prog.instructions()[0].code, u16::from_ne_bytes([6, 0]));
+        assert_eq!(
+            (prog.instructions()[0].jt, prog.instructions()[0].jf),
+            (1, 2)
+        );
+        assert!(matches!(
+            BpfProgram::from_bytes(&one[..7]),
+            Err(SeccompError::ProgramSize { bytes: 7 })
+        ));
+        assert!(BpfProgram::from_bytes(&[]).is_err());
+    }
+}

@@ -1,0 +1,292 @@
+//! [`run`]: clone the container process into new namespaces, let it set up
+//! its rootfs and exec, and wait for it. The child reports a failed step over
+//! a CLOEXEC pipe (step index and errno); a clean exec closes the pipe unread.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use nix::sched::CloneFlags;
+use nix::unistd::Pid;
+use rustix::io::Errno;
+use rustix::pipe::{pipe_with, PipeFlags};
+use rustix::thread::CapabilitySet;
+use tracing::{debug, warn};
+
+use crate::cgroup::Cgroup;
+
+use crate::error::{Result, RuntimeError};
+use crate::exec::{self, ExecPlan};
+use crate::pty::{receive_master, PtyChild, Session};
+use crate::rootfs::{setup_steps, ChildContext};
+use crate::spec::{ExitStatus, NetMode, RunSpec, UserNs};
+use crate::step::Step;
+use crate::sys::Sys;
+
+/// The step index the child reports when exec itself failed.
+const EXEC_STEP: u32 = u32::MAX;
+const REPORT_LEN: usize = 8;
+
+/// Runs `spec.argv` in a new container built on `spec.rootfs` and returns how
+/// it ended. Setup failures, exec failures included, come back as the
+/// [`RuntimeError`] of the failed step; the container's mounts never reach
+/// the host's mount namespace.
+pub fn run(spec: &RunSpec, sys: &dyn Sys) -> Result<ExitStatus> {
+    spec.validate()?;
+    let exec_plan = ExecPlan::new(spec)?;
+    // Compiled here: the child may not allocate or call libseccomp.
+    let caps = spec.security.caps.unwrap_or(CapabilitySet::all());
+    let seccomp = spec.security.seccomp.program(caps)?;
+    // Before the child exists, so its limits hold from its first instruction.
+    let cgroup = CgroupGuard(match &spec.cgroup {
+        Some(cfg) => Some(Cgroup::create(cfg)?),
+        None => None,
+    });
+    // With a tty, the child sends its pty master back over a socketpair.
+    let (parent_sock, pty) = if spec.tty {
+        let (parent, child) = sys.socketpair().map_err(|source| RuntimeError::Pty {
+            step: "create the socket pair for the pty master",
+            source,
+        })?;
+        (Some(parent), Some(PtyChild::new(child)))
+    } else {
+        (None, None)
+    };
+    // The child waits for its cgroup and id maps before it does anything.
+    let sync = match spec.cgroup.is_some() || spec.userns.is_some() {
+        true => {
+            Some(pipe_with(PipeFlags::CLOEXEC).map_err(|source| RuntimeError::Pipe { source })?)
+        }
+        false => None,
+    };
+    let tree = match &spec.userns {
+        Some(ns) if ns.idmap_rootfs => {
+            Some(sys.socketpair().map_err(|source| RuntimeError::UserNs {
+                step: "create the socket pair for the idmapped rootfs",
+                source,
+            })?)
+        }
+        _ => None,
+    };
+    let ctx = ChildContext {
+        pty: pty.as_ref(),
+        sync: sync.as_ref().map(|(rd, _)| rd.as_fd()),
+        tree_sock: tree.as_ref().map(|(_, child)| child.as_fd()),
+        seccomp: seccomp.as_ref(),
+    };
+    let steps = setup_steps(spec, &ctx);
+    let (rd, wr) = pipe_with(PipeFlags::CLOEXEC).map_err(|source| RuntimeError::Pipe { source })?;
+    debug!(rootfs = %spec.rootfs.display(), hostname = %spec.hostname, argv = ?spec.argv, net = ?spec.net, tty = spec.tty, userns = spec.userns.is_some(), "run");
+
+    sys.hold_signals()
+        .map_err(|source| RuntimeError::Signals { source })?;
+    let _held = Held(sys);
+    let pid = {
+        let mut child = || child_main(&steps, &exec_plan, sys, &wr);
+        sys.spawn(clone_flags(spec), &mut child)
+            .map_err(|source| RuntimeError::Clone { source })?
+    };
+    // Ours must go so that the child's exec (or exit) is the pipe's EOF, and
+    // its exit before sending a pty master the socket's.
+    drop(wr);
+    if let Some(pty) = &pty {
+        pty.close_parent_copy();
+    }
+    let prepared = prepare_child(sys, spec, pid, &cgroup, tree.as_ref().map(|(p, _)| p));
+    let released = prepared.and_then(|()| match &sync {
+        Some((_, go)) => sys
+            .release_child(go.as_fd())
+            .map_err(|source| RuntimeError::Sync { source }),
+        None => Ok(()),
+    });
+    if let Err(e) = released {
+        sys.kill(pid);
+        let _ = sys.wait(pid);
+        return Err(e);
+    }
+    let (stdin, stdout) = (std::io::stdin(), std::io::stdout());
+    let session = match &parent_sock {
+        Some(sock) => start_session(sys, sock, spec, stdin.as_fd(), stdout.as_fd()),
+        None => Ok(None),
+    };
+    let report = read_report(&rd);
+    let relayed = match (&report, &session) {
+        (Ok(None), Ok(Some(s))) => s.relay(),
+        (Ok(None), Ok(None)) if spec.tty => Err(RuntimeError::Protocol {
+            reason: "the container sent no pty master".to_owned(),
+        }),
+        _ => Ok(()),
+    };
+    // Restores the host terminal, and hangs the pty up if the container
+    // still runs after a failed relay.
+    let session = session.map(drop);
+    let status = sys
+        .wait(pid)
+        .map_err(|source| RuntimeError::Wait { source });
+    drop(cgroup);
+    if let Some((step, errno)) = report? {
+        return Err(step_error(&steps, &exec_plan, step, errno));
+    }
+    session?;
+    relayed?;
+    let status = status?;
+    debug!(?pid, ?status, "container exited");
+    Ok(status)
+}
+
+/// Parent side, while the child waits: its id maps, its idmapped rootfs, its cgroup.
+fn prepare_child(
+    sys: &dyn Sys,
+    spec: &RunSpec,
+    pid: Pid,
+    cgroup: &CgroupGuard,
+    tree_sock: Option<&OwnedFd>,
+) -> Result<()> {
+    if let Some(ns) = &spec.userns {
+        let userns = |step| move |source| RuntimeError::UserNs { step, source };
+        sys.write_id_maps(
+            pid,
+            &UserNs::map_text(&ns.uid_map),
+            &UserNs::map_text(&ns.gid_map),
+        )
+        .map_err(userns("write the uid and gid maps"))?;
+        if let Some(sock) = tree_sock {
+            let tree = sys.idmapped_tree(&spec.rootfs, pid).map_err(userns(
+                "idmap the rootfs (the filesystem may not support idmapped mounts)",
+            ))?;
+            sys.send_fd(sock.as_fd(), tree.as_fd())
+                .map_err(userns("send the idmapped rootfs"))?;
+        }
+    }
+    if let Some(cg) = &cgroup.0 {
+        cg.add_process(pid.as_raw())?;
+    }
+    Ok(())
+}
+
+/// Kills what is left in the container's cgroup and removes it.
+struct CgroupGuard(Option<Cgroup>);
+
+impl Drop for CgroupGuard {
+    fn drop(&mut self) {
+        if let Some(cg) = self.0.take() {
+            if let Err(e) = cg.kill_and_remove() {
+                // The next berth command's cleanup removes it.
+                warn!(error = %e, "could not remove the container's cgroup");
+            }
+        }
+    }
+}
+
+/// Receives the pty master and sets up the host side; `None` if the child
+/// failed before sending it.
+fn start_session<'a>(
+    sys: &'a dyn Sys,
+    sock: &OwnedFd,
+    spec: &'a RunSpec,
+    stdin: BorrowedFd<'a>,
+    stdout: BorrowedFd<'a>,
+) -> Result<Option<Session<'a>>> {
+    let Some(master) = receive_master(sys, sock)? else {
+        return Ok(None);
+    };
+    let input = spec.stdio.stdin.as_ref().map_or(stdin, AsFd::as_fd);
+    let output = spec.stdio.stdout.as_ref().map_or(stdout, AsFd::as_fd);
+    Session::start(sys, master, input, output).map(Some)
+}
+
+struct Held<'a>(&'a dyn Sys);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.release_signals();
+    }
+}
+
+fn clone_flags(spec: &RunSpec) -> CloneFlags {
+    let mut flags = CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWIPC;
+    if spec.net == NetMode::None {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    if spec.userns.is_some() {
+        // The other new namespaces are then owned by the container's root.
+        flags |= CloneFlags::CLONE_NEWUSER;
+    }
+    flags
+}
+
+/// The container process, from clone to exec. Only syscalls through `sys`
+/// and one pipe write: this runs in a copy of a possibly threaded process.
+fn child_main(steps: &[Step<'_>], exec_plan: &ExecPlan, sys: &dyn Sys, wr: &OwnedFd) -> i32 {
+    for (i, step) in steps.iter().enumerate() {
+        if let Err(errno) = step.run(sys) {
+            report(wr, u32::try_from(i).unwrap_or(EXEC_STEP - 1), errno);
+            return 1;
+        }
+    }
+    match exec::exec(exec_plan, sys) {
+        Ok(()) => 0,
+        Err(errno) => {
+            report(wr, EXEC_STEP, errno);
+            127
+        }
+    }
+}
+
+fn report(wr: &OwnedFd, step: u32, errno: Errno) {
+    let mut buf = [0u8; REPORT_LEN];
+    buf[..4].copy_from_slice(&step.to_le_bytes());
+    buf[4..].copy_from_slice(&errno.raw_os_error().to_le_bytes());
+    // 8 bytes into an empty pipe is one atomic write; if it fails anyway the
+    // parent sees a short report and says so.
+    while let Err(Errno::INTR) = rustix::io::write(wr, &buf) {}
+}
+
+/// `None` if the child exec'd; `Some((step, errno))` if it reported a failure.
+fn read_report(rd: &OwnedFd) -> Result<Option<(u32, Errno)>> {
+    let mut buf = [0u8; REPORT_LEN];
+    let mut got = 0;
+    while got < REPORT_LEN {
+        match rustix::io::read(rd, &mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(Errno::INTR) => {}
+            Err(e) => {
+                return Err(RuntimeError::Protocol {
+                    reason: format!("read failed: {e}"),
+                })
+            }
+        }
+    }
+    match got {
+        0 => Ok(None),
+        REPORT_LEN => {
+            let [s0, s1, s2, s3, e0, e1, e2, e3] = buf;
+            let step = u32::from_le_bytes([s0, s1, s2, s3]);
+            let errno = Errno::from_raw_os_error(i32::from_le_bytes([e0, e1, e2, e3]));
+            Ok(Some((step, errno)))
+        }
+        n => Err(RuntimeError::Protocol {
+            reason: format!("short report of {n} bytes"),
+        }),
+    }
+}
+
+fn step_error(steps: &[Step<'_>], exec_plan: &ExecPlan, step: u32, errno: Errno) -> RuntimeError {
+    if step == EXEC_STEP {
+        return RuntimeError::Exec {
+            cmd: exec_plan.cmd.clone(),
+            source: errno,
+        };
+    }
+    match usize::try_from(step).ok().and_then(|i| steps.get(i)) {
+        Some(s) => s.error(errno),
+        None => RuntimeError::Protocol {
+            reason: format!("unknown step {step} failed ({errno})"),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests;
