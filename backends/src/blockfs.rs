@@ -9,15 +9,13 @@ use std::path::Path;
 
 use berth_bdev::cmd::{CmdError, Runner};
 use berth_bdev::fsutil::require_tool;
+use berth_bdev::space::{fs_min_size, human};
 use berth_bdev::{BdevError, FsType, Result};
 
 /// Bytes to read to see every superblock we know (btrfs's is the farthest, at 64 KiB).
 pub(crate) const PROBE_LEN: usize = BTRFS_MAGIC_AT + 8;
 const EXT_MAGIC_AT: usize = 1080;
 const BTRFS_MAGIC_AT: usize = 65536 + 64;
-
-/// mkfs.xfs (xfsprogs ≥ 5.19) refuses anything smaller.
-pub(crate) const XFS_MIN_SIZE: u64 = 300 << 20;
 
 /// `mkfs.btrfs(8)`: mixed data+metadata block groups are recommended below 1 GiB
 /// and softly below 5 GiB; without them a small image runs out of metadata chunks
@@ -90,15 +88,62 @@ pub(crate) fn require_tools(backend: &'static str, fs: FsType) -> Result<()> {
     Ok(())
 }
 
-/// Why `fs` cannot be made `size` bytes big, if it cannot.
+/// Why `fs` cannot be made `size` bytes big (below what its mkfs accepts, or
+/// too small for a journal), if it cannot.
 pub(crate) fn size_problem(fs: FsType, size: u64) -> Option<String> {
-    (fs == FsType::Xfs && size < XFS_MIN_SIZE).then(|| {
-        format!(
-            "xfs needs at least {} MiB, asked for {} MiB; use a bigger --size or ext4",
-            XFS_MIN_SIZE >> 20,
-            size >> 20
-        )
-    })
+    let min = fs_min_size(fs);
+    if size >= min {
+        return None;
+    }
+    let other = if fs == FsType::Ext4 { "" } else { " or ext4" };
+    Some(format!(
+        "{fs} needs at least {}, asked for {}; use a bigger --size{other}",
+        human(min),
+        human(size)
+    ))
+}
+
+/// Refuses, before anything is made, a volume too small for its filesystem;
+/// `spec` names the volume in the error. Every backend that runs mkfs asks here.
+pub(crate) fn check_size(fs: FsType, size: u64, spec: impl FnOnce() -> String) -> Result<()> {
+    match size_problem(fs, size) {
+        Some(reason) => Err(BdevError::InvalidSpec {
+            spec: spec(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The read-only check of the filesystem on an unmounted image or device: it
+/// reports damage and repairs nothing.
+pub fn fsck_command(fs: FsType, img: &Path) -> Command {
+    match fs {
+        FsType::Ext4 => with_path("e2fsck", &["-f", "-n"], img),
+        FsType::Xfs => with_path("xfs_repair", &["-n"], img),
+        FsType::Btrfs => with_path("btrfs", &["check", "--readonly"], img),
+    }
+}
+
+/// Checks the filesystem on the unmounted `img` read-only; an error means the
+/// checker found damage (or could not run).
+pub(crate) fn fsck(runner: &dyn Runner, fs: FsType, img: &Path) -> Result<()> {
+    let (prog, args) = fsck_command(fs, img);
+    run(runner, prog, &args)?;
+    Ok(())
+}
+
+/// Flushes the image file or block device at `path` to stable storage. A write
+/// that failed after it was accepted (a sparse image whose filesystem filled up)
+/// is reported here, once: `volume` names it in the error.
+pub(crate) fn sync_path(path: &Path, volume: impl FnOnce() -> String) -> Result<()> {
+    File::open(path)
+        .map_err(BdevError::io("open", path))?
+        .sync_all()
+        .map_err(|source| BdevError::WriteLost {
+            volume: volume(),
+            source,
+        })
 }
 
 type Command = (&'static str, Vec<OsString>);
@@ -270,12 +315,58 @@ mod tests {
     }
 
     #[test]
-    fn xfs_minimum_is_checked() {
-        assert!(size_problem(FsType::Xfs, 256 << 20)
-            .unwrap()
-            .contains("300 MiB"));
+    fn minimum_sizes_are_refused_with_the_numbers() {
+        let x = size_problem(FsType::Xfs, 256 << 20).unwrap();
+        assert!(
+            x.contains("xfs needs at least 300.0 MiB, asked for 256.0 MiB"),
+            "{x}"
+        );
+        assert!(x.contains("or ext4"), "{x}");
         assert!(size_problem(FsType::Xfs, 300 << 20).is_none());
-        assert!(size_problem(FsType::Ext4, 16 << 20).is_none());
+        let e = size_problem(FsType::Ext4, 1 << 20).unwrap();
+        assert!(
+            e.contains("ext4 needs at least 4.0 MiB, asked for 1.0 MiB"),
+            "{e}"
+        );
+        assert!(!e.contains("or ext4"), "{e}");
+        assert!(size_problem(FsType::Ext4, 4 << 20).is_none());
+        // mkfs.btrfs --mixed, which blockfs uses below 5 GiB, takes 16 MiB.
+        assert!(size_problem(FsType::Btrfs, 15 << 20).is_some());
+        assert!(size_problem(FsType::Btrfs, 16 << 20).is_none());
+        let err = check_size(FsType::Ext4, 1 << 20, || "loop:/p/c.img".to_owned())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("loop:/p/c.img") && err.contains("4.0 MiB"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn fsck_lines_repair_nothing() {
+        let img = Path::new("/p/c.img");
+        assert_eq!(
+            line(fsck_command(FsType::Ext4, img)),
+            "e2fsck -f -n /p/c.img"
+        );
+        assert_eq!(
+            line(fsck_command(FsType::Xfs, img)),
+            "xfs_repair -n /p/c.img"
+        );
+        assert_eq!(
+            line(fsck_command(FsType::Btrfs, img)),
+            "btrfs check --readonly /p/c.img"
+        );
+    }
+
+    #[test]
+    fn a_failed_sync_names_the_volume() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("c.img");
+        std::fs::write(&f, b"x").unwrap();
+        sync_path(&f, || "c".to_owned()).unwrap();
+        let e = sync_path(&d.path().join("gone.img"), || "c".to_owned()).unwrap_err();
+        assert!(matches!(e, BdevError::Io { .. }), "{e}");
     }
 
     #[test]

@@ -10,10 +10,13 @@ use berth_bdev::copy::{copy_tree, NoProgress};
 use berth_bdev::delete::remove_tree;
 use berth_bdev::fsutil::{allocated_bytes, claim_dir, create_dir_all};
 use berth_bdev::mount::{self, MountGuard};
+use berth_bdev::names::validate_name;
 use berth_bdev::{
     Backend, BackendKind, BdevError, Caps, CreateOpts, PoolConfig, Result, Revert, Usage,
     UsageKind, VolumeSpec,
 };
+
+use crate::lookup::{self, Entry};
 
 #[derive(Debug, Clone)]
 pub struct Dir {
@@ -35,6 +38,20 @@ impl Dir {
                 reason: format!("not a dir volume of the pool at {:?}", self.root),
             }),
         }
+    }
+
+    fn snapshots_of(&self, name: &str) -> PathBuf {
+        self.root.join(".snapshots").join(name)
+    }
+
+    /// Removes the tree of `v`, or warns that it is gone.
+    fn remove(&self, v: &VolumeSpec) -> Result<()> {
+        let path = self.path_of(v)?;
+        if !lookup::exists(path)? {
+            lookup::already_gone(v);
+            return Ok(());
+        }
+        remove_tree(path, &self.root)
     }
 }
 
@@ -66,7 +83,29 @@ impl Backend for Dir {
     }
 
     fn destroy(&self, v: &VolumeSpec) -> Result<()> {
-        remove_tree(self.path_of(v)?, &self.root)
+        self.remove(v)
+    }
+
+    fn volume_names(&self) -> Result<Vec<String>> {
+        lookup::names_in(&self.root, Entry::Dir, "")
+    }
+
+    fn volume_named(&self, name: &str) -> Result<Option<VolumeSpec>> {
+        validate_name(name)?;
+        let path = self.root.join(name);
+        Ok(lookup::is_entry(&path, Entry::Dir)?.then_some(VolumeSpec::Dir { path }))
+    }
+
+    fn snapshot_names(&self, name: &str) -> Result<Vec<String>> {
+        validate_name(name)?;
+        lookup::names_in(&self.snapshots_of(name), Entry::Dir, "")
+    }
+
+    fn snapshot_named(&self, name: &str, snap: &str) -> Result<Option<VolumeSpec>> {
+        validate_name(name)?;
+        validate_name(snap)?;
+        let path = self.snapshots_of(name).join(snap);
+        Ok(lookup::is_entry(&path, Entry::Dir)?.then_some(VolumeSpec::Dir { path }))
     }
 
     fn usage(&self, v: &VolumeSpec) -> Result<Usage> {
@@ -86,7 +125,7 @@ impl Backend for Dir {
         rv: &mut Revert,
     ) -> Result<VolumeSpec> {
         let src = self.path_of(v)?;
-        let path = self.root.join(".snapshots").join(name).join(snap);
+        let path = self.snapshots_of(name).join(snap);
         claim_dir(&path, &self.root, rv)?;
         copy_tree(src, &path, &NoProgress)?;
         Ok(VolumeSpec::Dir { path })
@@ -94,7 +133,7 @@ impl Backend for Dir {
 
     fn destroy_snapshot(&self, snap: &VolumeSpec) -> Result<()> {
         let path = self.path_of(snap)?;
-        remove_tree(path, &self.root)?;
+        self.remove(snap)?;
         // Drop the per-volume snapshot directory once it is empty.
         if let Some(parent) = path.parent() {
             let _ = fs::remove_dir(parent);

@@ -12,6 +12,7 @@ pub mod aufs;
 mod blockfs;
 pub mod btrfs;
 pub mod dir;
+mod lookup;
 pub mod r#loop;
 pub mod lvm;
 pub mod overlay;

@@ -8,7 +8,9 @@
 //! - `.snapshots/NAME/SNAP/upper`: a snapshot, a copy of the volume's upper
 //!   (reflinked where the pool's filesystem can), over the volume's lowers. A
 //!   snapshot of a fresh volume gets its own empty `lower`, so it does not depend
-//!   on the volume. Snapshots always mount read-only.
+//!   on the volume. Snapshots always mount read-only;
+//! - `lowers` beside each `upper`: the volume's lowers, recorded at creation so
+//!   that a volume is found again by name alone (see `lookup`).
 //!
 //! The spec is `overlay:LOWER…:UPPER`, topmost lower first; the work directory is
 //! the upper's sibling `work`.
@@ -29,6 +31,8 @@ use berth_bdev::{
     UsageKind, VolumeSpec,
 };
 use tracing::debug;
+
+use crate::lookup::{self, Entry};
 
 /// The kernel's limit on stacked layers (`OVL_MAX_STACK`).
 const MAX_LAYERS: usize = 500;
@@ -118,14 +122,31 @@ impl Overlay {
     }
 
     /// Creates the directory `dir` in the pool (failing if it exists) and registers
-    /// its removal; then its subdirectories `subs`.
-    fn make_dir(&self, dir: &Path, subs: &[&str], rv: &mut Revert) -> Result<()> {
+    /// its removal; then its subdirectories `subs`, and the record of `lowers`.
+    fn make_dir(
+        &self,
+        dir: &Path,
+        subs: &[&str],
+        lowers: &[PathBuf],
+        rv: &mut Revert,
+    ) -> Result<()> {
         claim_dir(dir, &self.root, rv)?;
         for s in subs {
             let sub = dir.join(s);
             fs::create_dir(&sub).map_err(BdevError::io("create directory", &sub))?;
         }
-        Ok(())
+        lookup::write_lowers(dir, lowers)
+    }
+
+    /// The volume or snapshot whose directory is `dir`, if there is one.
+    fn found_at(dir: PathBuf) -> Result<Option<VolumeSpec>> {
+        if !lookup::is_entry(&dir, Entry::Dir)? {
+            return Ok(None);
+        }
+        Ok(Some(VolumeSpec::Overlay {
+            lowers: lookup::lowers_of(&dir)?,
+            upper: dir.join("upper"),
+        }))
     }
 }
 
@@ -264,9 +285,10 @@ impl Backend for Overlay {
     fn create(&self, name: &str, _opts: &CreateOpts, rv: &mut Revert) -> Result<VolumeSpec> {
         validate_name(name)?;
         let dir = self.root.join(name);
-        self.make_dir(&dir, &["lower", "upper", "work"], rv)?;
+        let lowers = vec![dir.join("lower")];
+        self.make_dir(&dir, &["lower", "upper", "work"], &lowers, rv)?;
         Ok(VolumeSpec::Overlay {
-            lowers: vec![dir.join("lower")],
+            lowers,
             upper: dir.join("upper"),
         })
     }
@@ -283,17 +305,41 @@ impl Backend for Overlay {
     }
 
     fn destroy(&self, v: &VolumeSpec) -> Result<()> {
-        match self.parts(v)?.2 {
-            Owner::Volume(dir) => remove_tree(&dir, &self.root),
-            Owner::Snapshot(dir) => {
-                remove_tree(&dir, &self.root)?;
-                // Drop the per-volume snapshot directory once it is empty.
-                if let Some(parent) = dir.parent() {
-                    let _ = fs::remove_dir(parent);
-                }
-                Ok(())
+        let owner = self.parts(v)?.2;
+        let (Owner::Volume(dir) | Owner::Snapshot(dir)) = &owner;
+        if lookup::exists(dir)? {
+            // A partly made (no upper or work) or partly removed one goes too.
+            remove_tree(dir, &self.root)?;
+        } else {
+            lookup::already_gone(v);
+        }
+        if let Owner::Snapshot(dir) = &owner {
+            // Drop the per-volume snapshot directory once it is empty.
+            if let Some(parent) = dir.parent() {
+                let _ = fs::remove_dir(parent);
             }
         }
+        Ok(())
+    }
+
+    fn volume_names(&self) -> Result<Vec<String>> {
+        lookup::names_in(&self.root, Entry::Dir, "")
+    }
+
+    fn volume_named(&self, name: &str) -> Result<Option<VolumeSpec>> {
+        validate_name(name)?;
+        Self::found_at(self.root.join(name))
+    }
+
+    fn snapshot_names(&self, name: &str) -> Result<Vec<String>> {
+        validate_name(name)?;
+        lookup::names_in(&self.snapshots().join(name), Entry::Dir, "")
+    }
+
+    fn snapshot_named(&self, name: &str, snap: &str) -> Result<Option<VolumeSpec>> {
+        validate_name(name)?;
+        validate_name(snap)?;
+        Self::found_at(self.snapshots().join(name).join(snap))
     }
 
     fn usage(&self, v: &VolumeSpec) -> Result<Usage> {
@@ -340,10 +386,7 @@ impl Backend for Overlay {
         } else {
             &["upper"]
         };
-        self.make_dir(&dir, subs, rv)?;
-        let snap_upper = dir.join("upper");
-        copy_tree(upper, &snap_upper, &NoProgress)?;
-        let lowers = lowers
+        let lowers: Vec<PathBuf> = lowers
             .iter()
             .map(|l| {
                 if *l == own_lower {
@@ -353,6 +396,9 @@ impl Backend for Overlay {
                 }
             })
             .collect();
+        self.make_dir(&dir, subs, &lowers, rv)?;
+        let snap_upper = dir.join("upper");
+        copy_tree(upper, &snap_upper, &NoProgress)?;
         Ok(VolumeSpec::Overlay {
             lowers,
             upper: snap_upper,
@@ -369,11 +415,13 @@ impl Backend for Overlay {
         }
         validate_name(name)?;
         let dir = self.root.join(name);
-        self.make_dir(&dir, &["upper", "work"], rv)?;
-        Ok(VolumeSpec::Overlay {
-            lowers,
-            upper: dir.join("upper"),
-        })
+        self.make_dir(&dir, &["upper", "work"], &lowers, rv)?;
+        let upper = dir.join("upper");
+        // The merged root is the upper's directory: it must look like the origin's.
+        if let Some(top) = lowers.first() {
+            berth_bdev::copy::copy_meta(top, &upper)?;
+        }
+        Ok(VolumeSpec::Overlay { lowers, upper })
     }
 }
 
@@ -475,6 +523,46 @@ mod tests {
             .collect();
         assert_eq!(lows, ["/p/c/upper", "/p/a/upper", "/p/a/lower"]);
         assert!(!ro.iter().any(|(k, _)| *k == "upperdir" || *k == "workdir"));
+    }
+
+    #[test]
+    fn volumes_are_found_by_name_with_their_lowers() {
+        let d = tempfile::tempdir().unwrap();
+        let b =
+            Overlay::open(&PoolConfig::new("o", BackendKind::Overlay).with_path(d.path())).unwrap();
+        let mut rv = Revert::new();
+        let base = b.create("base", &CreateOpts::default(), &mut rv).unwrap();
+        let clone = b.snapshot_clone(&base, "clone", &mut rv).unwrap();
+        let snap = b.snapshot(&clone, "clone", "s1", &mut rv).unwrap();
+        rv.commit();
+        assert_eq!(b.volume_names().unwrap(), ["base", "clone"]);
+        assert_eq!(b.volume_named("base").unwrap(), Some(base.clone()));
+        assert_eq!(b.volume_named("clone").unwrap(), Some(clone.clone()));
+        assert_eq!(b.volume_named("none").unwrap(), None);
+        assert_eq!(b.snapshot_names("clone").unwrap(), ["s1"]);
+        assert_eq!(b.snapshot_named("clone", "s1").unwrap(), Some(snap.clone()));
+
+        // Made before lowers were recorded: found with none, and destroyable.
+        fs::remove_file(d.path().join("clone").join(lookup::LOWERS_FILE)).unwrap();
+        let old = b.volume_named("clone").unwrap().unwrap();
+        assert_eq!(
+            old,
+            ov(&[], &d.path().join("clone/upper").to_string_lossy())
+        );
+        b.destroy_snapshot(&snap).unwrap();
+        b.destroy_snapshot(&snap).unwrap();
+        b.destroy(&old).unwrap();
+        b.destroy(&clone).unwrap();
+        assert_eq!(b.volume_named("clone").unwrap(), None);
+
+        // Partly made: a directory without upper or work.
+        fs::remove_dir(d.path().join("base/work")).unwrap();
+        fs::remove_dir(d.path().join("base/upper")).unwrap();
+        let partial = b.volume_named("base").unwrap().unwrap();
+        assert_eq!(partial, base);
+        b.destroy(&partial).unwrap();
+        assert!(b.volume_names().unwrap().is_empty());
+        assert!(!d.path().join(".snapshots/clone").exists());
     }
 
     #[test]

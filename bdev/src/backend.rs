@@ -172,7 +172,31 @@ pub trait Backend: Send + Sync {
     }
 
     /// Removes the volume and its data. Dependency checks are the caller's.
+    ///
+    /// Idempotent, so that an interrupted operation can be rolled back from names
+    /// alone: a volume that no longer exists is `Ok` (with a warning), and one that
+    /// was only partly made or partly removed is removed.
     fn destroy(&self, v: &VolumeSpec) -> Result<()>;
+
+    /// The names of every volume in this pool (the `name` given to `create`,
+    /// `snapshot_clone` or `copy_clone`), sorted; snapshots and the backend's own
+    /// files are not volumes.
+    fn volume_names(&self) -> Result<Vec<String>>;
+
+    /// The spec of the volume called `name`, equal to the one `create` (or
+    /// `snapshot_clone`, `copy_clone`) returned for it, or `None` if the pool holds
+    /// nothing of that name. A partly made volume is found too, with a spec that
+    /// `destroy` accepts.
+    fn volume_named(&self, name: &str) -> Result<Option<VolumeSpec>>;
+
+    /// The names of the snapshots taken of volume `name` with `snapshot`, sorted
+    /// (the backend's own temporary snapshots excluded).
+    fn snapshot_names(&self, name: &str) -> Result<Vec<String>>;
+
+    /// The spec of snapshot `snap` of volume `name`, equal to the one `snapshot`
+    /// returned, or `None`. A partly made snapshot is found too, with a spec that
+    /// `destroy_snapshot` accepts.
+    fn snapshot_named(&self, name: &str, snap: &str) -> Result<Option<VolumeSpec>>;
 
     fn usage(&self, v: &VolumeSpec) -> Result<Usage>;
 
@@ -187,7 +211,7 @@ pub trait Backend: Send + Sync {
         Err(BdevError::unsupported(self.name(), "snapshot"))
     }
 
-    /// Removes a snapshot made by `snapshot`.
+    /// Removes a snapshot made by `snapshot`; idempotent like `destroy`.
     fn destroy_snapshot(&self, snap: &VolumeSpec) -> Result<()> {
         self.destroy(snap)
     }
@@ -225,5 +249,26 @@ pub trait Backend: Send + Sync {
     /// Grows the volume (and its filesystem) to `size` bytes.
     fn resize(&self, _v: &VolumeSpec, _size: u64) -> Result<()> {
         Err(BdevError::unsupported(self.name(), "resize"))
+    }
+
+    /// Refuses up front, with `BdevError::NoSpace` naming the pool, a new volume
+    /// made with `opts` and then filled with `data` bytes that the pool's backing
+    /// store cannot hold. A sparse image or thin volume takes its room only as it
+    /// is written, so a full store would lose writes a copy believed done.
+    /// Backends whose volumes draw on no such store accept everything.
+    fn check_room(&self, _opts: &CreateOpts, _data: u64) -> Result<()> {
+        Ok(())
+    }
+
+    /// Flushes an unmounted volume's image or device to stable storage; a write
+    /// lost after it was accepted becomes `BdevError::WriteLost`.
+    fn sync_volume(&self, _v: &VolumeSpec) -> Result<()> {
+        Ok(())
+    }
+
+    /// Checks an unmounted volume's filesystem read-only (`e2fsck -fn`,
+    /// `xfs_repair -n`, `btrfs check --readonly`); an error means damage.
+    fn check_fs(&self, _v: &VolumeSpec) -> Result<()> {
+        Err(BdevError::unsupported(self.name(), "filesystem check"))
     }
 }

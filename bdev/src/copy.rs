@@ -3,12 +3,18 @@
 //! filesystem can. Directories are created first, in order; file contents are
 //! copied by a small worker pool; directory metadata is applied last, deepest
 //! first, so copying their contents does not disturb their times.
+//!
+//! Nothing is lost silently: an xattr that cannot be listed, read or written
+//! fails the copy unless [`CopyOpts`] allows dropping it, and what was dropped,
+//! or a sparse file whose holes the target filled, is reported as a warning.
 
 mod data;
+mod losses;
 mod meta;
 
 use std::collections::hash_map::{Entry as MapEntry, HashMap};
 use std::collections::HashSet;
+use std::ffi::OsStr;
 use std::fs::{self, File, Metadata};
 use std::io;
 use std::os::fd::AsFd;
@@ -22,7 +28,10 @@ use rustix::io::Errno;
 use tracing::debug;
 
 use crate::error::{BdevError, Result};
+use losses::Losses;
 use meta::{errno, Obj};
+
+pub use meta::first_xattr;
 
 /// Worker threads a copy uses. The work is mostly I/O and syscalls, so more
 /// threads than cores keep both cores and the disk queue busy.
@@ -35,6 +44,38 @@ pub struct CopyStats {
     pub bytes: u64,
     /// Bytes shared with the source through reflink instead of copied.
     pub reflinked_bytes: u64,
+    /// Xattrs left out because the target cannot store them (`CopyOpts::drop_xattrs`).
+    pub dropped_xattrs: u64,
+    /// Sparse files whose holes the target filled.
+    pub filled_files: u64,
+}
+
+/// What a copy may lose, as its caller decided. The default loses nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CopyOpts {
+    /// Leave out (and report) the xattrs the target refuses as unsupported. Set
+    /// only when the target backend `lacks_xattrs` and the user agreed to lose
+    /// them (`--drop-xattrs`).
+    pub drop_xattrs: bool,
+    /// Take a source that cannot list xattrs at all (EOPNOTSUPP) as having none.
+    /// Set only when the source backend `lacks_xattrs` and the trees under its
+    /// mount were checked to hold none (`generic::copy_opts`).
+    pub source_lacks_xattrs: bool,
+}
+
+/// Something a copy could not keep, reported as it happens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyWarning<'a> {
+    /// The target refused this xattr and the caller allowed dropping it. `path`
+    /// is relative to the copied tree (empty for its root).
+    XattrDropped { path: &'a Path, name: &'a OsStr },
+    /// The target allocated the holes of this sparse file (`allocated` bytes for
+    /// a source that takes `source_allocated`).
+    HolesFilled {
+        path: &'a Path,
+        allocated: u64,
+        source_allocated: u64,
+    },
 }
 
 /// Progress reports from a copy (the CLI draws a bar from them).
@@ -43,6 +84,9 @@ pub trait Progress: Sync {
     fn total(&self, _files: u64, _bytes: u64) {}
     /// Called as files complete, from any worker thread.
     fn advance(&self, _files: u64, _bytes: u64) {}
+    /// Called, from any worker thread, for what the copy could not keep. The copy
+    /// also logs a summary at warn level.
+    fn warn(&self, _w: &CopyWarning<'_>) {}
     /// Whether the user asked to stop (Ctrl-C); the copy then fails with
     /// `BdevError::Interrupted` after the files in flight.
     fn cancelled(&self) -> bool {
@@ -74,13 +118,25 @@ struct Plan {
     bytes: u64,
 }
 
-/// Copies the tree at `src` into the existing directory `dst`.
+/// Copies the tree at `src` into the existing directory `dst`, losing nothing
+/// (`copy_tree_with` with the default options).
+pub fn copy_tree(src: &Path, dst: &Path, progress: &dyn Progress) -> Result<CopyStats> {
+    copy_tree_with(src, dst, &CopyOpts::default(), progress)
+}
+
+/// Copies the tree at `src` into the existing directory `dst`; `opts` says what
+/// may be lost.
 ///
 /// `dst` should be empty (a fresh mount root holding only lost+found is fine: an
 /// existing directory is reused). Mount points inside `src` are created but not
 /// descended into; btrfs subvolumes, which are not mount points, are copied as
 /// plain directories.
-pub fn copy_tree(src: &Path, dst: &Path, progress: &dyn Progress) -> Result<CopyStats> {
+pub fn copy_tree_with(
+    src: &Path,
+    dst: &Path,
+    opts: &CopyOpts,
+    progress: &dyn Progress,
+) -> Result<CopyStats> {
     let root_md = fs::symlink_metadata(src).map_err(BdevError::io("stat copy source", src))?;
     if !root_md.is_dir() {
         return Err(invalid("copy tree from", src, "not a directory"));
@@ -110,11 +166,16 @@ pub fn copy_tree(src: &Path, dst: &Path, progress: &dyn Progress) -> Result<Copy
     debug!(src = %src.display(), dst = %dst.display(), dirs = plan.dirs.len(),
         files = nfiles, bytes = plan.bytes, skipped_mounts = skip.len(), "copy tree");
 
+    let losses = Losses::new(progress);
+    // A full target fails with the numbers: what the source holds, what room
+    // there was before the copy began.
+    let available = crate::space::free_bytes(dst).unwrap_or(0);
+    let full = |e| crate::space::full_at(e, dst, plan.bytes, available);
     meta::clear_root_acls(dst)?;
     for d in &plan.dirs {
-        make_dir(&dst.join(&d.rel))?;
+        make_dir(&dst.join(&d.rel)).map_err(full)?;
     }
-    let reflinked = copy_leaves(src, dst, &plan.leaves, progress)?;
+    let reflinked = copy_leaves(src, dst, &plan.leaves, opts, &losses).map_err(full)?;
     for (name, first) in &plan.links {
         let (from, to) = (dst.join(first), dst.join(name));
         linkat(CWD, &from, CWD, &to, AtFlags::empty()).map_err(errno("hardlink", &to))?;
@@ -124,24 +185,40 @@ pub fn copy_tree(src: &Path, dst: &Path, progress: &dyn Progress) -> Result<Copy
     // not change its parent's times, but creating entries in it does.
     for d in plan.dirs.iter().rev() {
         let (from, to) = (src.join(&d.rel), dst.join(&d.rel));
-        meta::apply(Obj::Path(&from), Obj::Path(&to), &d.md, &from, &to)?;
+        let dropped = meta::apply(Obj::Path(&from), Obj::Path(&to), &d.md, &from, &to, opts)?;
+        losses.xattrs(&d.rel, &dropped);
     }
-    meta::apply(Obj::Path(src), Obj::Path(dst), &root_md, src, dst)?;
+    let dropped = meta::apply(Obj::Path(src), Obj::Path(dst), &root_md, src, dst, opts)?;
+    losses.xattrs(Path::new(""), &dropped);
+    let (dropped_xattrs, filled_files) = losses.summary();
     Ok(CopyStats {
         files: nfiles,
         bytes: plan.bytes,
         reflinked_bytes: reflinked,
+        dropped_xattrs,
+        filled_files,
     })
 }
 
-/// Copies one regular file (an image), reflinked when possible, else sparsely; the
-/// mode is preserved. A partly written `dst` is removed on failure.
+/// Gives `dst` the owner, mode, xattrs and times of `src` (neither followed if a
+/// symlink), dropping nothing: the root of a layer stacked on `src` shows its
+/// own directory, which must look like the origin's root.
+pub fn copy_meta(src: &Path, dst: &Path) -> Result<()> {
+    let md = fs::symlink_metadata(src).map_err(BdevError::io("stat", src))?;
+    let strict = CopyOpts::default();
+    meta::apply(Obj::Path(src), Obj::Path(dst), &md, src, dst, &strict).map(drop)
+}
+
+/// Copies one regular file (an image), reflinked when possible, else sparsely, and
+/// flushes it to disk; the mode is preserved. A partly written `dst` is removed on
+/// failure; a full target fails with `BdevError::NoSpace`.
 pub fn copy_file(src: &Path, dst: &Path) -> Result<CopyStats> {
     let from = open_source(src)?;
     let md = from.metadata().map_err(BdevError::io("stat", src))?;
     if !md.is_file() {
         return Err(invalid("copy file", src, "not a regular file"));
     }
+    let available = crate::space::free_bytes(dst.parent().unwrap_or(Path::new("."))).unwrap_or(0);
     let to = open(
         dst,
         OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC,
@@ -151,20 +228,29 @@ pub fn copy_file(src: &Path, dst: &Path) -> Result<CopyStats> {
     .map_err(errno("create", dst))?;
     let size = md.len();
     let result = (|| {
-        let reflinked = data::copy_data(&from, &to, size, &AtomicBool::new(true), src, dst)?;
+        let copied = data::copy_data(&from, &to, &md, &AtomicBool::new(true), src, dst)?;
         rustix::fs::fchmod(&to, Mode::from_bits_retain(md.mode() & 0o7777))
             .map_err(errno("set mode of", dst))?;
-        Ok(reflinked)
+        // An image copy is a volume: a write the disk lost must fail it here.
+        to.sync_all().map_err(BdevError::io("flush", dst))?;
+        Ok(copied)
     })();
     match result {
-        Ok(reflinked) => Ok(CopyStats {
-            files: 1,
-            bytes: size,
-            reflinked_bytes: if reflinked { size } else { 0 },
-        }),
+        Ok(copied) => {
+            let losses = Losses::new(&NoProgress);
+            let reflinked_bytes = losses.data(src, copied, size);
+            let (_, filled_files) = losses.summary();
+            Ok(CopyStats {
+                files: 1,
+                bytes: size,
+                reflinked_bytes,
+                dropped_xattrs: 0,
+                filled_files,
+            })
+        }
         Err(e) => {
             let _ = fs::remove_file(dst);
-            Err(e)
+            Err(crate::space::full_at(e, dst, md.blocks() * 512, available))
         }
     }
 }
@@ -243,7 +329,14 @@ fn make_dir(path: &Path) -> Result<()> {
 
 /// Copies the non-directories with a few threads; returns the reflinked bytes.
 /// The first error stops the workers (each finishes its current file).
-fn copy_leaves(src: &Path, dst: &Path, leaves: &[Node], progress: &dyn Progress) -> Result<u64> {
+fn copy_leaves(
+    src: &Path,
+    dst: &Path,
+    leaves: &[Node],
+    opts: &CopyOpts,
+    losses: &Losses<'_>,
+) -> Result<u64> {
+    let progress = losses.progress;
     let workers = WORKERS.min(leaves.len());
     let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
@@ -265,7 +358,7 @@ fn copy_leaves(src: &Path, dst: &Path, leaves: &[Node], progress: &dyn Progress)
                             .get_or_insert(BdevError::Interrupted);
                         break;
                     }
-                    match copy_leaf(src, dst, node, &try_reflink) {
+                    match copy_leaf(src, dst, node, opts, &try_reflink, losses) {
                         Ok(r) => {
                             reflinked.fetch_add(r, Ordering::Relaxed);
                             let bytes = if node.md.is_file() { node.md.len() } else { 0 };
@@ -291,7 +384,14 @@ fn copy_leaves(src: &Path, dst: &Path, leaves: &[Node], progress: &dyn Progress)
 }
 
 /// Copies one non-directory with its metadata; returns the bytes reflinked.
-fn copy_leaf(src: &Path, dst: &Path, node: &Node, try_reflink: &AtomicBool) -> Result<u64> {
+fn copy_leaf(
+    src: &Path,
+    dst: &Path,
+    node: &Node,
+    opts: &CopyOpts,
+    try_reflink: &AtomicBool,
+    losses: &Losses<'_>,
+) -> Result<u64> {
     let (from, to) = (src.join(&node.rel), dst.join(&node.rel));
     let md = &node.md;
     let ft = md.file_type();
@@ -304,9 +404,10 @@ fn copy_leaf(src: &Path, dst: &Path, node: &Node, try_reflink: &AtomicBool) -> R
         )
         .map(File::from)
         .map_err(errno("create", &to))?;
-        let reflinked = data::copy_data(&s, &d, md.len(), try_reflink, &from, &to)?;
-        meta::apply(Obj::Fd(s.as_fd()), Obj::Fd(d.as_fd()), md, &from, &to)?;
-        return Ok(if reflinked { md.len() } else { 0 });
+        let copied = data::copy_data(&s, &d, md, try_reflink, &from, &to)?;
+        let dropped = meta::apply(Obj::Fd(s.as_fd()), Obj::Fd(d.as_fd()), md, &from, &to, opts)?;
+        losses.xattrs(&node.rel, &dropped);
+        return Ok(losses.data(&node.rel, copied, md.len()));
     }
     if ft.is_symlink() {
         let target = fs::read_link(&from).map_err(BdevError::io("read symlink", &from))?;
@@ -317,7 +418,8 @@ fn copy_leaf(src: &Path, dst: &Path, node: &Node, try_reflink: &AtomicBool) -> R
         let perm = Mode::from_bits_retain(md.mode() & 0o7777);
         mknodat(CWD, &to, kind, perm, md.rdev()).map_err(errno("create node", &to))?;
     }
-    meta::apply(Obj::Path(&from), Obj::Path(&to), md, &from, &to)?;
+    let dropped = meta::apply(Obj::Path(&from), Obj::Path(&to), md, &from, &to, opts)?;
+    losses.xattrs(&node.rel, &dropped);
     Ok(0)
 }
 

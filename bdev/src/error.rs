@@ -61,6 +61,34 @@ pub enum BdevError {
     #[error("interrupted; everything done so far was undone")]
     Interrupted,
 
+    /// A pool, or a volume, has no room for what is to be written into it.
+    #[error("{target} is full: needs {}, has {}", crate::space::human(*.needed), crate::space::human(*.available))]
+    NoSpace {
+        /// What is full: `pool NAME`, `volume NAME`, or a path.
+        target: String,
+        needed: u64,
+        available: u64,
+    },
+
+    /// Writes the copy made into `volume` never reached its storage (a sparse
+    /// image or thin pool that ran out of room, an I/O error).
+    #[error("writes to volume {volume} were lost on the way to its storage")]
+    WriteLost {
+        volume: String,
+        #[source]
+        source: io::Error,
+    },
+
+    /// Writing these trees would lose an xattr: the target cannot store it, or
+    /// the source's mount cannot show it.
+    #[error("{path:?} carries the xattr {name}, which {why}; instead: {}", .alternatives.join(", or "))]
+    XattrsRefused {
+        path: PathBuf,
+        name: String,
+        why: String,
+        alternatives: Vec<String>,
+    },
+
     #[error(transparent)]
     Cmd(#[from] CmdError),
 

@@ -19,6 +19,7 @@ pub mod plan;
 pub mod pool;
 pub mod process;
 pub mod revert;
+pub mod space;
 pub mod spec;
 
 pub use backend::{Backend, Caps, CreateOpts, FsType, Usage, UsageKind, DEFAULT_SIZE};

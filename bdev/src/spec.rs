@@ -125,6 +125,21 @@ impl VolumeSpec {
         }
     }
 
+    /// The plain directories that together hold the volume's files, readable
+    /// without mounting: the tree itself (dir, btrfs) or every branch of a union
+    /// (lowers, then upper). Empty for volumes inside a dataset or an image.
+    pub fn branch_dirs(&self) -> Vec<&Path> {
+        match self {
+            VolumeSpec::Dir { path } | VolumeSpec::Btrfs { path } => vec![path],
+            VolumeSpec::Aufs { lowers, upper } | VolumeSpec::Overlay { lowers, upper } => lowers
+                .iter()
+                .chain(std::iter::once(upper))
+                .map(PathBuf::as_path)
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// The work directory of an overlay volume.
     pub fn overlay_workdir(upper: &Path) -> PathBuf {
         upper

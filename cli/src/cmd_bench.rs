@@ -154,6 +154,8 @@ fn bench_clone(cli: &Cli, a: &CloneArgs) -> anyhow::Result<()> {
                 pool: Some(pool.clone()),
                 backend: None,
                 ephemeral: false,
+                drop_xattrs: false,
+                size: None,
             };
             let mut times = Vec::new();
             let mut error = None;

@@ -5,15 +5,15 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use berth_bdev::plan::CloneMode;
-use berth_bdev::{BackendKind, FsType};
-use berth_cli::ops::{CloneRequest, CreateRequest, DestroyRequest};
+use berth_bdev::{BackendKind, BdevError, FsType};
+use berth_cli::ops::{CloneRequest, CreateRequest, DestroyRequest, Listed, State};
 use berth_cli::progress::CopyBar;
-use berth_cli::Berth;
+use berth_cli::{Berth, BerthError};
 use berth_fixtures::templates::Template;
 use clap::Args;
 use serde::Serialize;
 
-use crate::output::{human, parse_size, print_list, say};
+use crate::output::{human, parse_size, print_list, say, warning};
 use crate::Cli;
 
 #[derive(Args, Debug)]
@@ -43,6 +43,13 @@ pub struct CreateArgs {
     /// Filesystem for block-backed backends: ext4, xfs or btrfs.
     #[arg(long)]
     pub fstype: Option<FsType>,
+    /// Where the target pool's backend cannot store extended attributes (aufs via
+    /// unionfs-fuse), copy without them instead of refusing: file capabilities
+    /// (security.capability, e.g. ping's cap_net_raw), POSIX ACLs
+    /// (system.posix_acl_access/default), SELinux labels and user.*/trusted.*
+    /// attributes are lost. Each dropped attribute is reported.
+    #[arg(long)]
+    pub drop_xattrs: bool,
 }
 
 #[derive(Args, Debug)]
@@ -65,6 +72,18 @@ pub struct CloneArgs {
     /// Destroy the clone when it stops (implies --snapshot unless --copy).
     #[arg(short, long)]
     pub ephemeral: bool,
+    /// Where the target pool's backend cannot store extended attributes (aufs via
+    /// unionfs-fuse), copy without them instead of refusing (with --copy;
+    /// snapshot clones onto such a backend are refused when the source has any):
+    /// file capabilities (security.capability, e.g. ping's cap_net_raw), POSIX ACLs
+    /// (system.posix_acl_access/default), SELinux labels and user.*/trusted.*
+    /// attributes are lost. Each dropped attribute is reported.
+    #[arg(long)]
+    pub drop_xattrs: bool,
+    /// Size of a copy into a block-backed pool, e.g. 2G (default: the data the
+    /// source holds, plus a quarter and 64 MiB).
+    #[arg(long, value_parser = parse_size, conflicts_with = "snapshot")]
+    pub size: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -113,16 +132,30 @@ pub fn create(cli: &Cli, a: &CreateArgs) -> anyhow::Result<ExitCode> {
         template: Some(template_of(a)?),
         size: a.size,
         fstype: a.fstype,
+        drop_xattrs: a.drop_xattrs,
     };
     let b = Berth::open(&cli.root, true)?;
     let bar = CopyBar::new(format!("creating {}", a.name));
-    let c = b.create(&a.name, &req, &bar)?;
+    let c = b
+        .create(&a.name, &req, &bar)
+        .map_err(|e| create_error(&a.name, e))?;
     bar.finish();
     say(format!(
         "created {} on pool {} ({})",
         c.name, c.pool, c.volume
     ))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A volume the backend refuses to make (too small for its filesystem) is no
+/// "invalid volume spec" to someone who typed `--size`: name what was asked.
+fn create_error(name: &str, e: BerthError) -> anyhow::Error {
+    match e {
+        BerthError::Bdev(BdevError::InvalidSpec { spec, reason }) => {
+            anyhow::anyhow!("cannot create {name} (volume {spec}): {reason}")
+        }
+        other => other.into(),
+    }
 }
 
 pub fn clone(cli: &Cli, a: &CloneArgs) -> anyhow::Result<ExitCode> {
@@ -136,6 +169,8 @@ pub fn clone(cli: &Cli, a: &CloneArgs) -> anyhow::Result<ExitCode> {
         pool: a.pool.clone(),
         backend: a.backend,
         ephemeral: a.ephemeral,
+        drop_xattrs: a.drop_xattrs,
+        size: a.size,
     };
     let b = Berth::open(&cli.root, true)?;
     let bar = CopyBar::new(format!("copying {}", a.src));
@@ -154,7 +189,7 @@ pub fn clone(cli: &Cli, a: &CloneArgs) -> anyhow::Result<ExitCode> {
 
 pub fn destroy(cli: &Cli, a: &DestroyArgs) -> anyhow::Result<ExitCode> {
     let b = Berth::open(&cli.root, true)?;
-    let done = b.destroy(
+    let report = b.destroy_report(
         &a.name,
         DestroyRequest {
             force: a.force,
@@ -162,55 +197,29 @@ pub fn destroy(cli: &Cli, a: &DestroyArgs) -> anyhow::Result<ExitCode> {
             keep_clones: a.keep_clones,
         },
     )?;
-    for n in done {
+    for w in &report.warnings {
+        warning(w);
+    }
+    for n in report.destroyed {
         say(format!("destroyed {n}"))?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
-#[derive(Serialize)]
-struct ListEntry {
-    name: String,
-    pool: String,
-    backend: String,
-    state: String,
-    origin: Option<String>,
-    snapshots: usize,
-    ephemeral: bool,
-}
-
 pub fn ls(cli: &Cli) -> anyhow::Result<ExitCode> {
     let b = Berth::open(&cli.root, false)?;
-    let mut entries = Vec::new();
-    for c in b.store().containers()? {
-        let state = match b.store().run_state(&c.name)? {
-            Some(s) if s.pid.is_none() => "mounted",
-            Some(s) if s.process_alive() => "running",
-            _ => "stopped",
-        };
-        entries.push(ListEntry {
-            backend: c.volume.kind().to_string(),
-            state: state.to_owned(),
-            origin: c.origin.as_ref().map(|o| match &o.snapshot {
-                Some(s) => format!("{}@{s}", o.container),
-                None => o.container.clone(),
-            }),
-            snapshots: c.snapshots.len(),
-            ephemeral: c.ephemeral,
-            name: c.name,
-            pool: c.pool,
-        });
-    }
+    let entries = b.list()?;
+    let unknown = || "?".to_owned();
     let rows = entries
         .iter()
         .map(|e| {
             vec![
                 e.name.clone(),
-                e.state.clone(),
-                e.backend.clone(),
-                e.pool.clone(),
+                e.state.as_str().to_owned(),
+                e.backend.clone().unwrap_or_else(unknown),
+                e.pool.clone().unwrap_or_else(unknown),
                 e.origin.clone().unwrap_or_else(|| "-".to_owned()),
-                e.snapshots.to_string(),
+                e.snapshots.map_or_else(unknown, |n| n.to_string()),
             ]
         })
         .collect();
@@ -220,7 +229,28 @@ pub fn ls(cli: &Cli) -> anyhow::Result<ExitCode> {
         rows,
         &entries,
     )?;
+    if cli.format == crate::Format::Text {
+        for e in &entries {
+            if let Some(note) = problem_note(e) {
+                say(note)?;
+            }
+        }
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The line under the table that says what is wrong with an entry and what to do.
+fn problem_note(e: &Listed) -> Option<String> {
+    let name = &e.name;
+    match (e.state, &e.broken, &e.volume) {
+        (State::Broken, Some(d), _) => Some(format!(
+            "{name}: broken: {d}; repair the file, or drop the record with `berth destroy --force {name}`"
+        )),
+        (State::Missing, _, Some(v)) => Some(format!(
+            "{name}: missing: its volume {v} is gone; `berth destroy {name}` removes the record"
+        )),
+        _ => None,
+    }
 }
 
 #[derive(Serialize)]
@@ -232,6 +262,9 @@ struct Info {
     mechanism: std::collections::BTreeMap<String, String>,
     usage: Option<berth_bdev::Usage>,
     dependents: Vec<String>,
+    /// Broken records that may be clones of it: they keep it from being destroyed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    broken_dependents: Vec<String>,
 }
 
 pub fn info(cli: &Cli, name: &str) -> anyhow::Result<ExitCode> {
@@ -246,6 +279,11 @@ pub fn info(cli: &Cli, name: &str) -> anyhow::Result<ExitCode> {
             None => d,
         })
         .collect();
+    let broken_dependents = b
+        .broken_dependents(&c)?
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
     let info = Info {
         backend: backend.name().to_owned(),
         caps: backend.caps(),
@@ -256,6 +294,7 @@ pub fn info(cli: &Cli, name: &str) -> anyhow::Result<ExitCode> {
             .collect(),
         usage,
         dependents,
+        broken_dependents,
         container: c,
     };
     if cli.format == crate::Format::Json {
@@ -318,6 +357,12 @@ pub fn info(cli: &Cli, name: &str) -> anyhow::Result<ExitCode> {
     }
     if !info.dependents.is_empty() {
         say(format!("dependents: {}", info.dependents.join(", ")))?;
+    }
+    if !info.broken_dependents.is_empty() {
+        say(format!(
+            "maybe dependents (broken records): {}",
+            info.broken_dependents.join(", ")
+        ))?;
     }
     for line in crate::cmd_config::describe(&c.run) {
         say(line)?;

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use berth_bdev::{BackendKind, FsType, PoolConfig};
+use berth_cli::ops::PoolEntry;
 use berth_cli::Berth;
 use clap::{Args, Subcommand};
 
@@ -63,21 +64,50 @@ pub fn run(cli: &Cli, cmd: &PoolCmd) -> anyhow::Result<ExitCode> {
         }
         PoolCmd::Ls => {
             let b = Berth::open(&cli.root, false)?;
-            let pools = b.pools()?;
+            let pools = b.pool_entries()?;
             let rows = pools
                 .iter()
-                .map(|p| {
-                    let place = p
-                        .path
-                        .as_ref()
-                        .map(|x| x.display().to_string())
-                        .or_else(|| p.dataset.clone())
-                        .or_else(|| p.vg.clone())
-                        .unwrap_or_default();
-                    vec![p.name.clone(), p.backend.to_string(), place]
+                .map(|e| match e {
+                    PoolEntry::Ok(p) => {
+                        let place = p
+                            .path
+                            .as_ref()
+                            .map(|x| x.display().to_string())
+                            .or_else(|| p.dataset.clone())
+                            .or_else(|| p.vg.clone())
+                            .unwrap_or_default();
+                        vec![
+                            p.name.clone(),
+                            "ok".to_owned(),
+                            p.backend.to_string(),
+                            place,
+                        ]
+                    }
+                    PoolEntry::Broken { name, .. } => {
+                        vec![
+                            name.clone(),
+                            "broken".to_owned(),
+                            "?".to_owned(),
+                            "?".to_owned(),
+                        ]
+                    }
                 })
                 .collect();
-            print_list(cli.format, &["NAME", "BACKEND", "LOCATION"], rows, &pools)?;
+            print_list(
+                cli.format,
+                &["NAME", "STATE", "BACKEND", "LOCATION"],
+                rows,
+                &pools,
+            )?;
+            if cli.format == crate::Format::Text {
+                for e in &pools {
+                    if let PoolEntry::Broken { name, broken, .. } = e {
+                        say(format!(
+                            "{name}: broken: {broken}; repair the file, or `berth pool rm {name}` once no container uses it"
+                        ))?;
+                    }
+                }
+            }
         }
         PoolCmd::Rm { name } => {
             Berth::open(&cli.root, true)?.pool_rm(name)?;

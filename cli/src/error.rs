@@ -38,6 +38,16 @@ pub enum BerthError {
         dependents: Vec<String>,
     },
 
+    #[error("snapshot {name}@{snap} is the origin of {}; `berth flatten` them (or destroy them) first", .clones.join(", "))]
+    SnapshotInUse {
+        name: String,
+        snap: String,
+        clones: Vec<String>,
+    },
+
+    #[error("clones read the current rootfs of {name:?} directly: {}; `berth flatten` them (or destroy them) first", .clones.join(", "))]
+    ReadByClones { name: String, clones: Vec<String> },
+
     #[error("container {name:?} has snapshots ({}); pass --with-snapshots (-s) to destroy them too", .snaps.join(", "))]
     HasSnapshots { name: String, snaps: Vec<String> },
 
@@ -47,6 +57,9 @@ pub enum BerthError {
         state: &'static str,
         hint: &'static str,
     },
+
+    #[error("busy: {what}; {hint}")]
+    Locked { what: String, hint: &'static str },
 
     #[error("{0}")]
     Invalid(String),

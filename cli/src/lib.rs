@@ -3,8 +3,11 @@
 #![forbid(unsafe_code)]
 
 pub mod confine;
+pub mod damage;
 pub mod error;
 pub mod interrupt;
+pub mod journal;
+pub mod locks;
 pub mod ops;
 pub mod progress;
 pub mod store;

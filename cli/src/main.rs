@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 mod cmd_bench;
 mod cmd_config;
 mod cmd_container;
+mod cmd_doctor;
 mod cmd_pool;
 mod cmd_run;
 mod cmd_snapshot;
@@ -28,6 +29,11 @@ pub struct Cli {
     /// Output format of listings.
     #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+
+    /// Fail at once, with a busy error, instead of waiting for another berth
+    /// command that holds a container or the store.
+    #[arg(long, global = true)]
+    pub no_wait: bool,
 
     /// More log output (-v info, -vv debug); BERTH_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -70,6 +76,9 @@ pub enum Command {
     Resize(cmd_container::ResizeArgs),
     /// Run a command in a container.
     Run(cmd_run::RunArgs),
+    /// Find, and with --fix repair, what does not add up: volumes without a
+    /// record, records without a volume, interrupted operations, stray mounts.
+    Doctor(cmd_doctor::DoctorArgs),
     /// Show or change a container's limits and security settings.
     #[command(subcommand)]
     Config(cmd_config::ConfigCmd),
@@ -103,6 +112,7 @@ fn init_logging(verbose: u8) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
+    berth_cli::locks::set_no_wait(cli.no_wait);
     if let Err(e) = berth_cli::interrupt::install() {
         eprintln!("berth: warning: cannot handle Ctrl-C gracefully: {e}");
     }
@@ -119,11 +129,14 @@ fn main() -> ExitCode {
         Command::Resize(a) => cmd_container::resize(&cli, a),
         Command::Run(a) => cmd_run::run(&cli, a),
         Command::Config(c) => cmd_config::run(&cli, c),
+        Command::Doctor(a) => cmd_doctor::run(&cli, a),
         Command::Snapshot(a) => cmd_snapshot::run(&cli, a),
         Command::Bench(c) => cmd_bench::run(&cli, c),
     };
     match result {
         Ok(code) => code,
+        // The reader has what it wanted (`berth info c | head -1`).
+        Err(e) if output::is_closed_stdout(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("berth: error: {e:#}");
             ExitCode::FAILURE

@@ -15,8 +15,9 @@ pub fn print_list<T: Serialize>(
 ) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     if format == Format::Json {
-        serde_json::to_writer_pretty(&mut out, json)?;
-        writeln!(out)?;
+        // Serialized first, so that a closed stdout is a plain io::Error.
+        let text = serde_json::to_string_pretty(json)?;
+        writeln!(out, "{text}")?;
         return Ok(());
     }
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
@@ -48,6 +49,20 @@ pub fn print_list<T: Serialize>(
 pub fn say(line: impl std::fmt::Display) -> anyhow::Result<()> {
     writeln!(std::io::stdout().lock(), "{line}")?;
     Ok(())
+}
+
+/// Prints a warning to stderr; a closed stderr is ignored.
+pub fn warning(line: impl std::fmt::Display) {
+    let _ = writeln!(std::io::stderr().lock(), "berth: warning: {line}");
+}
+
+/// Whether `e` comes from writing to a stdout its reader has closed
+/// (`berth ls | head -1`): the output then ends quietly, like any filter's.
+pub fn is_closed_stdout(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// Human-readable bytes.
@@ -105,6 +120,16 @@ mod tests {
         assert!(parse_size("1X").unwrap_err().contains("unit"));
         assert!(parse_size("lots").is_err());
         assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn only_a_broken_pipe_is_a_closed_stdout() {
+        let pipe = anyhow::Error::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+        assert!(is_closed_stdout(&pipe));
+        assert!(is_closed_stdout(&pipe.context("print")));
+        let other = anyhow::Error::from(std::io::Error::from(std::io::ErrorKind::NotFound));
+        assert!(!is_closed_stdout(&other));
+        assert!(!is_closed_stdout(&anyhow::anyhow!("broken pipe")));
     }
 
     #[test]

@@ -18,12 +18,13 @@ use berth_bdev::fsutil::atomic_write;
 use berth_bdev::names::validate_name;
 use berth_bdev::process::Process;
 use berth_bdev::{BackendKind, PoolConfig, VolumeSpec};
-use rustix::fs::{flock, FlockOperation};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::confine::RunConfig;
+use crate::damage::parse_record;
 use crate::error::{BerthError, Result};
+use crate::locks;
 
 pub const DEFAULT_ROOT: &str = "/var/lib/berth";
 pub const DEFAULT_POOL: &str = "default";
@@ -62,6 +63,11 @@ pub struct Container {
     pub ephemeral: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub snapshots: Vec<Snapshot>,
+    /// The name the volume was made under, when a restore or flatten gave
+    /// it another than the container's (`NAME.restore-N`); backends file
+    /// snapshots under it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_name: Option<String>,
     /// Limits, security settings and user namespace (`berth config`).
     #[serde(default, skip_serializing_if = "is_default_run")]
     pub run: RunConfig,
@@ -72,6 +78,11 @@ fn is_default_run(r: &RunConfig) -> bool {
 }
 
 impl Container {
+    /// The name its volume was made under.
+    pub fn volume_name(&self) -> &str {
+        self.volume_name.as_deref().unwrap_or(&self.name)
+    }
+
     pub fn snapshot(&self, snap: &str) -> Result<&Snapshot> {
         self.snapshots
             .iter()
@@ -115,14 +126,15 @@ pub fn proc_starttime(pid: u32) -> Option<u64> {
 #[derive(Debug)]
 pub struct Store {
     root: PathBuf,
-    _lock: File,
+    /// The store lock and its path; `None` when opened read-only.
+    lock: Option<(File, PathBuf)>,
 }
 
 fn read_toml<T: DeserializeOwned>(path: &Path) -> Result<T> {
     let text = fs::read_to_string(path).map_err(BerthError::io("read", path))?;
-    toml::from_str(&text).map_err(|e| BerthError::Corrupt {
+    parse_record(path, &text).map_err(|d| BerthError::Corrupt {
         path: path.to_path_buf(),
-        reason: e.to_string(),
+        reason: d.what(),
     })
 }
 
@@ -134,7 +146,7 @@ fn write_toml<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     Ok(atomic_write(path, text.as_bytes())?)
 }
 
-fn toml_names(dir: &Path) -> Result<Vec<String>> {
+pub(crate) fn toml_names(dir: &Path) -> Result<Vec<String>> {
     let mut names = Vec::new();
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
@@ -154,15 +166,31 @@ fn toml_names(dir: &Path) -> Result<Vec<String>> {
 }
 
 impl Store {
-    /// Opens (creating if needed) the state root and takes its lock: exclusive for
-    /// commands that change state, shared for those that only read.
+    /// Opens (creating if needed) the state root. Commands that change state
+    /// take its lock exclusively (see [`crate::locks`]: only while they read
+    /// and commit records); read-only commands take no lock and never wait.
     pub fn open(root: &Path, exclusive: bool) -> Result<Store> {
         if !root.is_absolute() {
             return Err(BerthError::Invalid(format!(
                 "state root {root:?} must be an absolute path"
             )));
         }
-        for d in ["pools", "containers", "run", "mnt", "tmp", "storage"] {
+        if !exclusive {
+            return Ok(Store {
+                root: root.to_path_buf(),
+                lock: None,
+            });
+        }
+        for d in [
+            "pools",
+            "containers",
+            "run",
+            "mnt",
+            "tmp",
+            "storage",
+            "journal",
+            "locks",
+        ] {
             let p = root.join(d);
             fs::create_dir_all(&p).map_err(BerthError::io("create directory", &p))?;
         }
@@ -173,19 +201,32 @@ impl Store {
             .write(true)
             .open(&lock_path)
             .map_err(BerthError::io("open", &lock_path))?;
-        let op = if exclusive {
-            FlockOperation::LockExclusive
-        } else {
-            FlockOperation::LockShared
-        };
-        flock(&lock, op).map_err(|e| BerthError::Lock {
-            path: lock_path.clone(),
-            source: e.into(),
+        locks::acquire(&lock, &lock_path, locks::Mode::Exclusive, &|| {
+            "another berth command to commit its changes".to_owned()
         })?;
         Ok(Store {
             root: root.to_path_buf(),
-            _lock: lock,
+            lock: Some((lock, lock_path)),
         })
+    }
+
+    /// Runs `f` with the store lock released (long work under per-container
+    /// locks), then takes it back. A store opened read-only just runs `f`.
+    pub fn unlocked<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let Some((file, path)) = &self.lock else {
+            return f();
+        };
+        locks::release(file);
+        let out = f();
+        locks::reacquire(file, path, locks::Mode::Exclusive, &|| {
+            "another berth command to commit its changes".to_owned()
+        })?;
+        out
+    }
+
+    /// Whether this store holds the lock (opened for changes).
+    pub fn is_locked(&self) -> bool {
+        self.lock.is_some()
     }
 
     pub fn root(&self) -> &Path {
@@ -219,14 +260,9 @@ impl Store {
         PoolConfig::new(DEFAULT_POOL, BackendKind::Dir).with_path(self.root.join("storage/default"))
     }
 
+    /// The pools that can be read; see [`Store::scan_pools`] for broken ones.
     pub fn pools(&self) -> Result<Vec<PoolConfig>> {
-        let mut pools = vec![self.default_pool()];
-        for name in toml_names(&self.root.join("pools"))? {
-            if name != DEFAULT_POOL {
-                pools.push(read_toml(&self.pool_file(&name))?);
-            }
-        }
-        Ok(pools)
+        Ok(self.scan_pools()?.ok)
     }
 
     pub fn pool(&self, name: &str) -> Result<PoolConfig> {
@@ -238,7 +274,14 @@ impl Store {
         if !path.exists() {
             return Err(BerthError::NoPool(name.to_owned()));
         }
-        read_toml(&path)
+        let p: PoolConfig = read_toml(&path)?;
+        if p.name != name {
+            return Err(BerthError::Corrupt {
+                path,
+                reason: format!("it names itself {:?}, not {name:?}", p.name),
+            });
+        }
+        Ok(p)
     }
 
     pub fn add_pool(&self, pool: &PoolConfig) -> Result<()> {
@@ -255,12 +298,7 @@ impl Store {
                 "the default pool is built in and cannot be removed".to_owned(),
             ));
         }
-        let users: Vec<String> = self
-            .containers()?
-            .into_iter()
-            .filter(|c| c.pool == name)
-            .map(|c| c.name)
-            .collect();
+        let users = self.pool_users(name)?;
         if !users.is_empty() {
             return Err(BerthError::PoolInUse {
                 pool: name.to_owned(),
@@ -274,11 +312,10 @@ impl Store {
         fs::remove_file(&path).map_err(BerthError::io("remove", &path))
     }
 
+    /// The containers whose records can be read. Broken records are left out:
+    /// whatever must not miss a dependent uses [`Store::scan_containers`].
     pub fn containers(&self) -> Result<Vec<Container>> {
-        toml_names(&self.root.join("containers"))?
-            .iter()
-            .map(|n| read_toml(&self.container_file(n)))
-            .collect()
+        Ok(self.scan_containers()?.ok)
     }
 
     pub fn exists(&self, name: &str) -> bool {
@@ -291,7 +328,14 @@ impl Store {
         if !path.exists() {
             return Err(BerthError::NoContainer(name.to_owned()));
         }
-        read_toml(&path)
+        let c: Container = read_toml(&path)?;
+        if c.name != name {
+            return Err(BerthError::Corrupt {
+                path,
+                reason: format!("it names itself {:?}, not {name:?}", c.name),
+            });
+        }
+        Ok(c)
     }
 
     pub fn save(&self, c: &Container) -> Result<()> {
@@ -340,6 +384,31 @@ impl Store {
     }
 }
 
+// Reading around damaged records: see crate::damage, which scans them.
+impl Store {
+    /// Where the record of container `name` is kept.
+    pub fn container_path(&self, name: &str) -> PathBuf {
+        self.container_file(name)
+    }
+
+    /// The directories berth keeps its own state in, which no pool may use.
+    pub fn own_dirs(&self) -> Vec<PathBuf> {
+        [
+            "pools",
+            "containers",
+            "run",
+            "mnt",
+            "tmp",
+            "cache",
+            "journal",
+            "locks",
+        ]
+        .iter()
+        .map(|d| self.root.join(d))
+        .collect()
+    }
+}
+
 /// Containers that depend on `name` (or on one of its snapshots), with what they
 /// depend on: the edges that make destroying `name` unsafe.
 pub fn dependents(all: &[Container], name: &str) -> Vec<(String, Option<String>)> {
@@ -383,6 +452,7 @@ mod tests {
             }),
             ephemeral: false,
             snapshots: Vec::new(),
+            volume_name: None,
             run: RunConfig::default(),
         }
     }
@@ -441,6 +511,80 @@ mod tests {
         fs::write(d.path().join("containers/bad.toml"), "name = [").unwrap();
         let e = s.container("bad").unwrap_err().to_string();
         assert!(e.contains("bad.toml"), "{e}");
+    }
+
+    #[test]
+    fn broken_container_records_are_listed_not_fatal() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path(), true).unwrap();
+        s.save(&container("good", None)).unwrap();
+        let full = toml::to_string_pretty(&container("bad", Some(("good", None, true)))).unwrap();
+        let cut = &full[..full.find("created").unwrap() + 3];
+        fs::write(d.path().join("containers/bad.toml"), cut).unwrap();
+        fs::write(d.path().join("containers/empty.toml"), "").unwrap();
+
+        let scan = s.scan_containers().unwrap();
+        let ok: Vec<&str> = scan.ok.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(ok, ["good"]);
+        let broken: Vec<&str> = scan.broken.iter().map(|b| b.name.as_str()).collect();
+        assert_eq!(broken, ["bad", "empty"]);
+        let bad = &scan.broken[0];
+        assert_eq!(bad.damage.path, d.path().join("containers/bad.toml"));
+        assert_eq!(bad.damage.line, Some(4), "{cut}");
+        assert_eq!(bad.salvage.pool.as_deref(), Some("default"));
+        assert_eq!(bad.salvage.volume, Some("dir:/p/bad".parse().unwrap()));
+        // Its [origin] was cut off: it may be a clone of anything.
+        assert!(bad.salvage.origin.may_depend_on("good"));
+        assert_eq!(scan.broken[1].damage.reason, "the file is empty");
+
+        assert_eq!(s.containers().unwrap().len(), 1);
+        assert!(s.broken_container("bad").unwrap().is_some());
+        assert!(s.broken_container("good").unwrap().is_none());
+        assert!(s.broken_container("nope").unwrap().is_none());
+        let e = s.container("bad").unwrap_err().to_string();
+        assert!(e.contains("bad.toml") && e.contains("line 4"), "{e}");
+
+        // `empty` may be in any pool, `bad` is in the default one.
+        let p = PoolConfig::new("p", BackendKind::Dir).with_path("/srv/p");
+        s.add_pool(&p).unwrap();
+        let e = s.remove_pool("p").unwrap_err().to_string();
+        assert!(
+            e.contains("empty (broken record)") && !e.contains("bad"),
+            "{e}"
+        );
+        fs::remove_file(d.path().join("containers/empty.toml")).unwrap();
+        s.remove_pool("p").unwrap();
+    }
+
+    #[test]
+    fn broken_pools_are_listed_not_fatal() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path(), true).unwrap();
+        let good = PoolConfig::new("good", BackendKind::Btrfs).with_path("/srv/b");
+        s.add_pool(&good).unwrap();
+        fs::write(
+            d.path().join("pools/bad.toml"),
+            "name = \"bad\"\nbackend = \"floppy\"\n",
+        )
+        .unwrap();
+        // A file that shadows the built-in pool is ignored.
+        fs::write(d.path().join("pools/default.toml"), "junk").unwrap();
+
+        let scan = s.scan_pools().unwrap();
+        let ok: Vec<&str> = scan.ok.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(ok, ["default", "good"]);
+        assert_eq!(scan.broken.len(), 1);
+        assert_eq!(scan.broken[0].name, "bad");
+        assert_eq!(scan.broken[0].damage.line, Some(2));
+        assert_eq!(s.pools().unwrap().len(), 2);
+        assert!(s.broken_pool("bad").unwrap().is_some());
+        assert!(s.broken_pool("good").unwrap().is_none());
+        assert!(s.broken_pool(DEFAULT_POOL).unwrap().is_none());
+        let e = s.pool("bad").unwrap_err().to_string();
+        assert!(e.contains("bad.toml") && e.contains("line 2"), "{e}");
+        // A broken pool no container uses can still be removed.
+        s.remove_pool("bad").unwrap();
+        assert!(s.scan_pools().unwrap().broken.is_empty());
     }
 
     #[test]

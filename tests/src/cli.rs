@@ -7,6 +7,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use berth_bdev::cmd::{self, CmdError, HostRunner, Runner};
 use berth_bdev::mount;
@@ -53,6 +54,12 @@ impl Failed {
     pub fn code(&self) -> Option<i32> {
         self.status.strip_prefix("exit status: ")?.parse().ok()
     }
+
+    /// Whether berth died of SIGKILL (itself, or through `timeout`, which
+    /// dies with it and reports 137).
+    pub fn killed(&self) -> bool {
+        self.status.contains("SIGKILL") || self.code() == Some(137)
+    }
 }
 
 /// A berth state directory (`--root`) in /var/tmp. Dropping it unmounts what
@@ -94,10 +101,67 @@ impl Store {
         run_berth(&self.bin, &self.argv(args))
     }
 
+    /// Like [`Store::berth`], with what berth logged on stderr too:
+    /// (stdout, stderr).
+    pub fn berth_logged(&self, args: &[&str]) -> Result<(String, String), Failed> {
+        let argv = self.argv(args);
+        let argv: Vec<&OsStr> = argv.iter().map(OsString::as_os_str).collect();
+        match HostRunner.run(&self.bin.to_string_lossy(), &argv) {
+            Ok(out) => Ok((out.stdout, out.stderr)),
+            Err(CmdError::Failed { status, stderr, .. }) => Err(Failed { status, stderr }),
+            Err(e) => panic!("berth did not run: {e}"),
+        }
+    }
+
     /// Like [`Store::berth`], on another thread, for checks while it runs.
     pub fn berth_in_thread(&self, args: &[&str]) -> JoinHandle<Result<String, Failed>> {
         let (bin, argv) = (self.bin.clone(), self.argv(args));
         std::thread::spawn(move || run_berth(&bin, &argv))
+    }
+
+    /// Runs berth with `env` added to its environment (e.g. `BERTH_CRASH_AT`),
+    /// through env(1), which execs it: a signal that kills berth shows.
+    pub fn berth_env(&self, env: &[(&str, &str)], args: &[&str]) -> Result<String, Failed> {
+        let mut argv: Vec<OsString> = env.iter().map(|(k, v)| format!("{k}={v}").into()).collect();
+        argv.push(self.bin.clone().into());
+        argv.extend(self.argv(args));
+        run_berth(Path::new("env"), &argv)
+    }
+
+    /// Runs berth and SIGKILLs it after `delay` unless it exits first, with
+    /// timeout(1): berth and every helper of its process group die at once
+    /// (daemons that made their own session, as a crash would leave them).
+    pub fn berth_killed_after(&self, delay: Duration, args: &[&str]) -> Result<String, Failed> {
+        // `timeout 0` would mean no limit.
+        let secs = format!("{:.3}", delay.as_secs_f64().max(0.001));
+        let mut argv: Vec<OsString> = vec!["-s".into(), "KILL".into(), secs.into()];
+        argv.push(self.bin.clone().into());
+        argv.extend(self.argv(args));
+        run_berth(Path::new("timeout"), &argv)
+    }
+
+    /// Runs berth for its exit code and stdout, also when it fails (`berth
+    /// doctor` lists findings and exits 1); panics if it died of a signal.
+    pub fn berth_status(&self, args: &[&str]) -> (i32, String) {
+        let mut argv: Vec<OsString> = ["-c", "\"$@\"; echo \"berth-exit $?\"", "sh"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        argv.push(self.bin.clone().into());
+        argv.extend(self.argv(args));
+        let out = run_berth(Path::new("sh"), &argv)
+            .unwrap_or_else(|f| panic!("sh for berth {args:?} ({}): {}", f.status, f.stderr));
+        let (text, last) = out
+            .trim_end()
+            .rsplit_once('\n')
+            .unwrap_or(("", out.trim_end()));
+        match last
+            .strip_prefix("berth-exit ")
+            .and_then(|c| c.parse().ok())
+        {
+            Some(code) if code < 128 => (code, text.to_owned()),
+            _ => panic!("berth {args:?} died: {out}"),
+        }
     }
 
     /// Runs berth and panics with its stderr unless it succeeds.

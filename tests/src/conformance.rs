@@ -9,7 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use berth_bdev::copy::NoProgress;
-use berth_bdev::generic::{copy_volume, with_mounted};
+use berth_bdev::generic::{copy_opts, copy_volume, with_mounted};
 use berth_bdev::{BdevError, CreateOpts, Revert, VolumeSpec};
 
 use crate::harness::Harness;
@@ -116,7 +116,7 @@ pub fn read_only_mount(h: &Harness) {
 }
 
 /// Removes every extended attribute below `dir` (symlinks included).
-fn strip_xattrs(dir: &Path) {
+pub fn strip_xattrs(dir: &Path) {
     let mut stack = vec![dir.to_path_buf()];
     while let Some(p) = stack.pop() {
         let mut buf = vec![0u8; 64 * 1024];
@@ -135,7 +135,7 @@ fn strip_xattrs(dir: &Path) {
 }
 
 /// Truncates every file time below `dir` to whole seconds.
-fn truncate_times(dir: &Path) {
+pub fn truncate_times(dir: &Path) {
     use rustix::fs::{utimensat, AtFlags, Timespec, Timestamps, CWD};
     use std::os::unix::fs::MetadataExt;
     let mut stack = vec![dir.to_path_buf()];
@@ -336,15 +336,9 @@ pub fn copy_independent(h: &Harness) {
                 .backend
                 .create("copy", &opts(), &mut rv)
                 .expect("create copy");
-            copy_volume(
-                h.backend.as_ref(),
-                &v,
-                h.backend.as_ref(),
-                &c,
-                &h.scratch("mnt"),
-                &NoProgress,
-            )
-            .expect("generic copy");
+            let b = h.backend.as_ref();
+            let copy = copy_opts(b, &v, b, &h.scratch("mnt"), false).expect("copy options");
+            copy_volume(b, &v, b, &c, &h.scratch("mnt"), &copy, &NoProgress).expect("generic copy");
             c
         }
         Err(e) => panic!("copy clone: {e}"),
@@ -399,6 +393,93 @@ pub fn promote_matches_caps(h: &Harness) {
     destroy(h, &c);
 }
 
+/// Volumes, snapshots and clones are found again by name with exactly the specs
+/// that made them (what a crash journal rolls back from), and destroying what is
+/// already gone succeeds.
+pub fn volumes_are_found_by_name(h: &Harness) {
+    let b = h.backend.as_ref();
+    let caps = b.caps();
+    let names = || b.volume_names().expect("volume names");
+    let named = |n: &str| {
+        b.volume_named(n)
+            .unwrap_or_else(|e| panic!("volume_named {n}: {e}"))
+    };
+    let snap_named = |n: &str, s: &str| {
+        b.snapshot_named(n, s)
+            .unwrap_or_else(|e| panic!("snapshot_named {n}@{s}: {e}"))
+    };
+    assert!(names().is_empty(), "a fresh pool lists {:?}", names());
+    let one = create(h, "one");
+    let two = create(h, "two");
+    assert_eq!(names(), ["one", "two"]);
+    assert_eq!(named("one"), Some(one.clone()));
+    assert_eq!(named("two"), Some(two.clone()));
+    assert_eq!(named("three"), None);
+
+    let mut rv = Revert::new();
+    let snap = b.snapshot(&one, "one", "s1", &mut rv);
+    if !caps.snapshot {
+        assert!(
+            is_unsupported(&snap),
+            "snapshot flag off but it answered {snap:?}"
+        );
+        drop(rv);
+        destroy(h, &two);
+        destroy(h, &one);
+        return;
+    }
+    let snap = snap.expect("snapshot");
+    rv.commit();
+    assert_eq!(names(), ["one", "two"], "a snapshot is not a volume");
+    assert_eq!(b.snapshot_names("one").expect("snapshot names"), ["s1"]);
+    assert!(b.snapshot_names("two").expect("snapshot names").is_empty());
+    assert_eq!(snap_named("one", "s1"), Some(snap.clone()));
+    assert_eq!(snap_named("one", "s2"), None);
+    assert_eq!(snap_named("two", "s1"), None);
+
+    // Destroying twice, and naming what is gone.
+    destroy(h, &two);
+    assert_eq!(named("two"), None);
+    assert_eq!(names(), ["one"]);
+    b.destroy(&two)
+        .expect("destroying a destroyed volume again");
+
+    if caps.snapshot_clone {
+        let c = h.clone_of(&one, "clone");
+        assert_eq!(named("clone"), Some(c.clone()));
+        assert_eq!(
+            b.snapshot_names("one").expect("snapshot names"),
+            ["s1"],
+            "a clone's own helpers are not snapshots"
+        );
+        let from_snap = caps.clone_from_snapshot.then(|| {
+            let cs = h.clone_of(&snap, "from-snap");
+            assert_eq!(named("from-snap"), Some(cs.clone()));
+            cs
+        });
+        let expected: &[&str] = match &from_snap {
+            Some(_) => &["clone", "from-snap", "one"],
+            None => &["clone", "one"],
+        };
+        assert_eq!(names(), expected);
+        for v in from_snap.iter().chain([&c]) {
+            destroy(h, v);
+            b.destroy(v).expect("destroying a destroyed clone again");
+        }
+        assert_eq!(named("clone"), None);
+    }
+
+    b.destroy_snapshot(&snap).expect("destroy snapshot");
+    b.destroy_snapshot(&snap)
+        .expect("destroying a destroyed snapshot again");
+    assert_eq!(snap_named("one", "s1"), None);
+    assert!(b.snapshot_names("one").expect("snapshot names").is_empty());
+    destroy(h, &one);
+    b.destroy(&one)
+        .expect("destroying a destroyed volume again");
+    assert!(names().is_empty(), "left: {:?}", names());
+}
+
 /// Probing twice is harmless and `describe` does not fail.
 pub fn probe_is_idempotent(h: &Harness) {
     h.backend.probe().expect("probe");
@@ -419,7 +500,8 @@ macro_rules! conformance {
             conformance: create_write_read_destroy, read_only_mount, file_types_preserved,
                 usage_changes, snapshot_point_in_time, snapshot_clone_independent,
                 clone_from_snapshot, snapshot_of_a_clone, copy_independent,
-                resize_matches_caps, promote_matches_caps, probe_is_idempotent;
+                resize_matches_caps, promote_matches_caps, volumes_are_found_by_name,
+                probe_is_idempotent;
             ops: ops_snapshot_restore, ops_dependents, ops_destroy_keeping_clones,
                 ops_run_and_ephemeral);
     };

@@ -55,6 +55,8 @@ fn snap_clone(b: &Berth, h: &Harness, src: &str, dst: &str) -> Result<(), BerthE
         pool: Some(h.pool.name.clone()),
         backend: None,
         ephemeral: false,
+        drop_xattrs: false,
+        size: None,
     };
     b.clone_container(src, dst, &req, &NoProgress).map(drop)
 }
@@ -161,6 +163,8 @@ pub fn ops_run_and_ephemeral(h: &Harness) {
             pool: Some(h.pool.name.clone()),
             backend: None,
             ephemeral: true,
+            drop_xattrs: false,
+            size: None,
         };
         b.clone_container("r1", "eph", &req, &NoProgress)
             .expect("ephemeral clone");

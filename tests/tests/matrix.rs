@@ -98,6 +98,8 @@ fn every_backend_to_every_other() {
                         pool: Some(dst.name.clone()),
                         backend: None,
                         ephemeral: false,
+                        drop_xattrs: false,
+                        size: None,
                     };
                     let caps = b.backend(dst).unwrap().caps();
                     let planned =

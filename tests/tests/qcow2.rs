@@ -185,6 +185,81 @@ fn leftovers_of_a_killed_daemon_are_cleaned_by_cleanup_stale() {
     assert_clean(&h);
 }
 
+/// Mounts `v` and unmounts only its filesystem: what a crash between starting
+/// the daemon and using its export leaves, a live daemon whose export nothing
+/// uses. Returns the export file.
+fn leave_an_idle_daemon(h: &Harness, v: &VolumeSpec, name: &str) -> PathBuf {
+    let at = h.scratch(&format!("idle-{name}"));
+    h.backend.mount(v, &at, false).expect("mount").persist();
+    mount::unmount(&at).expect("unmount the filesystem only");
+    let export = pool_root(h).join(".run").join(name).join("export.raw");
+    assert!(
+        harness::wait_for(|| loopdev::devices_backed_by(&export).is_empty()),
+        "the loop device over the export stays"
+    );
+    assert_eq!(daemons_under(h.tmp.path()).len(), 1, "the daemon lives on");
+    export
+}
+
+#[test]
+fn a_daemon_whose_export_nothing_uses_is_stopped_at_once() {
+    let Some(h) = harness() else { return };
+    let q = Qcow2::new(&h.pool, harness::runner()).expect("open qcow2");
+    let v = h.create("idle", &sized(64 << 20));
+    leave_an_idle_daemon(&h, &v, "idle");
+    // No age rule: a daemon seconds old is stopped when nothing uses its export.
+    q.cleanup_stale().expect("cleanup_stale");
+    assert_clean(&h);
+    assert!(
+        !pool_root(&h).join(".run").exists(),
+        "an empty .run is left"
+    );
+    h.backend.destroy(&v).expect("destroy");
+    assert_clean(&h);
+}
+
+#[test]
+fn destroy_takes_what_is_left_and_accepts_what_is_gone() {
+    let Some(h) = harness() else { return };
+    let b = h.backend.as_ref();
+    let v = h.create("half", &sized(64 << 20));
+    leave_an_idle_daemon(&h, &v, "half");
+    b.destroy(&v).expect("destroy beside an idle daemon");
+    assert_clean(&h);
+    assert!(!image_of(&v).exists());
+    b.destroy(&v).expect("destroy again");
+    assert_eq!(b.volume_named("half").expect("volume_named"), None);
+
+    // The image vanished under its container: `destroy -f` must still end.
+    let w = h.create("vanished", &sized(64 << 20));
+    let s = h.snapshot(&w, "vanished", "s1");
+    fs::remove_file(image_of(&w)).expect("remove the image");
+    b.destroy(&w).expect("destroy a vanished image");
+    // A snapshot copy that a crash cut short is found and removed.
+    let tmp = pool_root(&h).join(".snapshots/vanished/.s2.qcow2.tmp");
+    fs::write(&tmp, b"partial").expect("write a partial copy");
+    assert_eq!(
+        b.snapshot_names("vanished").expect("snapshot names"),
+        ["s1", "s2"]
+    );
+    let partial = b
+        .snapshot_named("vanished", "s2")
+        .expect("snapshot_named")
+        .expect("the partial snapshot is found");
+    b.destroy_snapshot(&partial)
+        .expect("destroy the partial snapshot");
+    assert!(!tmp.exists());
+    b.destroy_snapshot(&s).expect("destroy snapshot");
+    b.destroy_snapshot(&s).expect("destroy snapshot again");
+    assert!(!pool_root(&h).join(".snapshots/vanished").exists());
+    assert!(b.volume_names().expect("volume names").is_empty());
+    assert!(
+        !pool_root(&h).join(".run").exists(),
+        "an empty .run is left"
+    );
+    assert_clean(&h);
+}
+
 #[test]
 fn a_failed_mount_leaves_nothing_behind() {
     let Some(h) = harness() else { return };

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use berth_bdev::cmd::{self, have_program, HostRunner};
 use berth_bdev::copy::NoProgress;
 use berth_fixtures::templates::{
-    detect_flavor, populate, populate_cached, populate_minimal, probe, Cache, CacheMode,
-    MinimalFlavor, Populated, Template, TemplateError, FIXED_MTIME,
+    detect_flavor, populate, populate_cached, populate_minimal, probe, write_hostname, Cache,
+    CacheMode, MinimalFlavor, Populated, Template, TemplateError, FIXED_MTIME,
 };
 use berth_tests::harness::skip;
 
@@ -255,6 +255,64 @@ fn hostile_archive_members_stay_inside_the_rootfs() {
     assert!(!outside.join("file").exists(), "written through a symlink");
 }
 
+/// `berth create --from-tar` names the rootfs after the import: that write
+/// must not follow what the archive left in etc/ out of the rootfs.
+#[test]
+fn naming_an_imported_rootfs_stays_inside_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let outside = t.join("outside");
+    fs::create_dir(&outside).unwrap();
+    fs::write(outside.join("hostname"), "host\n").unwrap();
+    let src = t.join("src");
+    fs::create_dir_all(src.join("dir/etc")).unwrap();
+    fs::create_dir(src.join("link")).unwrap();
+    // etc a link to a host directory (tar restores it last); or etc/hostname a
+    // link to a host file and etc/hosts a fifo.
+    std::os::unix::fs::symlink(&outside, src.join("link/etc")).unwrap();
+    std::os::unix::fs::symlink(outside.join("hostname"), src.join("dir/etc/hostname")).unwrap();
+    let fifo = src.join("dir/etc/hosts");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        0,
+    )
+    .unwrap();
+
+    for case in ["link", "dir"] {
+        let archive = t.join(format!("{case}.tar"));
+        let from = src.join(case);
+        let (a, s) = (archive.to_str().unwrap(), from.to_str().unwrap());
+        cmd::run(&HostRunner, "tar", &["-C", s, "-cf", a, "etc"]).unwrap();
+        let r = rootfs_in(t, &format!("r-{case}"));
+        populate(&Template::FromTar(archive), &r, &HostRunner, &NoProgress).unwrap();
+        let named = write_hostname(&r, "c1");
+        assert_eq!(
+            fs::read_to_string(outside.join("hostname")).unwrap(),
+            "host\n"
+        );
+        assert_eq!(
+            fs::read_dir(&outside).unwrap().count(),
+            1,
+            "{case}: wrote outside"
+        );
+        if case == "dir" {
+            named.unwrap();
+            assert_eq!(fs::read_to_string(r.join("etc/hostname")).unwrap(), "c1\n");
+            assert!(fs::symlink_metadata(r.join("etc/hosts")).unwrap().is_file());
+        } else {
+            assert_eq!(
+                fs::read_link(r.join("etc")).unwrap(),
+                outside,
+                "tar kept the link"
+            );
+            assert!(named.is_err(), "etc leads nowhere inside the rootfs");
+        }
+    }
+}
+
 #[test]
 fn from_dir_copies_the_tree() {
     let tmp = tempfile::tempdir().unwrap();
@@ -290,7 +348,15 @@ fn debootstrap_then_cache_hit() {
     };
 
     let a = rootfs_in(tmp.path(), "a");
-    let first = populate_cached(&t, &a, &cache, &HostRunner, &NoProgress).unwrap();
+    let first = populate_cached(
+        &t,
+        &a,
+        &cache,
+        &HostRunner,
+        &Default::default(),
+        &NoProgress,
+    )
+    .unwrap();
     let Populated::Cached(file) = first else {
         panic!("first run should build and cache, got {first:?}");
     };
@@ -301,7 +367,15 @@ fn debootstrap_then_cache_hit() {
     assert_eq!(leftovers.len(), 1, "only the tarball, no temp file");
 
     let b = rootfs_in(tmp.path(), "b");
-    let second = populate_cached(&t, &b, &cache, &HostRunner, &NoProgress).unwrap();
+    let second = populate_cached(
+        &t,
+        &b,
+        &cache,
+        &HostRunner,
+        &Default::default(),
+        &NoProgress,
+    )
+    .unwrap();
     assert_eq!(second, Populated::FromCache(file));
     assert_eq!(
         fs::read(a.join("etc/debian_version")).unwrap(),

@@ -1,12 +1,14 @@
 //! zfs-specific behaviour on a real zpool served by zfs-fuse: O(1) clones, clear
 //! refusals for origins with clones, no orphan clone snapshots, promote, and mount
-//! bookkeeping (persisted mounts, read-only snapshot mounts).
+//! bookkeeping (persisted mounts, read-only snapshot mounts), and mount points
+//! under the state root when a pool names no path.
 
 use std::fs;
+use std::path::Path;
 
 use berth_bdev::cmd;
 use berth_bdev::generic::with_mounted;
-use berth_bdev::{BdevError, Revert, VolumeSpec};
+use berth_bdev::{BackendKind, BdevError, PoolConfig, Revert, VolumeSpec};
 use berth_tests::harness::{self, fill_incompressible, sized, Harness};
 use berth_tests::pools;
 
@@ -240,4 +242,42 @@ fn snapshot_mounts_read_only_through_a_temporary_clone() {
     );
     h.backend.destroy_snapshot(&snap).expect("destroy snapshot");
     h.backend.destroy(&v).expect("destroy");
+}
+
+#[test]
+fn a_pool_added_without_a_path_mounts_under_the_state_root() {
+    let Some(h) = harness() else { return };
+    let root = h.tmp.path().join("state");
+    let b = berth_cli::Berth::open(&root, true).expect("open the state root");
+    let zpool = parent(&h).split('/').next().expect("zpool").to_owned();
+    let pool = PoolConfig::new("zp", BackendKind::Zfs).with_dataset(&format!("{zpool}/viacli"));
+    b.pool_add(&pool).expect("pool add without --path");
+    let saved = b.store().pool("zp").expect("the saved pool");
+    assert_eq!(saved.path, Some(root.join("zfs/zp")));
+    // A pool recorded without a path (before this default) opens the same way.
+    let backend = b.backend(&pool).expect("open the pool");
+    let mut rv = Revert::new();
+    let v = backend
+        .create("c1", &sized(64 << 20), &mut rv)
+        .expect("create");
+    rv.commit();
+    let VolumeSpec::Zfs { dataset } = &v else {
+        panic!("not zfs: {v}")
+    };
+    let mp = cmd::run(
+        &*harness::runner(),
+        "zfs",
+        &["get", "-H", "-o", "value", "mountpoint", dataset],
+    )
+    .expect("zfs get mountpoint")
+    .stdout;
+    assert_eq!(Path::new(mp.trim()), root.join("zfs/zp/c1"));
+    let seen = with_mounted(backend.as_ref(), &v, &h.scratch("mnt"), false, |at| {
+        fs::write(at.join("f"), "x").map_err(BdevError::io("write", at))?;
+        Ok(fs::read_to_string(root.join("zfs/zp/c1/f")).ok())
+    })
+    .expect("use the volume");
+    assert_eq!(seen.as_deref(), Some("x"), "the bind shows the dataset");
+    backend.destroy(&v).expect("destroy");
+    assert_eq!(backend.volume_named("c1").expect("volume_named"), None);
 }

@@ -4,7 +4,8 @@
 //! Layout: a fresh volume is `POOL/NAME/{lower,upper}` (`lower` stays empty); a
 //! snapshot clone is `POOL/NAME/upper` stacked on its origin's branches; a snapshot
 //! is `POOL/.snapshots/NAME/SNAP/upper`, a copy of the volume's upper over the same
-//! lowers. The spec lists the lowers topmost first, then the upper.
+//! lowers. The spec lists the lowers topmost first, then the upper, and a
+//! `lowers` file beside each upper records the lowers (see `lookup`).
 //!
 //! Deletions are recorded in the upper in the mechanism's own format: unionfs-fuse
 //! writes `UPPER/.unionfs-fuse/PATH_HIDDEN~` and honours those of read-only
@@ -31,6 +32,7 @@ use berth_bdev::{
 };
 use tracing::debug;
 
+use crate::lookup::{self, Entry};
 pub use daemon::Daemon;
 
 /// unionfs-fuse options: copy-on-write into the upper, root's file ownership and
@@ -178,6 +180,27 @@ impl Aufs {
         Ok(upper)
     }
 
+    /// The volume or snapshot whose directory is `home`, if there is one.
+    fn found_at(home: PathBuf) -> Result<Option<VolumeSpec>> {
+        if !lookup::is_entry(&home, Entry::Dir)? {
+            return Ok(None);
+        }
+        Ok(Some(VolumeSpec::Aufs {
+            lowers: lookup::lowers_of(&home)?,
+            upper: home.join("upper"),
+        }))
+    }
+
+    /// Removes the directory of `v` (whole, partly made or partly removed), or
+    /// warns that it is gone.
+    fn remove_home(&self, v: &VolumeSpec, home: &Path) -> Result<()> {
+        if !lookup::exists(home)? {
+            lookup::already_gone(v);
+            return Ok(());
+        }
+        remove_tree(home, &self.root)
+    }
+
     fn mount_unionfs(&self, branches: &OsStr, at: &Path, read_only: bool) -> Result<MountGuard> {
         let mut opts = UNIONFS_OPTS.to_owned();
         if read_only {
@@ -280,10 +303,9 @@ impl Backend for Aufs {
         let upper = self.make_home(&home, rv)?;
         let lower = home.join("lower");
         fs::create_dir(&lower).map_err(BdevError::io("create directory", &lower))?;
-        Ok(VolumeSpec::Aufs {
-            lowers: vec![lower],
-            upper,
-        })
+        let lowers = vec![lower];
+        lookup::write_lowers(&home, &lowers)?;
+        Ok(VolumeSpec::Aufs { lowers, upper })
     }
 
     fn mount(&self, v: &VolumeSpec, at: &Path, read_only: bool) -> Result<MountGuard> {
@@ -334,7 +356,27 @@ impl Backend for Aufs {
         for own in [home.join("upper"), home.join("lower")] {
             refuse_if_branch_in_use(&own, "refuse to destroy", false)?;
         }
-        remove_tree(home, &self.root)
+        self.remove_home(v, home)
+    }
+
+    fn volume_names(&self) -> Result<Vec<String>> {
+        lookup::names_in(&self.root, Entry::Dir, "")
+    }
+
+    fn volume_named(&self, name: &str) -> Result<Option<VolumeSpec>> {
+        validate_name(name)?;
+        Self::found_at(self.root.join(name))
+    }
+
+    fn snapshot_names(&self, name: &str) -> Result<Vec<String>> {
+        validate_name(name)?;
+        lookup::names_in(&self.snapshots_dir().join(name), Entry::Dir, "")
+    }
+
+    fn snapshot_named(&self, name: &str, snap: &str) -> Result<Option<VolumeSpec>> {
+        validate_name(name)?;
+        validate_name(snap)?;
+        Self::found_at(self.snapshots_dir().join(name).join(snap))
     }
 
     fn usage(&self, v: &VolumeSpec) -> Result<Usage> {
@@ -381,6 +423,7 @@ impl Backend for Aufs {
                 snap_lowers.push(l.clone());
             }
         }
+        lookup::write_lowers(&home, &snap_lowers)?;
         Ok(VolumeSpec::Aufs {
             lowers: snap_lowers,
             upper: snap_upper,
@@ -395,7 +438,7 @@ impl Backend for Aufs {
                 reason: "not a snapshot of this pool".to_owned(),
             });
         }
-        remove_tree(home, &self.root)?;
+        self.remove_home(snap, home)?;
         if let Some(parent) = home.parent() {
             let _ = fs::remove_dir(parent);
         }
@@ -430,7 +473,13 @@ impl Backend for Aufs {
                 });
             }
         }
-        let upper = self.make_home(&self.root.join(name), rv)?;
+        let home = self.root.join(name);
+        let upper = self.make_home(&home, rv)?;
+        // The union shows the upper's root directory: it must look like the origin's.
+        if let Some(top) = lowers.first() {
+            berth_bdev::copy::copy_meta(top, &upper)?;
+        }
+        lookup::write_lowers(&home, &lowers)?;
         Ok(VolumeSpec::Aufs { lowers, upper })
     }
 }

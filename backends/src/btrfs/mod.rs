@@ -25,6 +25,7 @@ use berth_bdev::{
 };
 use tracing::debug;
 
+use crate::lookup::{self, Entry};
 use qgroup::QgroupAnswer;
 
 /// `BTRFS_SUPER_MAGIC` from linux/magic.h.
@@ -65,6 +66,19 @@ impl Btrfs {
 
     fn snapshot_dir(&self, name: &str) -> PathBuf {
         self.root.join(".snapshots").join(name)
+    }
+
+    /// The subvolumes named in `dir`, sorted (plain directories are not berth's).
+    fn subvolumes_in(&self, dir: &Path) -> Result<Vec<String>> {
+        let mut names = lookup::names_in(dir, Entry::Dir, "")?;
+        names.retain(|n| subvol::is_subvolume(&dir.join(n)));
+        Ok(names)
+    }
+
+    /// The subvolume at `path` (a symlink is not followed).
+    fn subvolume_at(path: PathBuf) -> Result<Option<VolumeSpec>> {
+        let found = lookup::is_entry(&path, Entry::Dir)? && subvol::is_subvolume(&path);
+        Ok(found.then_some(VolumeSpec::Btrfs { path }))
     }
 }
 
@@ -170,7 +184,7 @@ impl Backend for Btrfs {
         match fs::symlink_metadata(path) {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                debug!(path = %path.display(), "already gone");
+                lookup::already_gone(v);
                 return Ok(());
             }
             Err(e) => return Err(BdevError::io("stat", path)(e)),
@@ -182,6 +196,26 @@ impl Backend for Btrfs {
             });
         }
         subvol::delete(path)
+    }
+
+    fn volume_names(&self) -> Result<Vec<String>> {
+        self.subvolumes_in(&self.root)
+    }
+
+    fn volume_named(&self, name: &str) -> Result<Option<VolumeSpec>> {
+        validate_name(name)?;
+        Self::subvolume_at(self.root.join(name))
+    }
+
+    fn snapshot_names(&self, name: &str) -> Result<Vec<String>> {
+        validate_name(name)?;
+        self.subvolumes_in(&self.snapshot_dir(name))
+    }
+
+    fn snapshot_named(&self, name: &str, snap: &str) -> Result<Option<VolumeSpec>> {
+        validate_name(name)?;
+        validate_name(snap)?;
+        Self::subvolume_at(self.snapshot_dir(name).join(snap))
     }
 
     fn usage(&self, v: &VolumeSpec) -> Result<Usage> {

@@ -21,12 +21,14 @@ use berth_bdev::fsutil::{claim_file, create_dir_all, reflink_supported, require_
 use berth_bdev::loopdev::{self, LoopDevice};
 use berth_bdev::mount::{self, MountGuard};
 use berth_bdev::names::validate_name;
+use berth_bdev::space::{check_room, fill_estimate, free_bytes, in_pool};
 use berth_bdev::{
     Backend, BackendKind, BdevError, Caps, CreateOpts, FsType, PoolConfig, Result, Revert, Usage,
     UsageKind, VolumeSpec, DEFAULT_SIZE,
 };
 use tracing::debug;
 
+use crate::lookup::{self, Entry};
 pub use fs::detect;
 
 /// How long to wait for an autoclear loop device to go away after an unmount.
@@ -37,6 +39,8 @@ pub fn open(pool: &PoolConfig, runner: Arc<dyn Runner>) -> Result<Box<dyn Backen
 }
 
 pub struct Loop {
+    /// The pool's name, for errors that are about the pool.
+    pool: String,
     root: PathBuf,
     runner: Arc<dyn Runner>,
     size: u64,
@@ -48,6 +52,7 @@ pub struct Loop {
 impl Loop {
     pub fn open(pool: &PoolConfig, runner: Arc<dyn Runner>) -> Result<Self> {
         Ok(Loop {
+            pool: pool.name.clone(),
             root: crate::pool_path(pool)?.to_path_buf(),
             runner,
             size: pool.size.unwrap_or(DEFAULT_SIZE),
@@ -98,8 +103,16 @@ impl Loop {
         let fstype = fs::detect_path(src, || format!("loop:{}", src.display()))?;
         fs::require_tools("loop", fstype)?;
         refuse_if_attached(src, why.refusal(), true)?;
+        // A copy that is not reflinked writes every allocated block of the source.
+        let needed = std::fs::metadata(src)
+            .map_err(BdevError::io("stat", src))?
+            .blocks()
+            * 512;
+        if !self.reflink() {
+            check_room(&self.pool, needed, free_bytes(&self.root)?)?;
+        }
         drop(self.claim(dst, rv)?);
-        let stats = copy_file(src, dst)?;
+        let stats = copy_file(src, dst).map_err(|e| in_pool(e, &self.pool))?;
         if why == CopyFor::SnapshotClone && stats.reflinked_bytes < stats.bytes {
             // The pool said it could reflink; a silent full copy would break the
             // O(1) promise of a snapshot clone.
@@ -270,12 +283,7 @@ impl Backend for Loop {
         let size = opts.size.unwrap_or(self.size);
         let fstype = opts.fstype.unwrap_or(self.fstype);
         let image = self.root.join(format!("{name}.img"));
-        if let Some(reason) = fs::size_problem(fstype, size) {
-            return Err(BdevError::InvalidSpec {
-                spec: format!("loop:{}", image.display()),
-                reason,
-            });
-        }
+        fs::check_size(fstype, size, || format!("loop:{}", image.display()))?;
         fs::require_tools("loop", fstype)?;
         let f = self.claim(&image, rv)?;
         f.set_len(size)
@@ -303,8 +311,35 @@ impl Backend for Loop {
 
     fn destroy(&self, v: &VolumeSpec) -> Result<()> {
         let img = self.image_of(v)?;
+        if !lookup::exists(img)? {
+            lookup::already_gone(v);
+            return Ok(());
+        }
         refuse_if_attached(img, "refuse to destroy", false)?;
+        // Whatever state it is in: an image without a filesystem goes the same way.
         remove_tree(img, &self.root)
+    }
+
+    fn volume_names(&self) -> Result<Vec<String>> {
+        lookup::names_in(&self.root, Entry::File, ".img")
+    }
+
+    fn volume_named(&self, name: &str) -> Result<Option<VolumeSpec>> {
+        validate_name(name)?;
+        let image = self.root.join(format!("{name}.img"));
+        Ok(lookup::is_entry(&image, Entry::File)?.then_some(VolumeSpec::Loop { image }))
+    }
+
+    fn snapshot_names(&self, name: &str) -> Result<Vec<String>> {
+        validate_name(name)?;
+        lookup::names_in(&self.snapshots_dir().join(name), Entry::File, ".img")
+    }
+
+    fn snapshot_named(&self, name: &str, snap: &str) -> Result<Option<VolumeSpec>> {
+        validate_name(name)?;
+        validate_name(snap)?;
+        let image = self.snapshots_dir().join(name).join(format!("{snap}.img"));
+        Ok(lookup::is_entry(&image, Entry::File)?.then_some(VolumeSpec::Loop { image }))
     }
 
     fn usage(&self, v: &VolumeSpec) -> Result<Usage> {
@@ -390,6 +425,24 @@ impl Backend for Loop {
             }
         }
         Ok(v)
+    }
+
+    fn check_room(&self, opts: &CreateOpts, data: u64) -> Result<()> {
+        let size = opts.size.unwrap_or(self.size);
+        let needed = fill_estimate(opts.fstype.unwrap_or(self.fstype), size, data);
+        check_room(&self.pool, needed, free_bytes(&self.root)?)
+    }
+
+    fn sync_volume(&self, v: &VolumeSpec) -> Result<()> {
+        let img = self.image_of(v)?;
+        fs::sync_path(img, || v.to_string())
+    }
+
+    fn check_fs(&self, v: &VolumeSpec) -> Result<()> {
+        let img = self.image_of(v)?;
+        refuse_if_attached(img, "refuse to check", false)?;
+        let fstype = fs::detect_path(img, || v.to_string())?;
+        fs::fsck(&*self.runner, fstype, img)
     }
 
     fn resize(&self, v: &VolumeSpec, size: u64) -> Result<()> {
@@ -501,7 +554,7 @@ mod tests {
             .create("x", &opts, &mut Revert::new())
             .unwrap_err()
             .to_string();
-        assert!(e.contains("300 MiB"), "{e}");
+        assert!(e.contains("300.0 MiB"), "{e}");
         assert!(!d.path().join("x.img").exists());
     }
 

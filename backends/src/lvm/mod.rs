@@ -12,7 +12,9 @@
 //! (`+` never occurs in berth names). Snapshots are always mounted read-only.
 
 use crate::blockfs as fs;
+mod names;
 mod parse;
+mod space;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -39,6 +41,8 @@ pub fn open(pool: &PoolConfig, runner: Arc<dyn Runner>) -> Result<Box<dyn Backen
 }
 
 pub struct Lvm {
+    /// The pool's name, for errors that are about the pool.
+    pool: String,
     vg: String,
     thinpool: Option<String>,
     runner: Arc<dyn Runner>,
@@ -87,6 +91,7 @@ impl Lvm {
             }
         }
         Ok(Lvm {
+            pool: pool.name.clone(),
             vg,
             thinpool: pool.thinpool.clone(),
             runner,
@@ -347,12 +352,7 @@ impl Backend for Lvm {
         validate_name(name)?;
         let size = opts.size.unwrap_or(self.size);
         let fstype = opts.fstype.unwrap_or(self.fstype);
-        if let Some(reason) = fs::size_problem(fstype, size) {
-            return Err(BdevError::InvalidSpec {
-                spec: self.spec(name.to_owned()).to_string(),
-                reason,
-            });
-        }
+        fs::check_size(fstype, size, || self.spec(name.to_owned()).to_string())?;
         fs::require_tools(NAME, fstype)?;
         self.refuse_existing(name)?;
         let size_arg = bytes_arg(size);
@@ -389,10 +389,8 @@ impl Backend for Lvm {
         let lv = self.lv_of(v)?;
         let lvs = self.lvs()?;
         if !lvs.iter().any(|l| l.name == lv) {
-            return Err(BdevError::NotFound {
-                what: "logical volume",
-                name: self.full(lv),
-            });
+            crate::lookup::already_gone(v);
+            return Ok(());
         }
         // `lvremove -f` on an origin silently takes its classic snapshots along.
         let pinned: Vec<&str> = lvs
@@ -409,8 +407,34 @@ impl Backend for Lvm {
                 ),
             });
         }
+        // Whatever state it is in: an LV without a filesystem goes the same way.
         self.run("lvremove", &["-q", "-f", &self.full(lv)])?;
         Ok(())
+    }
+
+    fn volume_names(&self) -> Result<Vec<String>> {
+        Ok(names::volumes(&self.lvs()?, self.thinpool.as_deref()))
+    }
+
+    fn volume_named(&self, name: &str) -> Result<Option<VolumeSpec>> {
+        validate_name(name)?;
+        let found = names::volumes(&self.lvs()?, self.thinpool.as_deref())
+            .iter()
+            .any(|n| n == name);
+        Ok(found.then(|| self.spec(name.to_owned())))
+    }
+
+    fn snapshot_names(&self, name: &str) -> Result<Vec<String>> {
+        validate_name(name)?;
+        Ok(names::snapshots(&self.lvs()?, name))
+    }
+
+    fn snapshot_named(&self, name: &str, snap: &str) -> Result<Option<VolumeSpec>> {
+        validate_name(name)?;
+        validate_name(snap)?;
+        let lv = snapshot_lv(name, snap);
+        let found = self.lvs()?.iter().any(|l| l.name == lv);
+        Ok(found.then(|| self.spec(lv)))
     }
 
     fn usage(&self, v: &VolumeSpec) -> Result<Usage> {
@@ -489,6 +513,18 @@ impl Backend for Lvm {
         let lv = self.lv_of(src)?;
         self.lv_snapshot(lv, name, rv)?;
         Ok(self.spec(name.to_owned()))
+    }
+
+    fn check_room(&self, opts: &CreateOpts, data: u64) -> Result<()> {
+        self.room_for(opts, data)
+    }
+
+    fn sync_volume(&self, v: &VolumeSpec) -> Result<()> {
+        self.sync_device(v)
+    }
+
+    fn check_fs(&self, v: &VolumeSpec) -> Result<()> {
+        self.check_device(v)
     }
 
     fn resize(&self, v: &VolumeSpec, size: u64) -> Result<()> {

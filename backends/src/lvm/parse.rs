@@ -136,6 +136,31 @@ pub fn parse_vgs(json: &str) -> Result<Vec<String>> {
         .collect())
 }
 
+/// Free bytes of the one volume group in `vgs -o vg_free --units b --nosuffix
+/// --reportformat json VG` output.
+pub fn parse_vg_free(json: &str) -> Result<u64> {
+    #[derive(Deserialize)]
+    struct Section {
+        #[serde(default)]
+        vg: Vec<Free>,
+    }
+    #[derive(Deserialize)]
+    struct Free {
+        vg_free: String,
+    }
+    let r: Report<Section> = serde_json::from_str(json).map_err(|e| bad("vgs output", e))?;
+    let free = r
+        .report
+        .into_iter()
+        .flat_map(|s| s.vg)
+        .next()
+        .ok_or_else(|| bad("vgs output", "no volume group"))?
+        .vg_free;
+    free.trim()
+        .parse()
+        .map_err(|e| bad("vgs vg_free", format!("{free:?}: {e}")))
+}
+
 /// Bytes in use in an ext2/3/4 filesystem, from `dumpe2fs -h` (superblock counters).
 pub fn parse_dumpe2fs_used(text: &str) -> Option<u64> {
     let field = |name: &str| -> Option<u64> {
@@ -201,6 +226,14 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("lv_size"), "{e}");
+    }
+
+    #[test]
+    fn vg_free_bytes() {
+        let j = r#"{"report":[{"vg":[{"vg_free":"125829120"}]}]}"#;
+        assert_eq!(parse_vg_free(j).unwrap(), 125829120);
+        assert!(parse_vg_free(r#"{"report":[{"vg":[]}]}"#).is_err());
+        assert!(parse_vg_free(r#"{"report":[{"vg":[{"vg_free":"x"}]}]}"#).is_err());
     }
 
     #[test]

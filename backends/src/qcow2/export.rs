@@ -8,7 +8,14 @@
 //! - `mode`: `rw` or `ro`.
 //!
 //! The place is derived from the image path only, so `unmount` of a persisted mount
-//! and `cleanup_stale` after a crash find everything again.
+//! and `cleanup_stale` after a crash find everything again. The `.run` directory
+//! itself goes with its last entry.
+//!
+//! A daemon is in use exactly while its export is: while a loop device is
+//! attached to the export file or a mount uses it. Every mount goes through a
+//! loop device, so a daemon whose export nothing uses serves nobody (a crash
+//! between starting it and attaching the loop device, or during `mkfs`), and
+//! `cleanup_stale`, which runs when no berth operation is under way, stops it.
 
 use std::ffi::OsStr;
 use std::fs;
@@ -17,7 +24,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use berth_bdev::cmd::Runner;
-use berth_bdev::fsutil::create_dir_all;
 use berth_bdev::process::{self, wait_until, Process, Stopped};
 use berth_bdev::{loopdev, mount, BdevError, Result};
 use serde_json::json;
@@ -28,9 +34,6 @@ use super::parse;
 pub(super) const PIDFILE: &str = "qsd.pid";
 pub(super) const EXPORT: &str = "export.raw";
 pub(super) const MODE: &str = "mode";
-
-/// A daemon that is not yet used this long may be a mount in progress.
-const YOUNG: Duration = Duration::from_secs(60);
 
 /// A running export. Dropping it stops the daemon (best effort); `stop` is the
 /// checked path.
@@ -48,7 +51,7 @@ impl Export {
         image: &Path,
         read_only: bool,
     ) -> Result<Export> {
-        create_dir_all(run)?;
+        make_run_dir(run)?;
         let run = fs::canonicalize(run).map_err(BdevError::io("resolve", run))?;
         if let Some(pid) = live_daemon(&run) {
             return Err(BdevError::Exists {
@@ -58,7 +61,7 @@ impl Export {
         }
         // Whatever a dead daemon left here goes first.
         clean_dead(&run)?;
-        create_dir_all(&run)?;
+        make_run_dir(&run)?;
         let export = run.join(EXPORT);
         let mode = if read_only { "ro" } else { "rw" };
         fs::write(run.join(MODE), mode).map_err(BdevError::io("write", run.join(MODE)))?;
@@ -147,6 +150,28 @@ pub(super) fn is_writable(run: &Path) -> bool {
     fs::read_to_string(run.join(MODE)).is_ok_and(|m| m.trim() == "rw")
 }
 
+/// Creates `run` and its `.run` parent. Another berth may remove an empty
+/// `.run` between the two steps (see `teardown`); then it is made again.
+fn make_run_dir(run: &Path) -> Result<()> {
+    let mut tries = 0;
+    loop {
+        match fs::create_dir_all(run) {
+            Err(e) if e.kind() == ErrorKind::NotFound && tries < 3 => tries += 1,
+            r => return r.map_err(BdevError::io("create directory", run)),
+        }
+    }
+}
+
+/// Whether the export of `run` is in use: a loop device is attached to the
+/// export file, or a mount names it as its source.
+pub(super) fn in_use(run: &Path) -> bool {
+    let export = run.join(EXPORT);
+    !loops_on(&export).is_empty()
+        || mount::mounts()
+            .iter()
+            .any(|m| Path::new(&m.source) == export)
+}
+
 /// Loop devices whose backing file is `file` (compared as written in sysfs, which
 /// works even when the FUSE file behind them is dead).
 fn loops_on(file: &Path) -> Vec<PathBuf> {
@@ -207,26 +232,38 @@ pub(super) fn teardown(run: &Path) -> Result<()> {
         remove_file(&run.join(f))?;
     }
     match fs::remove_dir(run) {
-        Err(e) if e.kind() != ErrorKind::NotFound => Err(BdevError::io("remove", run)(e)),
-        _ => Ok(()),
+        Err(e) if e.kind() != ErrorKind::NotFound => return Err(BdevError::io("remove", run)(e)),
+        _ => {}
+    }
+    if let Some(parent) = run.parent() {
+        remove_run_root_if_empty(parent);
+    }
+    Ok(())
+}
+
+/// Removes the pool's `.run` directory once nothing is in it.
+pub(super) fn remove_run_root_if_empty(dir: &Path) {
+    if dir.file_name() == Some(OsStr::new(".run")) {
+        // Fails while anything is in it, which is the point.
+        let _ = fs::remove_dir(dir);
     }
 }
 
-/// Cleans one entry of `POOL/.run` if its daemon is dead, or alive but unused and
-/// not brand new. Returns whether it was stale.
+/// Cleans one entry of `POOL/.run` unless a live daemon's export is in use: a
+/// live daemon nothing uses is stopped, and a dead one's leftovers (its export
+/// mount, loop devices, filesystems on them) are removed. Returns whether it
+/// was stale.
 pub(super) fn clean_if_stale(entry: &Path) -> Result<bool> {
     let run = fs::canonicalize(entry).map_err(BdevError::io("resolve", entry))?;
-    if live_daemon(&run).is_some() {
-        let young = fs::metadata(&run)
-            .and_then(|m| m.modified())
-            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age < YOUNG));
-        if young || !loops_on(&run.join(EXPORT)).is_empty() {
-            return Ok(false);
-        }
-        teardown(&run)?;
-    } else {
-        clean_dead(&run)?;
+    let live = live_daemon(&run);
+    if live.is_some() && in_use(&run) {
+        return Ok(false);
     }
+    if let Some(pid) = live {
+        warn!(pid, run = %run.display(), "stopping a qemu-storage-daemon whose export nothing uses");
+    }
+    // With a live daemon no loop device uses the export, so this is its teardown.
+    clean_dead(&run)?;
     Ok(true)
 }
 

@@ -1,5 +1,6 @@
 //! Where a qcow2 pool keeps things, and who depends on whom: image paths, the
-//! `.run` entries of mounts, and backing-file references read from image headers.
+//! `.run` entries of mounts, backing-file references read from image headers, and
+//! finding and removing images by name.
 
 use std::ffi::OsStr;
 use std::fs;
@@ -8,8 +9,10 @@ use std::path::{Path, PathBuf};
 
 use berth_bdev::names::validate_name;
 use berth_bdev::{BdevError, Result, VolumeSpec};
+use tracing::warn;
 
 use super::{export, parse, Loc, Qcow2, EXT};
+use crate::lookup::{self, Entry};
 
 impl Qcow2 {
     pub(super) fn image_of(&self, name: &str) -> PathBuf {
@@ -18,6 +21,11 @@ impl Qcow2 {
 
     pub(super) fn snapshot_dir(&self, name: &str) -> PathBuf {
         self.root.join(".snapshots").join(name)
+    }
+
+    /// Where `snapshot` copies a snapshot before renaming it into place.
+    pub(super) fn snapshot_tmp(&self, name: &str, snap: &str) -> PathBuf {
+        self.snapshot_dir(name).join(format!(".{snap}.{EXT}.tmp"))
     }
 
     pub(super) fn run_root(&self) -> PathBuf {
@@ -113,7 +121,16 @@ impl Qcow2 {
             if targets.contains(&img) {
                 continue;
             }
-            if read_backing(&img)?.is_some_and(|b| targets.contains(&b)) {
+            let backing = match read_backing(&img) {
+                Ok(b) => b,
+                // qemu cannot open it either (a create cut short), so it reads
+                // from nothing; it must not block removing other images.
+                Err(e) => {
+                    warn!(image = %img.display(), error = %e, "not a readable qcow2 image");
+                    continue;
+                }
+            };
+            if backing.is_some_and(|b| targets.contains(&b)) {
                 out.push(img);
             }
         }
@@ -133,6 +150,78 @@ impl Qcow2 {
                 names.join(", ")
             ),
         })
+    }
+}
+
+impl Qcow2 {
+    pub(super) fn list_volumes(&self) -> Result<Vec<String>> {
+        lookup::names_in(&self.root, Entry::File, &format!(".{EXT}"))
+    }
+
+    pub(super) fn find_volume(&self, name: &str) -> Result<Option<VolumeSpec>> {
+        validate_name(name)?;
+        let image = self.image_of(name);
+        Ok(lookup::is_entry(&image, Entry::File)?.then_some(VolumeSpec::Qcow2 { image }))
+    }
+
+    /// Snapshots of `name`, including one whose copy a crash cut short.
+    pub(super) fn list_snapshots(&self, name: &str) -> Result<Vec<String>> {
+        validate_name(name)?;
+        let dir = self.snapshot_dir(name);
+        let mut names = lookup::names_in(&dir, Entry::File, &format!(".{EXT}"))?;
+        // Temporary copies are dot-files, which `names_in` skips.
+        let tmp_suffix = format!(".{EXT}.tmp");
+        for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let file = e.file_name();
+            let partial = file
+                .to_str()
+                .and_then(|f| f.strip_prefix('.')?.strip_suffix(&tmp_suffix))
+                .filter(|s| validate_name(s).is_ok() && !names.iter().any(|n| n == s));
+            if let Some(s) = partial {
+                names.push(s.to_owned());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// Snapshot `snap` of `name`; a copy cut short is found under the name it
+    /// would have had, so that `destroy_snapshot` removes it.
+    pub(super) fn find_snapshot(&self, name: &str, snap: &str) -> Result<Option<VolumeSpec>> {
+        validate_name(name)?;
+        validate_name(snap)?;
+        let image = self.snapshot_dir(name).join(format!("{snap}.{EXT}"));
+        let found = lookup::is_entry(&image, Entry::File)?
+            || lookup::is_entry(&self.snapshot_tmp(name, snap), Entry::File)?;
+        Ok(found.then_some(VolumeSpec::Qcow2 { image }))
+    }
+
+    /// Removes the image of `v` with whatever its mounts left (a stopped daemon's
+    /// export, or a live daemon nobody uses), and a snapshot's unfinished copy.
+    /// Refuses while it is mounted or other images back on it; an image already
+    /// gone is a warning.
+    pub(super) fn remove_loc(&self, v: &VolumeSpec, loc: &Loc) -> Result<()> {
+        let run = self.run_dir(&loc.key());
+        if lookup::exists(&run)? && !export::clean_if_stale(&run)? {
+            let pid = export::live_daemon(&run).unwrap_or_default();
+            return Err(BdevError::DeleteRefused {
+                path: loc.image.clone(),
+                reason: format!(
+                    "it is mounted (qemu-storage-daemon pid {pid}); unmount it before destroying it"
+                ),
+            });
+        }
+        if let Some(snap) = &loc.snap {
+            remove_image(&self.snapshot_tmp(&loc.name, snap))?;
+        }
+        if lookup::exists(&loc.image)? {
+            self.refuse_if_depended_on(&loc.image, std::slice::from_ref(&loc.image))?;
+            remove_image(&loc.image)?;
+        } else {
+            lookup::already_gone(v);
+        }
+        export::remove_run_root_if_empty(&self.run_root());
+        Ok(())
     }
 }
 

@@ -23,6 +23,7 @@
 mod export;
 mod layout;
 mod parse;
+mod space;
 
 use std::ffi::OsStr;
 use std::fs;
@@ -71,6 +72,8 @@ impl Loc {
 
 #[derive(Clone)]
 pub struct Qcow2 {
+    /// The pool's name, for errors that are about the pool.
+    pool: String,
     root: PathBuf,
     size: u64,
     fstype: FsType,
@@ -102,6 +105,7 @@ impl Qcow2 {
             });
         }
         Ok(Qcow2 {
+            pool: pool.name.clone(),
             root,
             size: pool.size.unwrap_or(DEFAULT_SIZE),
             fstype: pool.fstype.unwrap_or_default(),
@@ -139,11 +143,10 @@ impl Qcow2 {
         Ok(out)
     }
 
-    fn mkfs(&self, fs: FsType, dev: &Path) -> Result<()> {
-        let (tool, _) = mkfs_tool(fs);
-        let force = if fs == FsType::Ext4 { "-F" } else { "-f" };
-        self.runner
-            .run(tool, &["-q".as_ref(), force.as_ref(), dev.as_os_str()])?;
+    /// The same mkfs as every block-backed backend (`blockfs`).
+    fn mkfs(&self, fs: FsType, dev: &Path, size: u64) -> Result<()> {
+        let (prog, args) = crate::blockfs::mkfs_command(fs, dev, size);
+        crate::blockfs::run(&*self.runner, prog, &args)?;
         Ok(())
     }
 
@@ -207,9 +210,10 @@ impl Qcow2 {
         result
     }
 
-    /// Removes the leftovers of dead (or orphaned) qemu-storage-daemons: their
-    /// FUSE exports, loop devices, the filesystems mounted from them and their
-    /// `.run` state. Live mounts are left alone.
+    /// Removes the leftovers of dead qemu-storage-daemons (their FUSE exports,
+    /// loop devices, the filesystems mounted from them and their `.run` state)
+    /// and stops live ones whose export nothing uses. Mounts in use are left
+    /// alone; no age or timing guess is involved (see `export`).
     fn clean_leftovers(&self) -> Result<()> {
         let rd = match fs::read_dir(self.run_root()) {
             Ok(rd) => rd,
@@ -236,6 +240,7 @@ impl Qcow2 {
                 first.get_or_insert(e);
             }
         }
+        export::remove_run_root_if_empty(&self.run_root());
         first.map_or(Ok(()), Err)
     }
 }
@@ -318,7 +323,9 @@ impl Backend for Qcow2 {
                 name: image.display().to_string(),
             });
         }
-        let size = size_arg(opts.size.unwrap_or(self.size));
+        let bytes = opts.size.unwrap_or(self.size);
+        crate::blockfs::check_size(fstype, bytes, || format!("qcow2:{}", image.display()))?;
+        let size = size_arg(bytes);
         self.qemu_img(&[
             "create".as_ref(),
             "-q".as_ref(),
@@ -331,7 +338,7 @@ impl Backend for Qcow2 {
         rv.add(format!("remove {}", image.display()), move || {
             remove_image(&img)
         });
-        self.with_export(name, &image, |export| self.mkfs(fstype, export))?;
+        self.with_export(name, &image, |export| self.mkfs(fstype, export, bytes))?;
         Ok(VolumeSpec::Qcow2 { image })
     }
 
@@ -379,17 +386,25 @@ impl Backend for Qcow2 {
         if loc.snap.is_some() {
             return self.destroy_snapshot(v);
         }
-        self.refuse_if_mounted(&loc, "destroying it", false)?;
-        self.refuse_if_depended_on(&loc.image, std::slice::from_ref(&loc.image))?;
-        if !loc.image.exists() {
-            return Err(BdevError::NotFound {
-                what: "qcow2 image",
-                name: loc.image.display().to_string(),
-            });
-        }
         // Snapshots are files of their own and stay: a restore replaces the volume
         // and keeps them; the store removes them with `destroy_snapshot`.
-        remove_image(&loc.image)
+        self.remove_loc(v, &loc)
+    }
+
+    fn volume_names(&self) -> Result<Vec<String>> {
+        self.list_volumes()
+    }
+
+    fn volume_named(&self, name: &str) -> Result<Option<VolumeSpec>> {
+        self.find_volume(name)
+    }
+
+    fn snapshot_names(&self, name: &str) -> Result<Vec<String>> {
+        self.list_snapshots(name)
+    }
+
+    fn snapshot_named(&self, name: &str, snap: &str) -> Result<Option<VolumeSpec>> {
+        self.find_snapshot(name, snap)
     }
 
     fn usage(&self, v: &VolumeSpec) -> Result<Usage> {
@@ -436,7 +451,7 @@ impl Backend for Qcow2 {
             });
         }
         // Copied beside, then renamed: a crash never leaves a torn snapshot.
-        let tmp = dir.join(format!(".{snap}.{EXT}.tmp"));
+        let tmp = self.snapshot_tmp(&loc.name, snap);
         berth_bdev::copy::copy_file(&loc.image, &tmp)?;
         fs::rename(&tmp, &dst).map_err(|e| {
             let _ = fs::remove_file(&tmp);
@@ -457,15 +472,7 @@ impl Backend for Qcow2 {
                 reason: "not a snapshot".to_owned(),
             });
         }
-        self.refuse_if_mounted(&loc, "destroying it", false)?;
-        self.refuse_if_depended_on(&loc.image, std::slice::from_ref(&loc.image))?;
-        if !loc.image.exists() {
-            return Err(BdevError::NotFound {
-                what: "qcow2 snapshot",
-                name: loc.image.display().to_string(),
-            });
-        }
-        remove_image(&loc.image)?;
+        self.remove_loc(snap, &loc)?;
         let _ = fs::remove_dir(self.snapshot_dir(&loc.name));
         Ok(())
     }
@@ -540,6 +547,7 @@ impl Backend for Qcow2 {
                 name: image.display().to_string(),
             });
         }
+        self.check_convert_room(origin)?;
         // convert reads through the whole backing chain: the copy stands alone. It
         // takes qemu's image lock, so a volume mounted read-write is refused.
         let img = image.clone();
@@ -555,12 +563,25 @@ impl Backend for Qcow2 {
             image.as_os_str(),
         ])?;
         let v = VolumeSpec::Qcow2 { image };
+        self.sync_image(&v)?;
         if let Some(size) = opts.size {
             if size > self.info(origin)?.virtual_size {
                 self.resize(&v, size)?;
             }
         }
         Ok(v)
+    }
+
+    fn check_room(&self, opts: &CreateOpts, data: u64) -> Result<()> {
+        self.room_for(opts, data)
+    }
+
+    fn sync_volume(&self, v: &VolumeSpec) -> Result<()> {
+        self.sync_image(v)
+    }
+
+    fn check_fs(&self, v: &VolumeSpec) -> Result<()> {
+        self.check_image(v)
     }
 
     fn resize(&self, v: &VolumeSpec, size: u64) -> Result<()> {

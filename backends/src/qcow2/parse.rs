@@ -38,6 +38,19 @@ pub fn image_info(json: &str) -> Result<ImageInfo> {
     })
 }
 
+/// What `qemu-img measure --output=json -O qcow2 IMAGE` says a converted copy
+/// will take on disk ("required"; "fully-allocated" is the preallocated size).
+pub fn measure_required(json: &str) -> Result<u64> {
+    let bad = |reason: String| BdevError::Parse {
+        what: "qemu-img measure output",
+        reason,
+    };
+    let v: serde_json::Value = serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
+    v.get("required")
+        .and_then(serde_json::Value::as_u64)
+        .ok_or_else(|| bad("no numeric \"required\"".to_owned()))
+}
+
 /// Bytes of the qcow2 header that locate the backing file name.
 pub const HEADER_LEN: usize = 20;
 const MAGIC: &[u8; 4] = b"QFI\xfb";
@@ -197,5 +210,17 @@ mod tests {
             b"sleep\0--pidfile\0/p/.run/c1/qsd.pid\0",
             pf
         ));
+    }
+
+    #[test]
+    fn measure_output_gives_the_required_bytes() {
+        let out = r#"{
+    "bitmaps": 0,
+    "required": 393216,
+    "fully-allocated": 1074135040
+}"#;
+        assert_eq!(measure_required(out).unwrap(), 393216);
+        assert!(measure_required("{}").is_err());
+        assert!(measure_required("not json").is_err());
     }
 }

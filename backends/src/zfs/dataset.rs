@@ -136,6 +136,23 @@ impl Zfs {
         }
     }
 
+    /// Whether `dataset` is mounted; fails unless its mountpoint is `mp`, where
+    /// the pool expects it (binding `mp` would show an empty directory).
+    pub(super) fn mounted_at(&self, dataset: &str, mp: &str) -> Result<bool> {
+        let props = self.get(dataset, "mounted,mountpoint")?;
+        let actual = props.get("mountpoint").map(String::as_str).unwrap_or("-");
+        if actual != mp {
+            return Err(BdevError::InvalidSpec {
+                spec: dataset.to_owned(),
+                reason: format!(
+                    "its mountpoint is {actual:?}, not {mp:?} under this pool's path; \
+                     `zfs set mountpoint={mp} {dataset}` or give the pool that path"
+                ),
+            });
+        }
+        Ok(props.get("mounted").map(String::as_str) == Some("yes"))
+    }
+
     /// zfs-fuse may mount a fresh clone despite `canmount=noauto`; undo that.
     pub(super) fn ensure_unmounted(&self, dataset: &str) -> Result<()> {
         let p = self.get(dataset, "mounted")?;
@@ -222,8 +239,14 @@ impl Zfs {
 
     /// Names (after `@`) of the snapshots of `dataset`.
     pub(super) fn snapshots(&self, dataset: &str) -> Result<Vec<String>> {
-        let out = self.zfs(&["list", "-H", "-o", "name", "-t", "snapshot", "-r", dataset])?;
-        Ok(parse::snapshot_names(&out.stdout, dataset))
+        match self.zfs(&["list", "-H", "-o", "name", "-t", "snapshot", "-r", dataset]) {
+            Ok(out) => Ok(parse::snapshot_names(&out.stdout, dataset)),
+            Err(e) if parse::is_missing(e.stderr()) => Err(BdevError::NotFound {
+                what: "zfs dataset",
+                name: dataset.to_owned(),
+            }),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Destroys a volume with its snapshots (zfs refuses if a clone depends on any),

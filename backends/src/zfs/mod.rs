@@ -2,7 +2,8 @@
 //! `zpool` commands (kernel ZFS or zfs-fuse).
 //!
 //! Layout: a volume is `PARENT/NAME` with `canmount=noauto` and
-//! `mountpoint=ROOT/NAME` (ROOT is the pool's `path`); a snapshot is
+//! `mountpoint=ROOT/NAME` (ROOT is the pool's `path`, which the store places
+//! under its state root when `--path` is not given); a snapshot is
 //! `PARENT/NAME@SNAP`. A clone of a live volume is made from a hidden snapshot
 //! `PARENT/SRC@berth-clone-NAME`, which is destroyed together with the clone (found
 //! through the clone's `origin`), so no orphan `@…clone…` snapshots pile up as they
@@ -18,6 +19,7 @@
 //! clone `PARENT/NAME:SNAP` (`:` never occurs in volume names), destroyed on unmount.
 
 mod dataset;
+mod names;
 mod parse;
 
 use std::path::{Path, PathBuf};
@@ -32,6 +34,8 @@ use berth_bdev::{
     UsageKind, VolumeSpec,
 };
 use tracing::{debug, warn};
+
+use crate::lookup;
 
 const NAME: &str = "zfs";
 /// Prefix of the hidden snapshot a clone of a live volume is made from.
@@ -97,10 +101,8 @@ impl Zfs {
                 reason: "expected a dataset like tank/berth".to_owned(),
             });
         }
-        let root = match &pool.path {
-            Some(_) => crate::pool_path(pool)?.to_path_buf(),
-            None => PathBuf::from("/var/lib/berth/zfs").join(&pool.name),
-        };
+        // No default here: where mount points go is the store's to say.
+        let root = crate::pool_path(pool)?.to_path_buf();
         // Mountpoints are zfs property strings.
         if root.to_str().is_none() {
             return Err(BdevError::InvalidSpec {
@@ -289,12 +291,7 @@ impl Backend for Zfs {
         // Registered before anything can fail below, so the guard's drop undoes it.
         let (this, t2) = (self.clone(), t);
         guard.on_release(format!("release {dataset}"), move || this.release(&t2));
-        if self
-            .get(&dataset, "mounted")?
-            .get("mounted")
-            .map(String::as_str)
-            != Some("yes")
-        {
+        if !self.mounted_at(&dataset, &mp)? {
             match self.zfs_retry(&["mount", &dataset]) {
                 // Another mount of it won the race: use that.
                 Err(e) if parse::is_already_mounted(e.stderr()) => {}
@@ -317,7 +314,14 @@ impl Backend for Zfs {
         if t.snap.is_some() {
             return self.destroy_snapshot(v);
         }
-        let snaps = self.snapshots(&t.dataset)?;
+        let snaps = match self.snapshots(&t.dataset) {
+            Err(BdevError::NotFound { .. }) => {
+                lookup::already_gone(v);
+                let _ = std::fs::remove_dir(self.mountpoint(&t.name));
+                return Ok(());
+            }
+            r => r?,
+        };
         let (own, user): (Vec<_>, Vec<_>) =
             snaps.iter().partition(|s| s.starts_with(RESERVED_PREFIX));
         if user.is_empty() {
@@ -333,6 +337,22 @@ impl Backend for Zfs {
         self.zfs(&["set", &format!("{DESTROYED_PROP}=on"), &t.dataset])?;
         debug!(dataset = %t.dataset, snapshots = ?user, "destroyed volume kept for its snapshots");
         Ok(())
+    }
+
+    fn volume_names(&self) -> Result<Vec<String>> {
+        self.list_volumes()
+    }
+
+    fn volume_named(&self, name: &str) -> Result<Option<VolumeSpec>> {
+        self.find_volume(name)
+    }
+
+    fn snapshot_names(&self, name: &str) -> Result<Vec<String>> {
+        self.list_snapshots(name)
+    }
+
+    fn snapshot_named(&self, name: &str, snap: &str) -> Result<Option<VolumeSpec>> {
+        self.find_snapshot(name, snap)
     }
 
     fn usage(&self, v: &VolumeSpec) -> Result<Usage> {
@@ -399,9 +419,22 @@ impl Backend for Zfs {
                 reason: "not a snapshot".to_owned(),
             });
         }
-        self.destroy_dataset(&t.full(), false)?;
+        let destroyed = match self.destroy_dataset(&t.full(), false) {
+            // The only dependent clone may be a crashed mount's temporary one.
+            Err(BdevError::DeleteRefused { .. }) if self.drop_unused_snapshot_mount(&t)? => {
+                self.destroy_dataset(&t.full(), false)
+            }
+            r => r,
+        };
+        match destroyed {
+            Err(BdevError::NotFound { .. }) => lookup::already_gone(snap),
+            r => r?,
+        }
         // A volume destroyed while it had snapshots goes with the last of them.
-        let marked = self.get(&t.dataset, DESTROYED_PROP)?;
+        let marked = match self.get(&t.dataset, DESTROYED_PROP) {
+            Err(BdevError::NotFound { .. }) => return Ok(()),
+            r => r?,
+        };
         if marked.get(DESTROYED_PROP).map(String::as_str) == Some("on")
             && !self
                 .snapshots(&t.dataset)?
@@ -484,6 +517,11 @@ impl Backend for Zfs {
             Some((base, _)) => (src_ds.clone(), base.to_owned(), None),
             None => {
                 let t = format!("{src_ds}@{COPY_SNAP_PREFIX}{name}");
+                if self.exists(&t)? {
+                    // Left by a copy of the same name that was killed; the
+                    // caller holds `name`, so nothing sends it any more.
+                    self.destroy_dataset(&t, false)?;
+                }
                 self.zfs(&["snapshot", &t])?;
                 (t.clone(), src_ds.clone(), Some(t))
             }
@@ -680,6 +718,45 @@ mod tests {
         let e = z.destroy(&ds("tank/berth/v1")).unwrap_err();
         assert!(matches!(e, BdevError::DeleteRefused { .. }), "{e}");
         assert!(e.to_string().contains("tank/berth/c1"), "{e}");
+    }
+
+    #[test]
+    fn a_pool_needs_a_path_for_its_mount_points() {
+        let pool = PoolConfig::new("t", BackendKind::Zfs).with_dataset("tank/berth");
+        let e = Zfs::new(&pool, Arc::new(ScriptedRunner::new())).unwrap_err();
+        assert!(e.to_string().contains("--path"), "{e}");
+    }
+
+    #[test]
+    fn destroying_what_is_gone_succeeds() {
+        let missing = "cannot open 'tank/berth/gone': dataset does not exist";
+        let (z, r) = zfs_with(
+            ScriptedRunner::new()
+                .fail(
+                    "zfs list -H -o name -t snapshot -r tank/berth/gone",
+                    missing,
+                )
+                .fail(
+                    "zfs destroy tank/berth/v1@s1",
+                    "cannot open 'tank/berth/v1@s1': dataset does not exist",
+                )
+                .expect(
+                    "zfs get -Hp -o property,value berth:destroyed tank/berth/v1",
+                    "berth:destroyed\t-\n",
+                )
+                .fail(
+                    "zfs destroy tank/berth/gone@s1",
+                    "cannot open 'tank/berth/gone@s1': dataset does not exist",
+                )
+                .fail(
+                    "zfs get -Hp -o property,value berth:destroyed tank/berth/gone",
+                    missing,
+                ),
+        );
+        z.destroy(&ds("tank/berth/gone")).unwrap();
+        z.destroy_snapshot(&ds("tank/berth/v1@s1")).unwrap();
+        z.destroy_snapshot(&ds("tank/berth/gone@s1")).unwrap();
+        assert_eq!(r.calls().len(), 5);
     }
 
     #[test]

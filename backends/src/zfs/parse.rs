@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use berth_bdev::names::validate_name;
 use berth_bdev::{BdevError, Result};
 
 /// Parses `zfs get -Hp -o property,value P1,P2… DATASET` into property → value.
@@ -41,6 +42,22 @@ pub fn snapshot_names(text: &str, dataset: &str) -> Vec<String> {
         .filter_map(|l| l.trim().strip_prefix(dataset)?.strip_prefix('@'))
         .map(str::to_owned)
         .collect()
+}
+
+/// Volume names from `zfs list -H -o name,PROP -t filesystem -r PARENT`, sorted:
+/// the direct children of `parent` with a valid berth name (never the temporary
+/// `NAME:SNAP` clones) whose `PROP` (the destroyed mark) is not `on`.
+pub fn volume_names(text: &str, parent: &str) -> Vec<String> {
+    let mut out: Vec<String> = text
+        .lines()
+        .filter_map(|l| {
+            let (name, mark) = l.split_once('\t').unwrap_or((l, "-"));
+            let child = name.trim().strip_prefix(parent)?.strip_prefix('/')?;
+            (mark.trim() != "on" && validate_name(child).is_ok()).then(|| child.to_owned())
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 /// Pool names from `zpool list -H -o name`.
@@ -121,6 +138,15 @@ mod tests {
             vec!["berth-clone-c1", "s1"]
         );
         assert!(snapshot_names("", "tank/b/v1").is_empty());
+    }
+
+    #[test]
+    fn volume_list_is_parsed() {
+        // zfs list -H -o name,berth:destroyed -t filesystem -r zxp/b
+        let text = "zxp/b\t-\nzxp/b/v2\t-\nzxp/b/v1\t-\nzxp/b/gone\ton\nzxp/b/v1:s1\t-\n\
+                    zxp/b/v1/nested\t-\nzxp/bb/x\t-\n";
+        assert_eq!(volume_names(text, "zxp/b"), ["v1", "v2"]);
+        assert!(volume_names("", "zxp/b").is_empty());
     }
 
     #[test]

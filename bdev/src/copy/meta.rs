@@ -1,12 +1,12 @@
 //! Ownership, mode, xattrs and times of one copied object.
 
-use std::ffi::OsStr;
-use std::fs::Metadata;
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, Metadata};
 use std::io;
 use std::os::fd::BorrowedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rustix::fs::{
     chmodat, chownat, fchmod, fchown, fgetxattr, fgetxattr_query, flistxattr, flistxattr_query,
@@ -15,6 +15,7 @@ use rustix::fs::{
 };
 use rustix::io::Errno;
 
+use super::CopyOpts;
 use crate::error::{BdevError, Result};
 
 /// How many times to retry an xattr read whose size changed under us.
@@ -32,13 +33,15 @@ pub(super) enum Obj<'a> {
 /// Applies `md` (from the source `from`) to the new object `to`: owner, then mode
 /// (chown clears setuid/setgid), then xattrs (chown and writes drop
 /// security.capability), then times last because the other steps touch them.
+/// Returns the xattrs dropped as `opts` allowed.
 pub(super) fn apply(
     from: Obj<'_>,
     to: Obj<'_>,
     md: &Metadata,
     src: &Path,
     dst: &Path,
-) -> Result<()> {
+    opts: &CopyOpts,
+) -> Result<Vec<OsString>> {
     let uid = Some(Uid::from_raw(md.uid()));
     let gid = Some(Gid::from_raw(md.gid()));
     match to {
@@ -55,8 +58,9 @@ pub(super) fn apply(
         }
         .map_err(errno("set mode of", dst))?;
     }
-    copy_xattrs(from, to, src, dst)?;
-    set_times(to, md, dst)
+    let dropped = copy_xattrs(from, to, src, dst, opts)?;
+    set_times(to, md, dst)?;
+    Ok(dropped)
 }
 
 /// Drops the ACLs the target root carries (perhaps inherited from its parent),
@@ -91,8 +95,22 @@ fn set_times(to: Obj<'_>, md: &Metadata, dst: &Path) -> Result<()> {
 }
 
 /// Copies every xattr (all namespaces; ACLs are xattrs too) from `from` to `to`.
-pub(super) fn copy_xattrs(from: Obj<'_>, to: Obj<'_>, src: &Path, dst: &Path) -> Result<()> {
-    let names = list(from).map_err(errno("list xattrs of", src))?;
+/// Nothing is dropped unless `opts` says so: a source that cannot list xattrs,
+/// an xattr that cannot be read, or one the target refuses fails the copy.
+/// Returns the names dropped.
+fn copy_xattrs(
+    from: Obj<'_>,
+    to: Obj<'_>,
+    src: &Path,
+    dst: &Path,
+    opts: &CopyOpts,
+) -> Result<Vec<OsString>> {
+    let names = match list(from) {
+        Ok(n) => n,
+        Err(Errno::NOTSUP) if opts.source_lacks_xattrs => return Ok(Vec::new()),
+        Err(e) => return Err(errno("list xattrs of", src)(e)),
+    };
+    let mut dropped = Vec::new();
     for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
         let name = OsStr::from_bytes(name);
         let value = match get(from, name) {
@@ -101,27 +119,47 @@ pub(super) fn copy_xattrs(from: Obj<'_>, to: Obj<'_>, src: &Path, dst: &Path) ->
             Err(Errno::NODATA) => continue,
             Err(e) => return Err(named("read xattr of", src, name, e)),
         };
-        match to {
+        let set = match to {
             Obj::Fd(fd) => fsetxattr(fd, name, &value, XattrFlags::empty()),
             Obj::Path(p) => lsetxattr(p, name, &value, XattrFlags::empty()),
+        };
+        match set {
+            Ok(()) => {}
+            Err(Errno::NOTSUP) if opts.drop_xattrs => dropped.push(name.to_os_string()),
+            Err(e) => return Err(named("set xattr on", dst, name, e)),
         }
-        .map_err(|e| named("set xattr on", dst, name, e))?;
     }
-    Ok(())
+    Ok(dropped)
 }
 
-/// The NUL-separated xattr names of `obj` (empty where the fs has no xattrs).
+/// The first xattr found on anything in the tree at `root` (root included,
+/// symlinks not followed): the path and the attribute's name. A file whose
+/// xattrs cannot be listed is an error, not "none".
+pub fn first_xattr(root: &Path) -> Result<Option<(PathBuf, OsString)>> {
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let names = list(Obj::Path(&p)).map_err(errno("list xattrs of", &p))?;
+        if let Some(name) = names.split(|b| *b == 0).find(|n| !n.is_empty()) {
+            return Ok(Some((p, OsStr::from_bytes(name).to_os_string())));
+        }
+        let md = fs::symlink_metadata(&p).map_err(BdevError::io("stat", &p))?;
+        if md.is_dir() {
+            for e in fs::read_dir(&p).map_err(BdevError::io("read directory", &p))? {
+                stack.push(e.map_err(BdevError::io("read directory", &p))?.path());
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// The NUL-separated xattr names of `obj`. EOPNOTSUPP (a filesystem that cannot
+/// list them) is the caller's to judge: it does not prove there are none.
 fn list(obj: Obj<'_>) -> rustix::io::Result<Vec<u8>> {
     for _ in 0..XATTR_RETRIES {
         let size = match obj {
             Obj::Fd(fd) => flistxattr_query(fd),
             Obj::Path(p) => llistxattr_query(p),
-        };
-        let size = match size {
-            Ok(n) => n,
-            Err(Errno::NOTSUP) => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
+        }?;
         if size == 0 {
             return Ok(Vec::new());
         }
@@ -188,5 +226,26 @@ fn named(op: &'static str, path: &Path, name: &OsStr, e: Errno) -> BdevError {
         op,
         path: path.to_path_buf(),
         source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_xattr_finds_one_below_the_root() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("a/b")).unwrap();
+        std::fs::write(d.path().join("a/b/f"), b"x").unwrap();
+        assert_eq!(first_xattr(d.path()).unwrap(), None);
+        let f = d.path().join("a/b/f");
+        if lsetxattr(&f, "user.t", b"1", XattrFlags::empty()).is_err() {
+            return; // no user xattrs on this filesystem
+        }
+        assert_eq!(
+            first_xattr(d.path()).unwrap(),
+            Some((f, OsString::from("user.t")))
+        );
     }
 }

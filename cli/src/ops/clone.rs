@@ -1,13 +1,14 @@
 //! `berth clone`: snapshot clones and copies, within a pool or across backends.
 
 use berth_bdev::copy::Progress;
-use berth_bdev::fsutil::allocated_bytes;
+use berth_bdev::generic::refuse_xattrs;
 use berth_bdev::names::validate_name;
 use berth_bdev::plan::{plan_clone, CloneMode, ClonePlan};
-use berth_bdev::{Backend, BackendKind, BdevError, CreateOpts, Revert, VolumeSpec, DEFAULT_SIZE};
+use berth_bdev::{BackendKind, BdevError, CreateOpts, Revert};
 
 use super::{split_snapshot_ref, Berth, CopyTo};
 use crate::error::{BerthError, Result};
+use crate::journal::{self, Commit, Intent, Planned};
 use crate::store::{now, Container, Origin};
 
 #[derive(Debug, Clone)]
@@ -17,6 +18,12 @@ pub struct CloneRequest {
     pub backend: Option<BackendKind>,
     /// Destroy the clone when it stops (lxc-copy -e).
     pub ephemeral: bool,
+    /// A copy into a pool whose backend cannot store xattrs leaves them out
+    /// instead of being refused (`--drop-xattrs`).
+    pub drop_xattrs: bool,
+    /// Size of a copy into a block-backed pool (`--size`); by default it is sized
+    /// from the data the source holds.
+    pub size: Option<u64>,
 }
 
 impl Berth {
@@ -30,6 +37,8 @@ impl Berth {
     ) -> Result<Container> {
         let (src_name, snap) = split_snapshot_ref(src);
         validate_name(dst)?;
+        // Before anything is read: the source cannot change under the copy.
+        let _locks = self.lock_containers(&[dst], &[src_name])?;
         if self.store().exists(dst) {
             return Err(BerthError::ContainerExists(dst.to_owned()));
         }
@@ -45,6 +54,12 @@ impl Berth {
         let caps = dst_b.caps();
         let same_pool = src_pool.name == dst_pool.name;
         let plan = plan_clone(source.kind(), dst_pool.backend, &caps, same_pool, req.mode)?;
+        if req.size.is_some() && matches!(plan, ClonePlan::SnapshotClone { .. }) {
+            return Err(BerthError::Invalid(
+                "--size applies to copies (--copy); a snapshot clone keeps its origin's size"
+                    .to_owned(),
+            ));
+        }
 
         if let ClonePlan::SnapshotClone { .. } = plan {
             if snap.is_some() && source.kind() == dst_pool.backend && !caps.clone_from_snapshot {
@@ -61,66 +76,76 @@ impl Berth {
             if snap.is_none() && caps.clone_reads_live_origin {
                 self.refuse_if_active(src_name, "stop or unmount it before a snapshot clone")?;
             }
+            // A layer that cannot show xattrs would hide the source's: refused
+            // as `create` refuses such a tree.
+            refuse_xattrs(
+                dst_b.as_ref(),
+                &source.branch_dirs(),
+                &[
+                    "copy without them (--copy --drop-xattrs)",
+                    "clone into a pool whose backend keeps xattrs",
+                ],
+            )?;
         }
 
-        let mut rv = Revert::new();
-        let volume = match plan {
-            ClonePlan::SnapshotClone { .. } => dst_b.snapshot_clone(&source, dst, &mut rv)?,
-            ClonePlan::NativeCopy | ClonePlan::GenericCopy => {
-                let to = CopyTo {
-                    backend: dst_b.as_ref(),
-                    name: dst,
-                    opts: self.copy_opts(&source, &dst_pool, src_b.as_ref()),
-                };
-                self.full_copy(src_b.as_ref(), &source, to, &mut rv, progress)?
-            }
-        };
-        let pinned = matches!(plan, ClonePlan::SnapshotClone { pins_origin: true });
-        let c = Container {
-            name: dst.to_owned(),
+        let mut intent = Intent::new("clone", dst, Commit::RecordExists);
+        intent.reads.push(src_name.to_owned());
+        intent.creates.push(Planned {
             pool: dst_pool.name.clone(),
-            volume,
-            created: now(),
-            template: origin.template.clone(),
-            origin: Some(Origin {
-                container: src_name.to_owned(),
-                snapshot: snap.map(str::to_owned),
-                pinned,
-                mode: match req.mode {
-                    CloneMode::Snapshot => "snapshot",
-                    CloneMode::Copy => "copy",
-                }
-                .to_owned(),
-            }),
-            ephemeral: req.ephemeral,
-            // Limits and security travel with the rootfs, as lxc-copy copies the config.
-            run: origin.run.clone(),
-            snapshots: Vec::new(),
-        };
-        self.store().save(&c)?;
-        rv.commit();
-        Ok(c)
-    }
-
-    /// Size for a copy into a block-backed pool: the source's data with headroom,
-    /// and never less than the pool's default.
-    fn copy_opts(
-        &self,
-        source: &VolumeSpec,
-        pool: &berth_bdev::PoolConfig,
-        src_b: &dyn Backend,
-    ) -> CreateOpts {
-        let used = match source.tree_path() {
-            Some(p) => allocated_bytes(p).ok(),
-            None => src_b
-                .usage(source)
-                .ok()
-                .map(|u| u.limit_bytes.unwrap_or(u.used_bytes)),
-        };
-        let base = pool.size.unwrap_or(DEFAULT_SIZE);
-        CreateOpts {
-            size: Some(used.map_or(base, |u| base.max(u.saturating_mul(3) / 2))),
-            fstype: pool.fstype,
-        }
+            name: dst.to_owned(),
+            snap: None,
+        });
+        self.journaled(&intent, || {
+            let mut rv = Revert::new();
+            // Copies take long: other commands may use the store meanwhile.
+            let volume = self.store().unlocked(|| {
+                Ok(match plan {
+                    ClonePlan::SnapshotClone { .. } => {
+                        dst_b.snapshot_clone(&source, dst, &mut rv)?
+                    }
+                    ClonePlan::NativeCopy | ClonePlan::GenericCopy => {
+                        let to = CopyTo {
+                            backend: dst_b.as_ref(),
+                            name: dst,
+                            pool: &dst_pool.name,
+                            opts: CreateOpts {
+                                size: req.size,
+                                fstype: dst_pool.fstype,
+                            },
+                            drop_xattrs: req.drop_xattrs,
+                        };
+                        self.full_copy(src_b.as_ref(), &source, to, &mut rv, progress)?
+                    }
+                })
+            })?;
+            journal::crash_point("clone", "made");
+            let pinned = matches!(plan, ClonePlan::SnapshotClone { pins_origin: true });
+            let c = Container {
+                name: dst.to_owned(),
+                pool: dst_pool.name.clone(),
+                volume,
+                created: now(),
+                template: origin.template.clone(),
+                origin: Some(Origin {
+                    container: src_name.to_owned(),
+                    snapshot: snap.map(str::to_owned),
+                    pinned,
+                    mode: match req.mode {
+                        CloneMode::Snapshot => "snapshot",
+                        CloneMode::Copy => "copy",
+                    }
+                    .to_owned(),
+                }),
+                ephemeral: req.ephemeral,
+                // Limits and security travel with the rootfs, as lxc-copy copies the config.
+                run: origin.run.clone(),
+                snapshots: Vec::new(),
+                volume_name: None,
+            };
+            self.store().save(&c)?;
+            journal::crash_point("clone", "recorded");
+            rv.commit();
+            Ok(c)
+        })
     }
 }

@@ -1,16 +1,19 @@
 //! `berth flatten` and `berth resize`: change a container's volume in place.
 
 use berth_bdev::{BdevError, CreateOpts, Revert};
+
 use tracing::warn;
 
 use super::{Berth, CopyTo};
 use crate::error::Result;
+use crate::journal::{self, Commit, Intent, Planned, Retired};
 
 impl Berth {
     /// Makes a clone independent of its origin: its data is copied into a new
     /// volume of the same pool, the record switches to it in one rename, and the
     /// stacked volume is removed. Returns false when there was nothing to do.
     pub fn flatten(&self, name: &str, progress: &dyn berth_bdev::copy::Progress) -> Result<bool> {
+        let _locks = self.lock_containers(&[name], &[])?;
         let mut c = self.store().container(name)?;
         if !c.origin.as_ref().is_some_and(|o| o.pinned) {
             return Ok(false);
@@ -18,32 +21,61 @@ impl Berth {
         self.refuse_if_in_use(name, "stop it, or `berth umount` it, before flattening")?;
         let backend = self.backend_of(&c)?;
         let new_name = format!("{name}.flat-{}", super::snapshot::unique_suffix());
-        let mut rv = Revert::new();
-        // A native copy (zfs send, qemu-img convert) never keeps a backing chain.
-        let to = CopyTo {
-            backend: backend.as_ref(),
-            name: &new_name,
-            opts: CreateOpts {
-                size: backend.usage(&c.volume).ok().and_then(|u| u.limit_bytes),
-                fstype: None,
+        let mut intent = Intent::new(
+            "flatten",
+            name,
+            Commit::VolumeIsNot {
+                old: c.volume.clone(),
             },
-        };
-        let volume = self.full_copy(backend.as_ref(), &c.volume, to, &mut rv, progress)?;
-        let old = std::mem::replace(&mut c.volume, volume);
-        if let Some(o) = c.origin.as_mut() {
-            o.pinned = false;
-            o.mode = "flattened".to_owned();
-        }
-        self.store().save(&c)?;
-        rv.commit();
-        if let Err(e) = backend.destroy(&old) {
-            warn!(name, volume = %old, error = %e, "flattened, but the stacked volume could not be removed");
-        }
-        Ok(true)
+        );
+        intent.creates.push(Planned {
+            pool: c.pool.clone(),
+            name: new_name.clone(),
+            snap: None,
+        });
+        intent.retires.push(Retired {
+            pool: c.pool.clone(),
+            volume: c.volume.clone(),
+            snapshot: false,
+        });
+        self.journaled(&intent, || {
+            let mut rv = Revert::new();
+            // A native copy (zfs send, qemu-img convert) never keeps a backing chain.
+            let volume = self.store().unlocked(|| {
+                let to = CopyTo {
+                    backend: backend.as_ref(),
+                    pool: &c.pool,
+                    name: &new_name,
+                    opts: CreateOpts {
+                        size: backend.usage(&c.volume).ok().and_then(|u| u.limit_bytes),
+                        fstype: None,
+                    },
+                    drop_xattrs: false,
+                };
+                self.full_copy(backend.as_ref(), &c.volume, to, &mut rv, progress)
+            })?;
+            journal::crash_point("flatten", "made");
+            let old = std::mem::replace(&mut c.volume, volume);
+            c.volume_name = Some(new_name.clone());
+            if let Some(o) = c.origin.as_mut() {
+                o.pinned = false;
+                o.mode = "flattened".to_owned();
+            }
+            self.store().save(&c)?;
+            rv.commit();
+            journal::crash_point("flatten", "switched");
+            // The old volume can outlive the switch (classic lvm snapshots still
+            // read from it): a warning, not a failure of what already happened.
+            if let Err(e) = backend.destroy(&old) {
+                warn!(name, volume = %old, error = %e, "flattened, but the old volume could not be removed");
+            }
+            Ok(true)
+        })
     }
 
     /// Grows a container's volume (and its filesystem) to `size` bytes.
     pub fn resize(&self, name: &str, size: u64) -> Result<()> {
+        let _locks = self.lock_containers(&[name], &[])?;
         let c = self.store().container(name)?;
         let backend = self.backend_of(&c)?;
         if !backend.caps().resize {

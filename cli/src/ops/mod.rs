@@ -6,26 +6,33 @@ use std::sync::Arc;
 
 use berth_bdev::cmd::{HostRunner, Runner};
 use berth_bdev::copy::Progress;
-use berth_bdev::generic::copy_volume;
+use berth_bdev::generic::copy_opts;
 use berth_bdev::{Backend, BackendKind, BdevError, CreateOpts, PoolConfig, Revert, VolumeSpec};
 use tracing::warn;
 
 use crate::error::{BerthError, Result};
+use crate::locks::{self, ContainerLock};
 use crate::store::{Container, Store};
 
 mod clone;
+mod copy;
 mod create;
 mod destroy;
 mod flatten;
+mod health;
 mod mount;
 mod pool;
+mod recover;
 pub mod run;
 mod snapshot;
 
 pub use clone::CloneRequest;
 pub use create::CreateRequest;
-pub use destroy::DestroyRequest;
+pub use destroy::{DestroyRequest, Destroyed};
+pub use health::{Listed, State};
 pub use mount::Mounted;
+pub use pool::PoolEntry;
+pub use recover::Finding;
 pub use run::RunRequest;
 
 /// An open berth state root. Commands that change state hold its lock exclusively.
@@ -60,7 +67,7 @@ impl Berth {
 
     /// Opens a pool's backend and checks that the host can run it.
     pub fn backend(&self, pool: &PoolConfig) -> Result<Box<dyn Backend>> {
-        let b = berth_backends::open(pool, self.runner.clone())?;
+        let b = berth_backends::open(&self.with_default_path(pool), self.runner.clone())?;
         b.probe()?;
         Ok(b)
     }
@@ -123,9 +130,54 @@ impl Berth {
         Ok(pool)
     }
 
-    /// A scratch directory for mount points of copies.
+    /// This process's scratch directory for mount points of copies: one per
+    /// process, so that cleanup after a crash never touches a live one.
     pub fn scratch(&self) -> PathBuf {
-        self.store.scratch()
+        self.store.scratch().join(process_tag())
+    }
+
+    /// Locks containers for an operation: `exclusive` ones it changes,
+    /// `shared` ones it reads. Never waits while holding the store lock (the
+    /// holder may need it to commit): a taken lock makes it let the store go,
+    /// wait (saying so after a second), take the store back and try again.
+    pub fn lock_containers(
+        &self,
+        exclusive: &[&str],
+        shared: &[&str],
+    ) -> Result<Vec<ContainerLock>> {
+        for n in exclusive.iter().chain(shared) {
+            // Names become lock file names: nothing may climb out.
+            berth_bdev::names::validate_name(n)?;
+        }
+        let mut wanted: Vec<(&str, locks::Mode)> = exclusive
+            .iter()
+            .map(|n| (*n, locks::Mode::Exclusive))
+            .chain(shared.iter().map(|n| (*n, locks::Mode::Shared)))
+            .collect();
+        // One order for everyone: no two commands wait for each other.
+        wanted.sort_by(|a, b| a.0.cmp(b.0));
+        wanted.dedup_by(|a, b| a.0 == b.0);
+        let root = self.store.root();
+        loop {
+            let mut held = Vec::new();
+            let mut busy = None;
+            for (name, mode) in &wanted {
+                match locks::try_container(root, name, *mode)? {
+                    Some(l) => held.push(l),
+                    None => {
+                        busy = Some((*name, *mode));
+                        break;
+                    }
+                }
+            }
+            let Some((name, mode)) = busy else {
+                self.settle_dying(exclusive)?;
+                return Ok(held);
+            };
+            drop(held);
+            self.store
+                .unlocked(|| locks::wait_for_container(root, name, mode))?;
+        }
     }
 
     /// Whether the live volume of `name` must stay read-only because clones read
@@ -150,15 +202,20 @@ impl Berth {
 /// Where `Berth::full_copy` puts its copy.
 pub(crate) struct CopyTo<'a> {
     pub backend: &'a dyn Backend,
+    /// The pool `backend` serves, named when it is full.
+    pub pool: &'a str,
     pub name: &'a str,
     pub opts: CreateOpts,
+    /// The user agreed to lose xattrs (`--drop-xattrs`); see `copy_opts`.
+    pub drop_xattrs: bool,
 }
 
 impl Berth {
     /// An independent full copy of `source` (held by `src_b`) as a new volume: the
     /// target backend's own tool when both sides are the same kind (`zfs send`,
     /// `qemu-img convert`, a reflinked image), else a new volume filled through
-    /// mounts.
+    /// mounts (see `copy_through_mounts` for sizes and room). A native copy keeps
+    /// the source's size, so one asked smaller goes through mounts instead.
     pub(crate) fn full_copy(
         &self,
         src_b: &dyn Backend,
@@ -167,15 +224,41 @@ impl Berth {
         rv: &mut Revert,
         progress: &dyn Progress,
     ) -> Result<VolumeSpec> {
-        if source.kind() == to.backend.kind() {
+        let shrinks = to.backend.caps().block_backed
+            && to.opts.size.is_some_and(|want| {
+                src_b
+                    .usage(source)
+                    .ok()
+                    .and_then(|u| u.limit_bytes)
+                    .is_some_and(|have| want < have)
+            });
+        if source.kind() == to.backend.kind() && !shrinks {
             match to.backend.copy_clone(source, to.name, &to.opts, rv) {
                 Err(BdevError::Unsupported { .. }) => {}
-                other => return Ok(other?),
+                other => return Ok(other.map_err(|e| berth_bdev::space::in_pool(e, to.pool))?),
             }
         }
-        let v = to.backend.create(to.name, &to.opts, rv)?;
-        copy_volume(src_b, source, to.backend, &v, &self.scratch(), progress)?;
-        Ok(v)
+        // Refuses a copy that would lose xattrs before the volume exists.
+        let copy = copy_opts(src_b, source, to.backend, &self.scratch(), to.drop_xattrs)?;
+        self.copy_through_mounts(src_b, source, &to, &copy, rv, progress)
+    }
+}
+
+/// `PID-STARTTIME` of this process: names what it owns in shared directories.
+pub(crate) fn process_tag() -> String {
+    let pid = std::process::id();
+    let start = crate::store::proc_starttime(pid).unwrap_or(0);
+    format!("{pid}-{start}")
+}
+
+/// Whether the process a [`process_tag`] names still runs.
+pub(crate) fn tag_alive(tag: &str) -> bool {
+    let Some((pid, start)) = tag.split_once('-') else {
+        return false;
+    };
+    match (pid.parse::<i32>(), start.parse::<u64>()) {
+        (Ok(pid), Ok(starttime)) => berth_bdev::process::Process { pid, starttime }.alive(),
+        _ => false,
     }
 }
 

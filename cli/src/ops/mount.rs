@@ -45,15 +45,20 @@ impl Berth {
         self.refuse_if_active(name, hint)?;
         let readers = self.pinned_read_only(name)?;
         if !readers.is_empty() {
-            return Err(BerthError::HasDependents {
-                what: format!("the current rootfs of {name:?}"),
-                dependents: readers,
+            return Err(BerthError::ReadByClones {
+                name: name.to_owned(),
+                clones: readers,
             });
         }
         Ok(())
     }
 
-    fn mount_rootfs(&self, c: &Container) -> Result<(MountGuard, PathBuf, bool)> {
+    /// Reads the record only once it holds the container's lock: not while a
+    /// restore, flatten or destroy of it is under way.
+    fn mount_rootfs(&self, name: &str) -> Result<(Container, MountGuard, PathBuf, bool)> {
+        let _locks = self.lock_containers(&[name], &[])?;
+        let c = self.store().container(name)?;
+        let c = &c;
         self.refuse_if_active(&c.name, "stop it, or `berth umount` it, first")?;
         let backend = self.backend_of(c)?;
         // Clones read this volume directly: keep it read-only while they exist.
@@ -61,13 +66,17 @@ impl Berth {
         let at = self.store().mountpoint(&c.name);
         std::fs::create_dir_all(&at).map_err(BerthError::io("create directory", &at))?;
         let guard = backend.mount(&c.volume, &at, read_only)?;
-        Ok((guard, at, read_only))
+        Ok((c.clone(), guard, at, read_only))
     }
 
-    /// `berth mount`: mounts the rootfs until `umount`; returns where.
+    /// `berth mount`: mounts the rootfs until `umount`; returns where. Mounting
+    /// a container `berth mount` already mounted returns the same place, so
+    /// that `$(berth mount c)` always names the rootfs.
     pub fn mount(&self, name: &str) -> Result<PathBuf> {
-        let c = self.store().container(name)?;
-        let (guard, at, _) = self.mount_rootfs(&c)?;
+        if let Some(at) = self.mounted_at(name)? {
+            return Ok(at);
+        }
+        let (c, guard, at, _) = self.mount_rootfs(name)?;
         self.store().save_run_state(
             name,
             &RunState {
@@ -79,6 +88,15 @@ impl Berth {
         )?;
         let _ = guard.persist();
         Ok(at)
+    }
+
+    /// Where `berth mount` mounted `name`, while it still is.
+    fn mounted_at(&self, name: &str) -> Result<Option<PathBuf>> {
+        berth_bdev::names::validate_name(name)?;
+        Ok(match self.store().run_state(name)? {
+            Some(s) if s.pid.is_none() && mount::is_mountpoint(&s.mountpoint) => Some(s.mountpoint),
+            _ => None,
+        })
     }
 
     /// `berth umount`.
@@ -107,8 +125,7 @@ impl Berth {
 
     /// Mounts the rootfs for `berth run` and records this process as its runner.
     pub fn start_run(&self, name: &str) -> Result<Mounted> {
-        let c = self.store().container(name)?;
-        let (guard, rootfs, read_only) = self.mount_rootfs(&c)?;
+        let (c, guard, rootfs, read_only) = self.mount_rootfs(name)?;
         let pid = std::process::id();
         self.store().save_run_state(
             name,
@@ -149,9 +166,19 @@ impl Berth {
     /// create, helper daemons the backends left, and runs whose berth process is
     /// gone (ephemeral containers among them are destroyed).
     pub(super) fn collect_garbage(&self) -> Result<()> {
-        // We hold the exclusive lock, so no other berth is using scratch space.
-        let scratch = self.scratch();
-        let mut stale_mounts = mount::mounts_under(&scratch);
+        // Scratch directories are per process: those of dead processes go.
+        let scratch = self.store().scratch();
+        let mut stale_mounts = Vec::new();
+        let mut stale_scratch = false;
+        if let Ok(entries) = std::fs::read_dir(&scratch) {
+            for e in entries.flatten() {
+                let tag = e.file_name().to_string_lossy().into_owned();
+                if !super::tag_alive(&tag) {
+                    stale_scratch |= !mount::mounts_under(&e.path()).is_empty();
+                    self.clean_scratch_of(&tag);
+                }
+            }
+        }
         // A rootfs mount that no run state accounts for was left by a berth that
         // died between mounting and recording it.
         let mnt_root = self.store().mountpoint("");
@@ -178,11 +205,7 @@ impl Berth {
                 let _ = mount::unmount_detach(m);
             }
         }
-        if let Ok(entries) = std::fs::read_dir(&scratch) {
-            for e in entries.flatten() {
-                let _ = std::fs::remove_dir(e.path());
-            }
-        }
+        let recovered = self.recover_interrupted()?;
         let mut stale_runs = false;
         for (name, state) in self.store().run_states()? {
             if state.pid.is_none() || state.process_alive() {
@@ -217,7 +240,9 @@ impl Berth {
                 )?;
             }
         }
-        if !stale_mounts.is_empty() || stale_runs {
+        // Helper daemons of a live operation in another berth must stay.
+        let stale = !stale_mounts.is_empty() || stale_runs || stale_scratch || recovered > 0;
+        if stale && !self.live_operations() {
             for pool in self.store().pools()? {
                 let cleaned = self.backend(&pool).and_then(|b| Ok(b.cleanup_stale()?));
                 if let Err(e) = cleaned {

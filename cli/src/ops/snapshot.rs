@@ -3,10 +3,12 @@
 use berth_bdev::copy::Progress;
 use berth_bdev::names::validate_name;
 use berth_bdev::{CreateOpts, Revert};
+
 use tracing::warn;
 
 use super::{Berth, CopyTo};
 use crate::error::{BerthError, Result};
+use crate::journal::{self, Commit, Intent, Planned, Retired};
 use crate::store::{dependents, now, Snapshot};
 
 /// Nanoseconds since the epoch: two restores in one second still get new names.
@@ -20,6 +22,7 @@ pub(super) fn unique_suffix() -> u128 {
 impl Berth {
     /// Takes snapshot `snap` (default `snapN`, as lxc-snapshot names them).
     pub fn snapshot(&self, name: &str, snap: Option<&str>) -> Result<Snapshot> {
+        let _locks = self.lock_containers(&[name], &[])?;
         let mut c = self.store().container(name)?;
         let snap = match snap {
             Some(s) => s.to_owned(),
@@ -36,17 +39,30 @@ impl Berth {
             });
         }
         let backend = self.backend_of(&c)?;
-        let mut rv = Revert::new();
-        let volume = backend.snapshot(&c.volume, name, &snap, &mut rv)?;
-        let s = Snapshot {
-            name: snap,
-            volume,
-            created: now(),
-        };
-        c.snapshots.push(s.clone());
-        self.store().save(&c)?;
-        rv.commit();
-        Ok(s)
+        let mut intent = Intent::new("snapshot", name, Commit::HasSnapshot { snap: snap.clone() });
+        // Backends file snapshots under the volume's own name.
+        let vol_name = c.volume_name().to_owned();
+        intent.creates.push(Planned {
+            pool: c.pool.clone(),
+            name: vol_name.clone(),
+            snap: Some(snap.clone()),
+        });
+        self.journaled(&intent, || {
+            let mut rv = Revert::new();
+            let volume = self
+                .store()
+                .unlocked(|| Ok(backend.snapshot(&c.volume, &vol_name, &snap, &mut rv)?))?;
+            journal::crash_point("snapshot", "made");
+            let s = Snapshot {
+                name: snap.clone(),
+                volume,
+                created: now(),
+            };
+            c.snapshots.push(s.clone());
+            self.store().save(&c)?;
+            rv.commit();
+            Ok(s)
+        })
     }
 
     pub fn snapshots(&self, name: &str) -> Result<Vec<Snapshot>> {
@@ -55,6 +71,7 @@ impl Berth {
 
     /// Removes a snapshot no clone depends on.
     pub fn snapshot_rm(&self, name: &str, snap: &str) -> Result<()> {
+        let _locks = self.lock_containers(&[name], &[])?;
         let mut c = self.store().container(name)?;
         let s = c.snapshot(snap)?.clone();
         let users: Vec<String> = dependents(&self.store().containers()?, name)
@@ -63,9 +80,10 @@ impl Berth {
             .map(|(d, _)| d)
             .collect();
         if !users.is_empty() {
-            return Err(BerthError::HasDependents {
-                what: format!("snapshot {name}@{snap}"),
-                dependents: users,
+            return Err(BerthError::SnapshotInUse {
+                name: name.to_owned(),
+                snap: snap.to_owned(),
+                clones: users,
             });
         }
         self.backend_of(&c)?.destroy_snapshot(&s.volume)?;
@@ -78,33 +96,61 @@ impl Berth {
     /// beside the current one, the container record is switched to it in one
     /// rename, and only then is the old volume destroyed.
     pub fn restore(&self, name: &str, snap: &str, progress: &dyn Progress) -> Result<()> {
+        let _locks = self.lock_containers(&[name], &[])?;
         let mut c = self.store().container(name)?;
         let s = c.snapshot(snap)?.clone();
         self.refuse_if_in_use(name, "stop it, or `berth umount` it, before restoring")?;
         let backend = self.backend_of(&c)?;
         let caps = backend.caps();
         let new_name = format!("{name}.restore-{}", unique_suffix());
-        let mut rv = Revert::new();
-        // A clone that kept reading the snapshot would pin it; restore by copy there.
-        let volume = if caps.clone_from_snapshot && !caps.clone_pins_origin {
-            backend.snapshot_clone(&s.volume, &new_name, &mut rv)?
-        } else {
-            let to = CopyTo {
-                backend: backend.as_ref(),
-                name: &new_name,
-                opts: CreateOpts {
-                    size: backend.usage(&c.volume).ok().and_then(|u| u.limit_bytes),
-                    fstype: None,
-                },
-            };
-            self.full_copy(backend.as_ref(), &s.volume, to, &mut rv, progress)?
-        };
-        let old = std::mem::replace(&mut c.volume, volume);
-        self.store().save(&c)?;
-        rv.commit();
-        if let Err(e) = backend.destroy(&old) {
-            warn!(name, volume = %old, error = %e, "restored, but the old volume could not be removed");
-        }
-        Ok(())
+        let mut intent = Intent::new(
+            "restore",
+            name,
+            Commit::VolumeIsNot {
+                old: c.volume.clone(),
+            },
+        );
+        intent.creates.push(Planned {
+            pool: c.pool.clone(),
+            name: new_name.clone(),
+            snap: None,
+        });
+        intent.retires.push(Retired {
+            pool: c.pool.clone(),
+            volume: c.volume.clone(),
+            snapshot: false,
+        });
+        self.journaled(&intent, || {
+            let mut rv = Revert::new();
+            // A clone that kept reading the snapshot would pin it; restore by copy there.
+            let volume = self.store().unlocked(|| {
+                if caps.clone_from_snapshot && !caps.clone_pins_origin {
+                    return Ok(backend.snapshot_clone(&s.volume, &new_name, &mut rv)?);
+                }
+                let to = CopyTo {
+                    backend: backend.as_ref(),
+                    pool: &c.pool,
+                    name: &new_name,
+                    opts: CreateOpts {
+                        size: backend.usage(&c.volume).ok().and_then(|u| u.limit_bytes),
+                        fstype: None,
+                    },
+                    drop_xattrs: false,
+                };
+                self.full_copy(backend.as_ref(), &s.volume, to, &mut rv, progress)
+            })?;
+            journal::crash_point("restore", "made");
+            let old = std::mem::replace(&mut c.volume, volume);
+            c.volume_name = Some(new_name.clone());
+            self.store().save(&c)?;
+            rv.commit();
+            journal::crash_point("restore", "switched");
+            // The old volume can outlive the switch (classic lvm snapshots still
+            // read from it): a warning, not a failure of what already happened.
+            if let Err(e) = backend.destroy(&old) {
+                warn!(name, volume = %old, error = %e, "restored, but the old volume could not be removed");
+            }
+            Ok(())
+        })
     }
 }

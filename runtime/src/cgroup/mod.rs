@@ -216,13 +216,12 @@ impl Cgroup {
                 // the parent from under us: make it again.
                 let mut tries = 0;
                 loop {
-                    ops::ensure_chain(p, &needed)?;
-                    match ops::make_fresh(&p.dir) {
-                        Err(CgroupError::MakeDir { source, .. })
-                            if source.kind() == std::io::ErrorKind::NotFound && tries < 3 =>
-                        {
-                            tries += 1;
-                        }
+                    let made_it =
+                        ops::ensure_chain(p, &needed).and_then(|()| ops::make_fresh(&p.dir));
+                    match made_it {
+                        // The parent went while we filled it or made our
+                        // directory in it: start the chain again.
+                        Err(_) if !p.parent.is_dir() && tries < 5 => tries += 1,
                         other => break other?,
                     }
                 }

@@ -161,6 +161,12 @@ impl Drop for ZfsPool {
 /// A zfs pool: zpool `btest-PID-N` on a 1 GiB sparse file under `tmp`, parent
 /// dataset `btest-PID-N/berth`, mountpoints under `tmp/pool`.
 pub fn setup(tmp: &Path) -> Result<Setup, String> {
+    setup_sized(tmp, POOL_SIZE)
+}
+
+/// Like [`setup`], on a zpool file of `size` bytes (zfs takes 64 MiB at least):
+/// small ones fill up quickly, for tests of a full pool.
+pub fn setup_sized(tmp: &Path, size: u64) -> Result<Setup, String> {
     for prog in ["zfs-fuse", "zfs", "zpool"] {
         if !have_program(prog) {
             return Err(format!(
@@ -188,7 +194,7 @@ pub fn setup(tmp: &Path) -> Result<Setup, String> {
         created: false,
     };
     let f = File::create(&pool.image).map_err(|e| format!("create zpool image: {e}"))?;
-    f.set_len(POOL_SIZE)
+    f.set_len(size)
         .map_err(|e| format!("size zpool image: {e}"))?;
     drop(f);
     let img = pool.image.to_string_lossy().into_owned();
