@@ -5,6 +5,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use berth_cli::confine::RunConfig;
 use berth_cli::ops::run::{run as run_container, RunRequest};
 use berth_runtime::NetMode;
 use clap::{Args, ValueEnum};
@@ -76,26 +77,24 @@ pub struct RunArgs {
 impl RunArgs {
     /// The flags that override the container's config, as config keys.
     fn overrides(&self) -> Vec<(String, String)> {
-        let mut out = Vec::new();
-        let mut put = |k: &str, v: Option<String>| {
-            if let Some(v) = v {
-                out.push((k.to_owned(), v));
-            }
+        let flags = RunConfig {
+            memory: self.memory.clone(),
+            memory_swap: self.memory_swap.clone(),
+            pids: self.pids,
+            cpus: self.cpus.clone(),
+            cpuset: self.cpuset.clone(),
+            io_weight: self.io_weight,
+            cgroup_parent: self.cgroup_parent.clone(),
+            seccomp: self.seccomp.clone(),
+            privileged: self.privileged,
+            userns: self.userns,
+            shifted: None,
         };
-        put("memory", self.memory.clone());
-        put("memory_swap", self.memory_swap.clone());
-        put("pids", self.pids.map(|p| p.to_string()));
-        put("cpus", self.cpus.clone());
-        put("cpuset", self.cpuset.clone());
-        put("io_weight", self.io_weight.map(|w| w.to_string()));
-        put(
-            "cgroup_parent",
-            self.cgroup_parent.as_ref().map(|p| p.display().to_string()),
-        );
-        put("seccomp", self.seccomp.clone());
-        put("privileged", self.privileged.then(|| "true".to_owned()));
-        put("userns", self.userns.then(|| "true".to_owned()));
-        out
+        flags
+            .entries()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect()
     }
 }
 

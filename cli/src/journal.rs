@@ -87,6 +87,30 @@ impl Intent {
         }
     }
 
+    /// An operation that replaces `old`, the volume of `container` in `pool`,
+    /// with a new volume `new_name` (restore, flatten): committed once the
+    /// record points elsewhere, and then `old` goes.
+    pub fn replacing(
+        op: &str,
+        container: &str,
+        pool: &str,
+        old: &VolumeSpec,
+        new_name: &str,
+    ) -> Intent {
+        let mut i = Intent::new(op, container, Commit::VolumeIsNot { old: old.clone() });
+        i.creates.push(Planned {
+            pool: pool.to_owned(),
+            name: new_name.to_owned(),
+            snap: None,
+        });
+        i.retires.push(Retired {
+            pool: pool.to_owned(),
+            volume: old.clone(),
+            snapshot: false,
+        });
+        i
+    }
+
     /// Whether the process that wrote it still runs.
     pub fn alive(&self) -> bool {
         let Ok(pid) = i32::try_from(self.pid) else {

@@ -65,21 +65,7 @@ pub fn is_closed_stdout(e: &anyhow::Error) -> bool {
     })
 }
 
-/// Human-readable bytes.
-pub fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i < UNITS.len() - 1 {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[i])
-    }
-}
+pub use berth_bdev::space::human;
 
 /// Parses sizes such as `512M`, `1G`, `1GiB`, `4096`.
 pub fn parse_size(s: &str) -> Result<u64, String> {

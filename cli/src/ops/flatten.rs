@@ -6,7 +6,7 @@ use tracing::warn;
 
 use super::{Berth, CopyTo};
 use crate::error::Result;
-use crate::journal::{self, Commit, Intent, Planned, Retired};
+use crate::journal::{self, Intent};
 
 impl Berth {
     /// Makes a clone independent of its origin: its data is copied into a new
@@ -21,23 +21,7 @@ impl Berth {
         self.refuse_if_in_use(name, "stop it, or `berth umount` it, before flattening")?;
         let backend = self.backend_of(&c)?;
         let new_name = format!("{name}.flat-{}", super::snapshot::unique_suffix());
-        let mut intent = Intent::new(
-            "flatten",
-            name,
-            Commit::VolumeIsNot {
-                old: c.volume.clone(),
-            },
-        );
-        intent.creates.push(Planned {
-            pool: c.pool.clone(),
-            name: new_name.clone(),
-            snap: None,
-        });
-        intent.retires.push(Retired {
-            pool: c.pool.clone(),
-            volume: c.volume.clone(),
-            snapshot: false,
-        });
+        let intent = Intent::replacing("flatten", name, &c.pool, &c.volume, &new_name);
         self.journaled(&intent, || {
             let mut rv = Revert::new();
             // A native copy (zfs send, qemu-img convert) never keeps a backing chain.

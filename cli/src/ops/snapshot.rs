@@ -8,7 +8,7 @@ use tracing::warn;
 
 use super::{Berth, CopyTo};
 use crate::error::{BerthError, Result};
-use crate::journal::{self, Commit, Intent, Planned, Retired};
+use crate::journal::{self, Commit, Intent, Planned};
 use crate::store::{dependents, now, Snapshot};
 
 /// Nanoseconds since the epoch: two restores in one second still get new names.
@@ -103,23 +103,7 @@ impl Berth {
         let backend = self.backend_of(&c)?;
         let caps = backend.caps();
         let new_name = format!("{name}.restore-{}", unique_suffix());
-        let mut intent = Intent::new(
-            "restore",
-            name,
-            Commit::VolumeIsNot {
-                old: c.volume.clone(),
-            },
-        );
-        intent.creates.push(Planned {
-            pool: c.pool.clone(),
-            name: new_name.clone(),
-            snap: None,
-        });
-        intent.retires.push(Retired {
-            pool: c.pool.clone(),
-            volume: c.volume.clone(),
-            snapshot: false,
-        });
+        let intent = Intent::replacing("restore", name, &c.pool, &c.volume, &new_name);
         self.journaled(&intent, || {
             let mut rv = Revert::new();
             // A clone that kept reading the snapshot would pin it; restore by copy there.

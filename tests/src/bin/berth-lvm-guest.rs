@@ -247,6 +247,6 @@ fn lvm_refusals_are_clear_and_harmless() {
     assert!(e.to_string().contains("lvremove"), "{e}");
     guard.release().expect("unmount");
     h.backend.destroy(&v).expect("destroy");
-    let e = h.backend.destroy(&v).expect_err("destroy twice");
-    assert!(matches!(e, BdevError::NotFound { .. }), "{e}");
+    // Destroy is idempotent: a volume that is gone is destroyed.
+    h.backend.destroy(&v).expect("destroy twice");
 }
