@@ -11,7 +11,9 @@ use crate::error::{BdevError, Result};
 use crate::spec::VolumeSpec;
 
 /// Runs `f` on the mounted root of `v`, then always unmounts; `f`'s error wins over
-/// an unmount error. Plain-tree volumes (dir, btrfs) are used in place.
+/// an unmount error. Plain-tree volumes (dir, btrfs) are used in place when
+/// writable; read-only, they get a read-only bind mount of the tree, so that the
+/// promise holds for every backend.
 pub fn with_mounted<T>(
     b: &dyn Backend,
     v: &VolumeSpec,
@@ -19,7 +21,8 @@ pub fn with_mounted<T>(
     read_only: bool,
     f: impl FnOnce(&Path) -> Result<T>,
 ) -> Result<T> {
-    if let Some(tree) = v.tree_path() {
+    let tree = v.tree_path();
+    if let (Some(tree), false) = (tree, read_only) {
         return f(tree);
     }
     crate::fsutil::create_dir_all(scratch)?;
@@ -27,7 +30,13 @@ pub fn with_mounted<T>(
         .prefix("mnt-")
         .tempdir_in(scratch)
         .map_err(BdevError::io("create mount point in", scratch))?;
-    let guard = b.mount(v, dir.path(), read_only)?;
+    let guard = match tree {
+        Some(tree) => {
+            crate::mount::bind(tree, dir.path(), true)?;
+            crate::mount::MountGuard::mounted(dir.path())
+        }
+        None => b.mount(v, dir.path(), read_only)?,
+    };
     let out = f(dir.path());
     let released = guard.release();
     let out = out?;

@@ -9,8 +9,8 @@ use berth_bdev::cmd::{self, HostRunner};
 use berth_bdev::copy::{copy_tree, NoProgress};
 use berth_bdev::delete::remove_tree;
 use berth_bdev::plan::CloneMode;
-use berth_cli::ops::{CloneRequest, DestroyRequest};
-use berth_cli::Berth;
+use berth_core::ops::{CloneRequest, DestroyRequest};
+use berth_core::Berth;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 

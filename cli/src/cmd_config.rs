@@ -2,8 +2,8 @@
 
 use std::process::ExitCode;
 
-use berth_cli::confine::{RunConfig, DEFAULT_PIDS, KEYS};
-use berth_cli::Berth;
+use berth_core::confine::{RunConfig, DEFAULT_PIDS, KEYS};
+use berth_core::Berth;
 use clap::Subcommand;
 
 use crate::output::say;

@@ -3,12 +3,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use crate::progress::CopyBar;
 use anyhow::Context;
 use berth_bdev::plan::CloneMode;
 use berth_bdev::{BackendKind, BdevError, FsType};
-use berth_cli::ops::{CloneRequest, CreateRequest, DestroyRequest, Listed, State};
-use berth_cli::progress::CopyBar;
-use berth_cli::{Berth, BerthError};
+use berth_core::ops::{CloneRequest, CreateRequest, DestroyRequest, Listed, State};
+use berth_core::{Berth, BerthError};
 use berth_fixtures::templates::Template;
 use clap::Args;
 use serde::Serialize;
@@ -256,7 +256,7 @@ fn problem_note(e: &Listed) -> Option<String> {
 #[derive(Serialize)]
 struct Info {
     #[serde(flatten)]
-    container: berth_cli::store::Container,
+    container: berth_core::store::Container,
     backend: String,
     caps: berth_bdev::Caps,
     mechanism: std::collections::BTreeMap<String, String>,
@@ -272,7 +272,7 @@ pub fn info(cli: &Cli, name: &str) -> anyhow::Result<ExitCode> {
     let c = b.store().container(name)?;
     let backend = b.backend_of(&c)?;
     let usage = backend.usage(&c.volume).ok();
-    let dependents = berth_cli::store::dependents(&b.store().containers()?, name)
+    let dependents = berth_core::store::dependents(&b.store().containers()?, name)
         .into_iter()
         .map(|(d, s)| match s {
             Some(s) => format!("{d} (from @{s})"),

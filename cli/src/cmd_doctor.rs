@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use berth_cli::Berth;
+use berth_core::Berth;
 use clap::Args;
 
 use crate::output::say;

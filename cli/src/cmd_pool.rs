@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use berth_bdev::{BackendKind, FsType, PoolConfig};
-use berth_cli::ops::PoolEntry;
-use berth_cli::Berth;
+use berth_core::ops::PoolEntry;
+use berth_core::Berth;
 use clap::{Args, Subcommand};
 
 use crate::output::{parse_size, print_list, say};

@@ -5,8 +5,8 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use berth_cli::confine::RunConfig;
-use berth_cli::ops::run::{run as run_container, RunRequest};
+use berth_core::confine::RunConfig;
+use berth_core::ops::run::{run as run_container, RunRequest};
 use berth_runtime::NetMode;
 use clap::{Args, ValueEnum};
 

@@ -2,8 +2,8 @@
 
 use std::process::ExitCode;
 
-use berth_cli::progress::CopyBar;
-use berth_cli::Berth;
+use crate::progress::CopyBar;
+use berth_core::Berth;
 use clap::{Args, Subcommand};
 
 use crate::output::{print_list, say};

@@ -1,6 +1,7 @@
-//! The `berth` command: argument parsing and output. The work is in `berth_cli::ops`.
+//! The `berth` command: argument parsing and output. The work is in `berth_core::ops`.
 #![forbid(unsafe_code)]
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -9,11 +10,13 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 mod cmd_bench;
 mod cmd_config;
 mod cmd_container;
+mod cmd_docs;
 mod cmd_doctor;
 mod cmd_pool;
 mod cmd_run;
 mod cmd_snapshot;
 mod output;
+mod progress;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -23,7 +26,7 @@ mod output;
 )]
 pub struct Cli {
     /// State directory.
-    #[arg(long, global = true, env = "BERTH_ROOT", default_value = berth_cli::store::DEFAULT_ROOT)]
+    #[arg(long, global = true, env = "BERTH_ROOT", default_value = berth_core::store::DEFAULT_ROOT)]
     pub root: PathBuf,
 
     /// Output format of listings.
@@ -87,6 +90,10 @@ pub enum Command {
     /// Measure copies and clones.
     #[command(subcommand)]
     Bench(cmd_bench::BenchCmd),
+    /// Print a shell completion script (bash, zsh, fish, …) to stdout.
+    Completions(cmd_docs::CompletionsArgs),
+    /// Write man pages: berth.1 and one per subcommand (berth-create.1, …).
+    Man(cmd_docs::ManArgs),
 }
 
 #[derive(Args, Debug)]
@@ -106,14 +113,16 @@ fn init_logging(verbose: u8) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        // No colour codes in logs that go to a file or a pipe.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
-    berth_cli::locks::set_no_wait(cli.no_wait);
-    if let Err(e) = berth_cli::interrupt::install() {
+    berth_core::locks::set_no_wait(cli.no_wait);
+    if let Err(e) = berth_core::interrupt::install() {
         eprintln!("berth: warning: cannot handle Ctrl-C gracefully: {e}");
     }
     let result = match &cli.command {
@@ -132,6 +141,8 @@ fn main() -> ExitCode {
         Command::Doctor(a) => cmd_doctor::run(&cli, a),
         Command::Snapshot(a) => cmd_snapshot::run(&cli, a),
         Command::Bench(c) => cmd_bench::run(&cli, c),
+        Command::Completions(a) => cmd_docs::completions(a),
+        Command::Man(a) => cmd_docs::man(a),
     };
     match result {
         Ok(code) => code,

@@ -50,7 +50,7 @@ impl Progress for CopyBar {
     }
 
     fn cancelled(&self) -> bool {
-        crate::interrupt::requested()
+        berth_core::interrupt::requested()
     }
 
     fn advance(&self, _files: u64, bytes: u64) {

@@ -7,7 +7,7 @@
 
 use libfuzzer_sys::fuzz_target;
 
-/// `parse_size` lives in the `berth` binary, not in the berth_cli library, so
+/// `parse_size` lives in the `berth` binary, not in the berth_core library, so
 /// its file is compiled in here as it is; it only needs this from its crate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[allow(dead_code)]

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use berth_bdev::PoolConfig;
-use berth_cli::store::{dependents, Container, Store};
+use berth_core::store::{dependents, Container, Store};
 use libfuzzer_sys::fuzz_target;
 
 /// One state root for the whole run, locked once; its files are replaced per

@@ -2,7 +2,10 @@
 //! backend by `conformance!` (as Docker's graphtest serves its drivers).
 //!
 //! Each property checks what the backend's `Caps` promise, and that operations whose
-//! flag is off answer `Unsupported` rather than doing something else.
+//! flag is off answer `Unsupported` rather than doing something else. It returns an
+//! `Outcome`: `NotApplicable` (with the reason) where its flag is off, so that a
+//! suite's summary shows what was really tested; `capability` has the properties
+//! of the flags that name no operation.
 
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
@@ -12,7 +15,10 @@ use berth_bdev::copy::NoProgress;
 use berth_bdev::generic::{copy_opts, copy_volume, with_mounted};
 use berth_bdev::{BdevError, CreateOpts, Revert, VolumeSpec};
 
-use crate::harness::Harness;
+use crate::harness::{Harness, Outcome};
+
+mod capability;
+pub use capability::{copy_on_write, size_limit, tools};
 
 fn opts() -> CreateOpts {
     CreateOpts {
@@ -71,7 +77,7 @@ fn is_unsupported<T>(r: &Result<T, BdevError>) -> bool {
 }
 
 /// create → mount → write → unmount → mount again → read → destroy.
-pub fn create_write_read_destroy(h: &Harness) {
+pub fn create_write_read_destroy(h: &Harness) -> Outcome {
     let v = create(h, "c1");
     assert_eq!(v.kind(), h.backend.kind());
     write(h, &v, &[("etc/hostname", "c1\n"), ("a/b/c.txt", "deep")]);
@@ -97,22 +103,27 @@ pub fn create_write_read_destroy(h: &Harness) {
         third.is_ok(),
         "a reverted create must leave nothing behind: {third:?}"
     );
+    Outcome::Passed
 }
 
-/// A read-only mount refuses writes.
-pub fn read_only_mount(h: &Harness) {
+/// A read-only mount refuses writes with EROFS, on every backend (plain trees
+/// get a read-only bind mount), and leaves the volume as it was.
+pub fn read_only_mount(h: &Harness) -> Outcome {
     let v = create(h, "ro");
     write(h, &v, &[("f", "x")]);
     let r = with_mounted(h.backend.as_ref(), &v, &h.scratch("mnt"), true, |root| {
-        Ok(fs::write(root.join("g"), "y").is_err())
-    });
-    if v.tree_path().is_none() {
-        assert!(
-            r.expect("read-only mount"),
-            "write on a read-only mount succeeded"
-        );
-    }
+        Ok((
+            fs::write(root.join("g"), "y").map_err(|e| e.raw_os_error()),
+            fs::remove_file(root.join("f")).map_err(|e| e.raw_os_error()),
+        ))
+    })
+    .expect("read-only mount");
+    assert_eq!(r.0, Err(Some(libc::EROFS)), "create on a read-only mount");
+    assert_eq!(r.1, Err(Some(libc::EROFS)), "remove on a read-only mount");
+    assert_eq!(read(h, &v, "f").as_deref(), Some("x"));
+    assert_eq!(read(h, &v, "g"), None);
     destroy(h, &v);
+    Outcome::Passed
 }
 
 /// Removes every extended attribute below `dir` (symlinks included).
@@ -161,7 +172,7 @@ pub fn truncate_times(dir: &Path) {
 /// Every file type survives a copy into the volume and a remount. A backend that
 /// cannot store xattrs must say so in its caps, and refuse a tree that has them
 /// rather than drop them.
-pub fn file_types_preserved(h: &Harness) {
+pub fn file_types_preserved(h: &Harness) -> Outcome {
     let reference = h.scratch("reference");
     berth_fixtures::filetypes::build_all_types(&reference).expect("build reference tree");
     let v = create(h, "types");
@@ -191,10 +202,11 @@ pub fn file_types_preserved(h: &Harness) {
     })
     .expect("compare");
     destroy(h, &v);
+    Outcome::Passed
 }
 
 /// Usage grows when data is written.
-pub fn usage_changes(h: &Harness) {
+pub fn usage_changes(h: &Harness) -> Outcome {
     let v = create(h, "u");
     let before = h.backend.usage(&v).expect("usage").used_bytes;
     let data: String = (0..8 << 20)
@@ -207,10 +219,11 @@ pub fn usage_changes(h: &Harness) {
         "usage {before} -> {after} after writing 8 MiB"
     );
     destroy(h, &v);
+    Outcome::Passed
 }
 
 /// A snapshot keeps its point in time while the volume changes.
-pub fn snapshot_point_in_time(h: &Harness) {
+pub fn snapshot_point_in_time(h: &Harness) -> Outcome {
     let v = create(h, "s");
     write(h, &v, &[("f", "before")]);
     let mut rv = Revert::new();
@@ -221,7 +234,7 @@ pub fn snapshot_point_in_time(h: &Harness) {
             "snapshot flag off but snapshot answered {snap:?}"
         );
         destroy(h, &v);
-        return;
+        return Outcome::NotApplicable("no snapshots (snapshot answers Unsupported)".into());
     }
     let snap = snap.expect("snapshot");
     rv.commit();
@@ -231,10 +244,11 @@ pub fn snapshot_point_in_time(h: &Harness) {
     assert_eq!(read(h, &v, "f").as_deref(), Some("after"));
     h.backend.destroy_snapshot(&snap).expect("destroy snapshot");
     destroy(h, &v);
+    Outcome::Passed
 }
 
 /// A snapshot clone starts equal and is independent both ways.
-pub fn snapshot_clone_independent(h: &Harness) {
+pub fn snapshot_clone_independent(h: &Harness) -> Outcome {
     let v = create(h, "origin");
     write(h, &v, &[("shared", "origin"), ("gone", "x")]);
     let mut rv = Revert::new();
@@ -245,7 +259,9 @@ pub fn snapshot_clone_independent(h: &Harness) {
             "snapshot_clone flag off but it answered {c:?}"
         );
         destroy(h, &v);
-        return;
+        return Outcome::NotApplicable(
+            "no snapshot clones (snapshot_clone answers Unsupported)".into(),
+        );
     }
     let c = c.expect("snapshot clone");
     rv.commit();
@@ -261,13 +277,14 @@ pub fn snapshot_clone_independent(h: &Harness) {
     }
     destroy(h, &c);
     destroy(h, &v);
+    Outcome::Passed
 }
 
 /// A clone of a snapshot sees the snapshot's content, not the volume's later state.
-pub fn clone_from_snapshot(h: &Harness) {
+pub fn clone_from_snapshot(h: &Harness) -> Outcome {
     let caps = h.backend.caps();
     if !caps.snapshot {
-        return;
+        return Outcome::NotApplicable("no snapshots".into());
     }
     let v = create(h, "cs");
     write(h, &v, &[("f", "at-snap")]);
@@ -295,14 +312,19 @@ pub fn clone_from_snapshot(h: &Harness) {
     }
     h.backend.destroy_snapshot(&snap).expect("destroy snapshot");
     destroy(h, &v);
+    if caps.clone_from_snapshot {
+        Outcome::Passed
+    } else {
+        Outcome::NotApplicable("no clones of snapshots (answers Unsupported)".into())
+    }
 }
 
 /// A snapshot of a snapshot clone keeps its point in time, and can itself be
 /// cloned; everything is destroyed in dependency order.
-pub fn snapshot_of_a_clone(h: &Harness) {
+pub fn snapshot_of_a_clone(h: &Harness) -> Outcome {
     let caps = h.backend.caps();
     if !(caps.snapshot && caps.snapshot_clone) {
-        return;
+        return Outcome::NotApplicable("needs snapshots and snapshot clones".into());
     }
     let v = create(h, "base");
     write(h, &v, &[("f", "base")]);
@@ -322,10 +344,11 @@ pub fn snapshot_of_a_clone(h: &Harness) {
     h.backend.destroy_snapshot(&s).expect("destroy snapshot");
     destroy(h, &c);
     destroy(h, &v);
+    Outcome::Passed
 }
 
 /// A full copy (the backend's own tool, or through mounts) is independent.
-pub fn copy_independent(h: &Harness) {
+pub fn copy_independent(h: &Harness) -> Outcome {
     let v = create(h, "src");
     write(h, &v, &[("f", "src"), ("d/g", "g")]);
     let mut rv = Revert::new();
@@ -352,10 +375,11 @@ pub fn copy_independent(h: &Harness) {
     destroy(h, &v);
     assert_eq!(read(h, &c, "d/g").as_deref(), Some("g"));
     destroy(h, &c);
+    Outcome::Passed
 }
 
 /// Declared capabilities match behaviour for resize.
-pub fn resize_matches_caps(h: &Harness) {
+pub fn resize_matches_caps(h: &Harness) -> Outcome {
     let v = create(h, "rs");
     let r = h.backend.resize(&v, 512 << 20);
     if h.backend.caps().resize {
@@ -364,18 +388,21 @@ pub fn resize_matches_caps(h: &Harness) {
         assert_eq!(read(h, &v, "after-resize").as_deref(), Some("ok"));
     } else {
         assert!(is_unsupported(&r), "resize flag off but it answered {r:?}");
+        destroy(h, &v);
+        return Outcome::NotApplicable("no resize (answers Unsupported)".into());
     }
     destroy(h, &v);
+    Outcome::Passed
 }
 
 /// `promote` works where the caps say so (and then frees the origin), and answers
 /// `Unsupported` elsewhere.
-pub fn promote_matches_caps(h: &Harness) {
+pub fn promote_matches_caps(h: &Harness) -> Outcome {
     let caps = h.backend.caps();
     let v = create(h, "po");
     if !caps.snapshot_clone {
         destroy(h, &v);
-        return;
+        return Outcome::NotApplicable("no snapshot clones".into());
     }
     write(h, &v, &[("f", "origin")]);
     let c = h.clone_of(&v, "pc");
@@ -388,15 +415,16 @@ pub fn promote_matches_caps(h: &Harness) {
         assert!(is_unsupported(&r), "promote flag off but it answered {r:?}");
         destroy(h, &c);
         destroy(h, &v);
-        return;
+        return Outcome::NotApplicable("no promote (promote answers Unsupported)".into());
     }
     destroy(h, &c);
+    Outcome::Passed
 }
 
 /// Volumes, snapshots and clones are found again by name with exactly the specs
 /// that made them (what a crash journal rolls back from), and destroying what is
 /// already gone succeeds.
-pub fn volumes_are_found_by_name(h: &Harness) {
+pub fn volumes_are_found_by_name(h: &Harness) -> Outcome {
     let b = h.backend.as_ref();
     let caps = b.caps();
     let names = || b.volume_names().expect("volume names");
@@ -426,7 +454,7 @@ pub fn volumes_are_found_by_name(h: &Harness) {
         drop(rv);
         destroy(h, &two);
         destroy(h, &one);
-        return;
+        return Outcome::Passed;
     }
     let snap = snap.expect("snapshot");
     rv.commit();
@@ -478,14 +506,16 @@ pub fn volumes_are_found_by_name(h: &Harness) {
     b.destroy(&one)
         .expect("destroying a destroyed volume again");
     assert!(names().is_empty(), "left: {:?}", names());
+    Outcome::Passed
 }
 
 /// Probing twice is harmless and `describe` does not fail.
-pub fn probe_is_idempotent(h: &Harness) {
+pub fn probe_is_idempotent(h: &Harness) -> Outcome {
     h.backend.probe().expect("probe");
     h.backend.probe().expect("probe again");
     let _ = h.backend.describe();
     let _ = Path::new("/");
+    Outcome::Passed
 }
 
 /// Instantiates every property for one backend, as a module of tests plus
@@ -501,7 +531,7 @@ macro_rules! conformance {
                 usage_changes, snapshot_point_in_time, snapshot_clone_independent,
                 clone_from_snapshot, snapshot_of_a_clone, copy_independent,
                 resize_matches_caps, promote_matches_caps, volumes_are_found_by_name,
-                probe_is_idempotent;
+                probe_is_idempotent, copy_on_write, size_limit, tools;
             ops: ops_snapshot_restore, ops_dependents, ops_destroy_keeping_clones,
                 ops_run_and_ephemeral);
     };
@@ -510,21 +540,31 @@ macro_rules! conformance {
         pub mod $name {
             /// Every property this suite runs, by name (for runners outside libtest,
             /// such as the lvm VM's payload).
-            pub const TABLE: &[(&str, fn(&$crate::harness::Harness))] = &[
-                $((stringify!($p), $crate::conformance::$p as fn(&$crate::harness::Harness)),)*
-                $((stringify!($o), $crate::ops::$o as fn(&$crate::harness::Harness))),*
+            pub const TABLE: &[(&str, fn(&$crate::harness::Harness) -> $crate::harness::Outcome)] = &[
+                $((stringify!($p), $crate::conformance::$p as fn(&$crate::harness::Harness) -> $crate::harness::Outcome),)*
+                $((stringify!($o), $crate::ops::$o as fn(&$crate::harness::Harness) -> $crate::harness::Outcome)),*
             ];
-            $( $crate::conformance!(@one $attrs $setup; conformance::$p); )*
-            $( $crate::conformance!(@one $attrs $setup; ops::$o); )*
+            $( $crate::conformance!(@one $attrs $name, $setup; conformance::$p); )*
+            $( $crate::conformance!(@one $attrs $name, $setup; ops::$o); )*
+
+            /// Not a property: in the child that the `tools` property starts with
+            /// another PATH, probes the pool it is handed and prints the result;
+            /// elsewhere it does nothing.
+            #[test]
+            fn probe_child() {
+                if let Some(line) = $crate::harness::probe_child() {
+                    use std::io::Write;
+                    let _ = writeln!(std::io::stdout().lock(), "{line}");
+                }
+            }
         }
     };
-    (@one [$(#[$attr:meta])*] $setup:path; $module:ident :: $prop:ident) => {
+    (@one [$(#[$attr:meta])*] $name:ident, $setup:path; $module:ident :: $prop:ident) => {
         #[test]
         $(#[$attr])*
         fn $prop() {
-            if let Some(h) = $crate::harness::harness($setup) {
-                $crate::$module::$prop(&h);
-            }
+            let verdict = $crate::harness::run_property($setup, $crate::$module::$prop);
+            $crate::harness::report(stringify!($name), stringify!($prop), TABLE.len(), verdict);
         }
     };
 }

@@ -1,4 +1,5 @@
-//! Scratch filesystems, leak checks and the skip rule.
+//! Scratch filesystems, leak checks and the skip rule; see `outcome` for what a
+//! conformance property reports.
 
 use std::any::Any;
 use std::path::{Path, PathBuf};
@@ -214,6 +215,17 @@ pub struct Setup {
 /// Makes a harness from a pool setup, or `None` after `skip` when the host lacks
 /// what the backend needs (a failure under CI).
 pub fn harness(setup: fn(&Path) -> Result<Setup, String>) -> Option<Harness> {
+    match try_harness(setup) {
+        Ok(h) => Some(h),
+        Err(reason) => {
+            skip(&reason);
+            None
+        }
+    }
+}
+
+/// Makes a harness from a pool setup, or says why the host cannot have one.
+pub fn try_harness(setup: fn(&Path) -> Result<Setup, String>) -> Result<Harness, String> {
     let tmp = match tempfile::Builder::new()
         .prefix("berth-test-")
         .tempdir_in("/var/tmp")
@@ -221,28 +233,179 @@ pub fn harness(setup: fn(&Path) -> Result<Setup, String>) -> Option<Harness> {
         Ok(t) => t,
         Err(e) => panic!("temp dir: {e}"),
     };
-    let s = match setup(tmp.path()) {
-        Ok(s) => s,
-        Err(reason) => {
-            skip(&reason);
-            return None;
-        }
-    };
-    let backend = match berth_backends::open(&s.pool, runner()) {
-        Ok(b) => b,
-        Err(e) => {
-            skip(&e.to_string());
-            return None;
-        }
-    };
-    if let Err(e) = backend.probe() {
-        skip(&e.to_string());
-        return None;
-    }
-    Some(Harness {
+    let s = setup(tmp.path())?;
+    let backend = berth_backends::open(&s.pool, runner()).map_err(|e| e.to_string())?;
+    backend.probe().map_err(|e| e.to_string())?;
+    Ok(Harness {
         backend,
         pool: s.pool,
         keep: s.keep,
         tmp,
+    })
+}
+
+/// What a conformance property found. A property that does not apply to a
+/// backend says so instead of passing; one the host could not run is skipped
+/// (a failure under CI).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Passed,
+    NotApplicable(String),
+    Skipped(String),
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Passed => write!(f, "passed"),
+            Outcome::NotApplicable(why) => write!(f, "not applicable: {why}"),
+            Outcome::Skipped(why) => write!(f, "skipped: {why}"),
+        }
+    }
+}
+
+/// A property's outcome, or the panic that failed it.
+pub type Verdict = Result<Outcome, Box<dyn Any + Send>>;
+
+/// Runs property `prop` on a fresh harness from `setup`; a panic (a failed
+/// assertion, a leak) is caught and returned for the caller to resume.
+pub fn run_property(
+    setup: fn(&Path) -> Result<Setup, String>,
+    prop: fn(&Harness) -> Outcome,
+) -> Verdict {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        match try_harness(setup) {
+            // The harness drops (and checks for leaks) inside the catch.
+            Ok(h) => prop(&h),
+            Err(reason) => Outcome::Skipped(reason),
+        }
+    }))
+}
+
+/// Per-suite counts of outcomes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub passed: usize,
+    pub not_applicable: usize,
+    pub skipped: usize,
+    pub failed: usize,
+}
+
+impl Tally {
+    pub fn add(&mut self, v: &Verdict) {
+        match v {
+            Ok(Outcome::Passed) => self.passed += 1,
+            Ok(Outcome::NotApplicable(_)) => self.not_applicable += 1,
+            Ok(Outcome::Skipped(_)) => self.skipped += 1,
+            Err(_) => self.failed += 1,
+        }
+    }
+
+    pub fn total(&self) -> usize {
+        self.passed + self.not_applicable + self.skipped + self.failed
+    }
+
+    /// `conformance dir: 15 passed, 3 not applicable, 0 skipped, 0 failed`.
+    pub fn summary(&self, suite: &str) -> String {
+        format!(
+            "conformance {suite}: {} passed, {} not applicable, {} skipped, {} failed",
+            self.passed, self.not_applicable, self.skipped, self.failed
+        )
+    }
+}
+
+/// `conformance dir: read_only_mount passed`.
+pub fn outcome_line(suite: &str, prop: &str, v: &Verdict) -> String {
+    match v {
+        Ok(o) => format!("conformance {suite}: {prop} {o}"),
+        Err(_) => format!("conformance {suite}: {prop} FAILED"),
+    }
+}
+
+/// The tallies of the suites run in this process (libtest runs a suite's
+/// properties on parallel threads of one process).
+static TALLIES: std::sync::Mutex<Vec<(String, Tally)>> = std::sync::Mutex::new(Vec::new());
+
+/// Reports one property's verdict for a libtest run: prints its line and, once
+/// all `total` properties of `suite` are in, the suite's summary, past libtest's
+/// output capture; then fails the test on a panic, and on a skip under CI.
+pub fn report(suite: &str, prop: &str, total: usize, v: Verdict) {
+    let mut lines = vec![outcome_line(suite, prop, &v)];
+    {
+        let mut tallies = TALLIES.lock().unwrap_or_else(|e| e.into_inner());
+        let i = match tallies.iter().position(|(s, _)| s == suite) {
+            Some(i) => i,
+            None => {
+                tallies.push((suite.to_owned(), Tally::default()));
+                tallies.len() - 1
+            }
+        };
+        let tally = &mut tallies[i].1;
+        tally.add(&v);
+        if tally.total() == total {
+            lines.push(tally.summary(suite));
+        }
+    }
+    // Straight to fd 2: `eprintln!` would be captured and shown only on failure.
+    let mut err = std::io::stderr().lock();
+    for l in lines {
+        let _ = writeln!(err, "{l}");
+    }
+    drop(err);
+    match v {
+        Err(panic) => std::panic::resume_unwind(panic),
+        Ok(Outcome::Skipped(reason)) => skip(&reason),
+        Ok(_) => {}
+    }
+}
+
+/// The variable that makes this test executable probe the pool it holds (JSON)
+/// and exit: see [`probe_with_path`].
+pub const PROBE_POOL_ENV: &str = "BERTH_PROBE_POOL";
+
+/// Probes `pool` in a child process, this executable run again with `PATH` set
+/// to `path` (the `tools` property; PATH is per process, and the other tests of
+/// this one need theirs). The executable answers through [`probe_child`]: a
+/// libtest binary runs its `probe_child` test, the lvm guest checks first thing.
+pub fn probe_with_path(pool: &PoolConfig, path: &Path) -> Result<(), String> {
+    let exe = std::env::current_exe().expect("current exe");
+    let json = serde_json::to_string(pool).expect("pool as json");
+    let out = cmd::run(
+        &HostRunner,
+        "env",
+        &[
+            &format!("PATH={}", path.display()),
+            &format!("{PROBE_POOL_ENV}={json}"),
+            &exe.to_string_lossy(),
+            "probe_child",
+            "--nocapture",
+            "--test-threads=1",
+        ],
+    )
+    .unwrap_or_else(|e| panic!("run the probe child: {e}"));
+    let line = out
+        .stdout
+        .lines()
+        .chain(out.stderr.lines())
+        // libtest prints the test's name on the same line.
+        .find_map(|l| l.split_once("PROBE-RESULT ").map(|(_, r)| r))
+        .map(str::to_owned);
+    match line.as_deref() {
+        Some("ok") => Ok(()),
+        Some(e) => Err(e.strip_prefix("err ").unwrap_or(e).to_owned()),
+        None => panic!("the probe child said nothing: {out:?}"),
+    }
+}
+
+/// In a child started by [`probe_with_path`], probes the pool it was given and
+/// returns the line to print (`PROBE-RESULT ok` or `PROBE-RESULT err …`);
+/// `None` anywhere else.
+pub fn probe_child() -> Option<String> {
+    let json = std::env::var(PROBE_POOL_ENV).ok()?;
+    let pool: PoolConfig = serde_json::from_str(&json).expect("pool json");
+    let probed = berth_backends::open(&pool, runner()).and_then(|b| b.probe());
+    Some(match probed {
+        Ok(()) => "PROBE-RESULT ok".to_owned(),
+        Err(e) => format!("PROBE-RESULT err {e}").replace('\n', " "),
     })
 }

@@ -7,11 +7,11 @@ use berth_bdev::copy::NoProgress;
 use berth_bdev::generic::with_mounted;
 use berth_bdev::plan::CloneMode;
 use berth_bdev::BdevError;
-use berth_cli::ops::{CloneRequest, CreateRequest, DestroyRequest};
-use berth_cli::{Berth, BerthError};
+use berth_core::ops::{CloneRequest, CreateRequest, DestroyRequest};
+use berth_core::{Berth, BerthError};
 use berth_fixtures::templates::Template;
 
-use crate::harness::Harness;
+use crate::harness::{Harness, Outcome};
 
 /// A berth state root with the harness's pool added as `test`.
 pub fn berth(h: &Harness) -> Berth {
@@ -63,9 +63,9 @@ fn snap_clone(b: &Berth, h: &Harness, src: &str, dst: &str) -> Result<(), BerthE
 
 /// Snapshot, change, restore: the content is back, the record points at the
 /// restored volume, and the old one is gone.
-pub fn ops_snapshot_restore(h: &Harness) {
+pub fn ops_snapshot_restore(h: &Harness) -> Outcome {
     if !h.backend.caps().snapshot {
-        return;
+        return Outcome::NotApplicable("no snapshots".into());
     }
     let b = berth(h);
     create(&b, h, "c1");
@@ -93,14 +93,15 @@ pub fn ops_snapshot_restore(h: &Harness) {
     ));
     b.snapshot_rm("c1", "snap0").expect("snapshot rm");
     b.destroy("c1", DestroyRequest::default()).expect("destroy");
+    Outcome::Passed
 }
 
 /// Snapshot clones record their dependency; destroying the origin is refused
 /// only where a real one exists, and `--force` destroys dependents first.
-pub fn ops_dependents(h: &Harness) {
+pub fn ops_dependents(h: &Harness) -> Outcome {
     let caps = h.backend.caps();
     if !caps.snapshot_clone {
-        return;
+        return Outcome::NotApplicable("no snapshot clones".into());
     }
     let b = berth(h);
     create(&b, h, "base");
@@ -135,11 +136,12 @@ pub fn ops_dependents(h: &Harness) {
             .expect("destroy");
     }
     assert!(b.store().containers().expect("list").is_empty());
+    Outcome::Passed
 }
 
 /// `run` starts the command in the container's rootfs, with its hostname, as
 /// PID 1, and an ephemeral clone is gone after its run.
-pub fn ops_run_and_ephemeral(h: &Harness) {
+pub fn ops_run_and_ephemeral(h: &Harness) -> Outcome {
     let b = berth(h);
     create(&b, h, "r1");
     let m = b.start_run("r1").expect("mount for run");
@@ -175,13 +177,14 @@ pub fn ops_run_and_ephemeral(h: &Harness) {
         assert!(!b.store().exists("eph"), "ephemeral clone survived its run");
     }
     b.destroy("r1", DestroyRequest::default()).expect("destroy");
+    Outcome::Passed
 }
 
 /// Destroying an origin while keeping its clones (`--keep-clones`): one clone is
 /// promoted where the backend can, the others become independent copies.
-pub fn ops_destroy_keeping_clones(h: &Harness) {
+pub fn ops_destroy_keeping_clones(h: &Harness) -> Outcome {
     if !h.backend.caps().snapshot_clone {
-        return;
+        return Outcome::NotApplicable("no snapshot clones".into());
     }
     let b = berth(h);
     create(&b, h, "origin");
@@ -211,4 +214,5 @@ pub fn ops_destroy_keeping_clones(h: &Harness) {
         .expect("destroy");
     b.destroy("first", DestroyRequest::default())
         .expect("destroy");
+    Outcome::Passed
 }

@@ -20,8 +20,8 @@ use berth_bdev::generic::{copy_volume, with_mounted};
 use berth_bdev::plan::CloneMode;
 use berth_bdev::space::free_bytes;
 use berth_bdev::{BackendKind, BdevError, PoolConfig, Revert};
-use berth_cli::ops::{CloneRequest, CreateRequest, DestroyRequest};
-use berth_cli::{Berth, BerthError};
+use berth_core::ops::{CloneRequest, CreateRequest, DestroyRequest};
+use berth_core::{Berth, BerthError};
 use berth_fixtures::templates::Template;
 use berth_tests::harness::{
     assert_no_leaks, fill_incompressible, leaks_under, runner, sized, skip, write_incompressible,

@@ -1,18 +1,69 @@
 //! The clone matrix on the real kernel: every backend copied to every other, and
-//! every `--snapshot` pair either sharing data as `plan_clone` promises or refused
-//! with alternatives, never quietly copied.
+//! every `--snapshot` pair either sharing data or refused with alternatives, never
+//! quietly copied, as the hand-written `EXPECTED` table says (not `plan_clone`,
+//! whose answers are what is under test).
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
 
 use berth_bdev::copy::NoProgress;
-use berth_bdev::plan::{plan_clone, CloneMode, ClonePlan};
+use berth_bdev::plan::CloneMode;
 use berth_bdev::{BdevError, PoolConfig};
-use berth_cli::ops::{CloneRequest, CreateRequest, DestroyRequest};
-use berth_cli::{Berth, BerthError};
+use berth_core::ops::{CloneRequest, CreateRequest, DestroyRequest};
+use berth_core::{Berth, BerthError};
 use berth_fixtures::templates::Template;
 use berth_tests::harness::{assert_no_leaks, skip, Setup};
 use berth_tests::pools;
+
+/// What `clone --snapshot` from a row's backend into a column's does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Snap {
+    /// Refused, with alternatives; nothing is made.
+    R,
+    /// Shares data; the clone does not depend on its origin.
+    S,
+    /// Shares data; the clone pins its origin (a recorded dependency).
+    P,
+}
+use Snap::{P, R, S};
+
+/// Columns, in the order of each row.
+const KINDS: [&str; 8] = [
+    "dir", "btrfs", "overlay", "loop", "aufs", "zfs", "qcow2", "lvm",
+];
+
+/// `clone --snapshot` src (row) → dst (column), each backend with one pool (loop's
+/// on xfs, so it reflinks; lvm's a thin pool). `clone --copy` works for all 64
+/// pairs and leaves no dependency. lvm needs device-mapper, so its row and column
+/// run only where the host has it (here: never; the VM covers lvm → lvm).
+#[rustfmt::skip]
+const EXPECTED: [(&str, [Snap; 8]); 8] = [
+    //          dir btrfs overlay loop aufs zfs qcow2 lvm
+    ("dir",     [R,  R,    P,      R,   P,   R,  R,    R]),
+    ("btrfs",   [R,  S,    P,      R,   P,   R,  R,    R]),
+    ("overlay", [R,  R,    P,      R,   R,   R,  R,    R]),
+    ("loop",    [R,  R,    R,      S,   R,   R,  R,    R]),
+    ("aufs",    [R,  R,    R,      R,   P,   R,  R,    R]),
+    ("zfs",     [R,  R,    R,      R,   R,   P,  R,    R]),
+    ("qcow2",   [R,  R,    R,      R,   R,   R,  P,    R]),
+    ("lvm",     [R,  R,    R,      R,   R,   R,  R,    S]),
+];
+
+fn expected(src: &str, dst: &str, mode: CloneMode) -> Snap {
+    let row = EXPECTED.iter().find(|(k, _)| *k == src).unwrap();
+    let col = KINDS.iter().position(|k| *k == dst).unwrap();
+    match mode {
+        // A copy is made and depends on nothing, as `S` checks.
+        CloneMode::Copy => S,
+        CloneMode::Snapshot => row.1[col],
+    }
+}
+
+#[test]
+fn the_expected_table_is_complete() {
+    let rows: Vec<&str> = EXPECTED.iter().map(|(k, _)| *k).collect();
+    assert_eq!(rows, KINDS);
+}
 
 type SetupFn = fn(&Path) -> Result<Setup, String>;
 
@@ -101,33 +152,27 @@ fn every_backend_to_every_other() {
                         drop_xattrs: false,
                         size: None,
                     };
-                    let caps = b.backend(dst).unwrap().caps();
-                    let planned =
-                        plan_clone(src.backend, dst.backend, &caps, src.name == dst.name, mode);
+                    let want = expected(&src.backend.to_string(), &dst.backend.to_string(), mode);
                     let got = b.clone_container(&src_name, &dst_name, &req, &NoProgress);
-                    match (&planned, got) {
-                        (Ok(plan), Ok(c)) => {
+                    match (want, got) {
+                        (S | P, Ok(c)) => {
                             assert_eq!(read_marker(&b, &dst_name), src_name, "{dst_name}");
                             let pinned = c.origin.as_ref().is_some_and(|o| o.pinned);
-                            assert_eq!(
-                                pinned,
-                                matches!(plan, ClonePlan::SnapshotClone { pins_origin: true }),
-                                "{dst_name}: recorded dependency"
-                            );
+                            assert_eq!(pinned, want == P, "{dst_name}: recorded dependency");
                             assert_eq!(c.volume.kind(), dst.backend);
                             report.push(format!("{dst_name}: ok"));
                             b.destroy(&dst_name, DestroyRequest::default())
                                 .unwrap_or_else(|e| panic!("destroy {dst_name}: {e}"));
                         }
                         (
-                            Err(_),
+                            R,
                             Err(BerthError::Bdev(BdevError::CloneRefused { alternatives, .. })),
                         ) => {
                             assert!(!alternatives.is_empty());
                             assert!(!b.store().exists(&dst_name));
                             report.push(format!("{dst_name}: refused"));
                         }
-                        (p, g) => panic!("{dst_name}: planned {p:?}, got {g:?}"),
+                        (w, g) => panic!("{dst_name}: expected {w:?}, got {g:?}"),
                     }
                 }
             }

@@ -13,10 +13,10 @@ use std::path::Path;
 
 use berth_bdev::generic::with_mounted;
 use berth_bdev::BdevError;
-use berth_cli::ops::run::run;
-use berth_cli::ops::{DestroyRequest, RunRequest};
-use berth_cli::userns::{find_range, SUBID_USER};
-use berth_cli::Berth;
+use berth_core::ops::run::run;
+use berth_core::ops::{DestroyRequest, RunRequest};
+use berth_core::userns::{find_range, SUBID_USER};
+use berth_core::Berth;
 use berth_tests::harness::{harness, Harness, Setup};
 use berth_tests::{ops, pools};
 

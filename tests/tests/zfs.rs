@@ -248,7 +248,7 @@ fn snapshot_mounts_read_only_through_a_temporary_clone() {
 fn a_pool_added_without_a_path_mounts_under_the_state_root() {
     let Some(h) = harness() else { return };
     let root = h.tmp.path().join("state");
-    let b = berth_cli::Berth::open(&root, true).expect("open the state root");
+    let b = berth_core::Berth::open(&root, true).expect("open the state root");
     let zpool = parent(&h).split('/').next().expect("zpool").to_owned();
     let pool = PoolConfig::new("zp", BackendKind::Zfs).with_dataset(&format!("{zpool}/viacli"));
     b.pool_add(&pool).expect("pool add without --path");

@@ -242,7 +242,7 @@ impl Backend for Loop {
             resize: true,
             kernel_fs: fs::kernel_fs(self.fstype),
             tools: match self.fstype {
-                FsType::Ext4 => &["mkfs.ext4", "e2fsck", "resize2fs"],
+                FsType::Ext4 => &["mkfs.ext4", "e2fsck", "resize2fs", "dumpe2fs"],
                 FsType::Xfs => &["mkfs.xfs", "xfs_admin", "xfs_growfs"],
                 FsType::Btrfs => &["mkfs.btrfs", "btrfstune", "btrfs"],
             },

@@ -292,8 +292,8 @@ impl Backend for Lvm {
             kernel_fs: fs::kernel_fs(self.fstype),
             tools: match self.fstype {
                 FsType::Ext4 => &["lvm", "mkfs.ext4", "e2fsck", "resize2fs", "dumpe2fs"],
-                FsType::Xfs => &["lvm", "mkfs.xfs", "xfs_growfs"],
-                FsType::Btrfs => &["lvm", "mkfs.btrfs", "btrfs"],
+                FsType::Xfs => &["lvm", "mkfs.xfs", "xfs_admin", "xfs_growfs"],
+                FsType::Btrfs => &["lvm", "mkfs.btrfs", "btrfstune", "btrfs"],
             },
         }
     }

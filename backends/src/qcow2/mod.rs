@@ -273,8 +273,16 @@ impl Backend for Qcow2 {
             size_limit: true,
             block_backed: true,
             resize: true,
-            kernel_fs: &["fuse"],
-            tools: &["qemu-img", "qemu-storage-daemon", "blkid"],
+            kernel_fs: match self.fstype {
+                FsType::Ext4 => &["fuse", "ext4"],
+                FsType::Xfs => &["fuse", "xfs"],
+                FsType::Btrfs => &["fuse", "btrfs"],
+            },
+            tools: match self.fstype {
+                FsType::Ext4 => &["qemu-img", "qemu-storage-daemon", "blkid", "mkfs.ext4"],
+                FsType::Xfs => &["qemu-img", "qemu-storage-daemon", "blkid", "mkfs.xfs"],
+                FsType::Btrfs => &["qemu-img", "qemu-storage-daemon", "blkid", "mkfs.btrfs"],
+            },
         }
     }
 

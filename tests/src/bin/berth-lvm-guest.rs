@@ -14,13 +14,16 @@ use std::process::ExitCode;
 
 use berth_bdev::generic::with_mounted;
 use berth_bdev::{BdevError, CreateOpts, Revert, VolumeSpec};
-use berth_tests::harness::{harness, write_incompressible, Harness, Setup};
+use berth_tests::harness::{
+    harness, outcome_line, probe_child, run_property, write_incompressible, Harness, Outcome,
+    Setup, Tally, Verdict,
+};
 use berth_tests::pools::lvm::{setup_classic, setup_thin};
 
 berth_tests::conformance!(thin, berth_tests::pools::lvm::setup_thin);
 berth_tests::conformance!(classic, berth_tests::pools::lvm::setup_classic);
 
-type Case = (String, Box<dyn Fn()>);
+type Case = (String, Box<dyn Fn() -> Verdict>);
 type SetupFn = fn(&std::path::Path) -> Result<Setup, String>;
 
 fn conformance_cases() -> Vec<Case> {
@@ -31,11 +34,7 @@ fn conformance_cases() -> Vec<Case> {
     let mut cases: Vec<Case> = Vec::new();
     for (suite, setup, table) in suites {
         for (name, prop) in table {
-            let run = move || {
-                if let Some(h) = harness(setup) {
-                    prop(&h);
-                }
-            };
+            let run = move || run_property(setup, *prop);
             cases.push((format!("{suite}::{name}"), Box::new(run)));
         }
     }
@@ -63,11 +62,19 @@ fn specific_cases() -> Vec<Case> {
     ];
     tests
         .into_iter()
-        .map(|(n, f)| (n.to_owned(), Box::new(f) as Box<dyn Fn()>))
+        .map(|(n, f)| {
+            let run = move || catch_unwind(AssertUnwindSafe(f)).map(|()| Outcome::Passed);
+            (n.to_owned(), Box::new(run) as Box<dyn Fn() -> Verdict>)
+        })
         .collect()
 }
 
 fn main() -> ExitCode {
+    // The `tools` property runs this binary again with another PATH.
+    if let Some(line) = probe_child() {
+        println!("{line}");
+        return ExitCode::SUCCESS;
+    }
     let cases = match std::env::args().nth(1).as_deref() {
         Some("conformance") => conformance_cases(),
         Some("specific") => specific_cases(),
@@ -78,12 +85,29 @@ fn main() -> ExitCode {
     };
     println!("running {} tests", cases.len());
     let mut failed = Vec::new();
+    // Per suite (the part of a case's name before `::`), in order of appearance.
+    let mut tallies: Vec<(String, Tally)> = Vec::new();
     for (name, case) in &cases {
-        let ok = catch_unwind(AssertUnwindSafe(case)).is_ok();
+        let verdict = case();
+        let (suite, prop) = name.split_once("::").unwrap_or(("specific", name));
+        println!("{}", outcome_line(suite, prop, &verdict));
+        // Every tool is in the guest: a skip here is a failure, as under CI.
+        let ok = matches!(verdict, Ok(Outcome::Passed | Outcome::NotApplicable(_)));
         println!("test {name} ... {}", if ok { "ok" } else { "FAILED" });
         if !ok {
             failed.push(name.clone());
         }
+        match tallies.iter_mut().find(|(s, _)| s == suite) {
+            Some((_, t)) => t.add(&verdict),
+            None => {
+                let mut t = Tally::default();
+                t.add(&verdict);
+                tallies.push((suite.to_owned(), t));
+            }
+        }
+    }
+    for (suite, t) in &tallies {
+        println!("{}", t.summary(suite));
     }
     let passed = cases.len() - failed.len();
     if failed.is_empty() {

@@ -1,5 +1,6 @@
 //! berth's application layer: the on-disk store and the operations behind each
-//! command. The `berth` binary (main.rs) parses arguments and prints.
+//! command. The `berth` binary (cli/) parses arguments and prints; tests use
+//! this crate directly.
 #![forbid(unsafe_code)]
 
 pub mod confine;
@@ -9,7 +10,6 @@ pub mod interrupt;
 pub mod journal;
 pub mod locks;
 pub mod ops;
-pub mod progress;
 pub mod store;
 pub mod userns;
 
