@@ -143,6 +143,14 @@ fn interactive_shell_gets_a_pty_of_its_own() {
     t.wait_for("alive-42");
 
     t.line("exit 3");
+    // Wait for the host shell's prompt: a line typed ahead would be echoed
+    // by the terminal before the prompt and the output land after it.
+    t.wait_until("the host prompt", |s| {
+        s.lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .is_some_and(|l| l.trim_end() == "$")
+    });
     t.line(
         "echo code=$?; echo modes: $(stty -a | tr ' ;' '\\n\\n' | grep -xE -- '-?(icanon|echo)')",
     );
