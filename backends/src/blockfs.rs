@@ -7,10 +7,11 @@ use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
-use berth_bdev::cmd::{CmdError, Runner};
-use berth_bdev::fsutil::require_tool;
+use berth_bdev::cmd::{CmdError, ExitStatus, Runner};
+use berth_bdev::fsutil::{create_dir_all, require_tool};
+use berth_bdev::mount::MountGuard;
 use berth_bdev::space::{fs_min_size, human};
-use berth_bdev::{BdevError, FsType, Result};
+use berth_bdev::{BdevError, FsType, Result, Tool};
 
 /// Bytes to read to see every superblock we know (btrfs's is the farthest, at 64 KiB).
 pub(crate) const PROBE_LEN: usize = BTRFS_MAGIC_AT + 8;
@@ -59,31 +60,56 @@ pub(crate) fn kernel_fs(fs: FsType) -> &'static [&'static str] {
     }
 }
 
-/// The programs a filesystem needs, with the Debian package of each.
-pub(crate) fn tools(fs: FsType) -> &'static [(&'static str, &'static str)] {
+/// The programs a filesystem needs (format, new UUID, grow, check), with the
+/// Debian package of each: what the probe of a block-backed backend checks, so
+/// its `Caps::tools` should be this list.
+pub(crate) const fn tools(fs: FsType) -> &'static [Tool] {
+    const EXT4: &[Tool] = &[
+        Tool::new("mkfs.ext4", "e2fsprogs"),
+        Tool::new("e2fsck", "e2fsprogs"),
+        Tool::new("resize2fs", "e2fsprogs"),
+        Tool::new("dumpe2fs", "e2fsprogs"),
+    ];
+    const XFS: &[Tool] = &[
+        Tool::new("mkfs.xfs", "xfsprogs"),
+        Tool::new("xfs_admin", "xfsprogs"),
+        Tool::new("xfs_growfs", "xfsprogs"),
+    ];
+    const BTRFS: &[Tool] = &[
+        Tool::new("mkfs.btrfs", "btrfs-progs"),
+        Tool::new("btrfstune", "btrfs-progs"),
+        Tool::new("btrfs", "btrfs-progs"),
+    ];
     match fs {
-        FsType::Ext4 => &[
-            ("mkfs.ext4", "e2fsprogs"),
-            ("e2fsck", "e2fsprogs"),
-            ("resize2fs", "e2fsprogs"),
-            ("dumpe2fs", "e2fsprogs"),
-        ],
-        FsType::Xfs => &[
-            ("mkfs.xfs", "xfsprogs"),
-            ("xfs_admin", "xfsprogs"),
-            ("xfs_growfs", "xfsprogs"),
-        ],
-        FsType::Btrfs => &[
-            ("mkfs.btrfs", "btrfs-progs"),
-            ("btrfstune", "btrfs-progs"),
-            ("btrfs", "btrfs-progs"),
-        ],
+        FsType::Ext4 => EXT4,
+        FsType::Xfs => XFS,
+        FsType::Btrfs => BTRFS,
     }
 }
 
+/// A backend's `own` programs, then those of `fs`: one `Caps::tools` list for a
+/// backend that runs both. `N` is their total, checked when the constant is built.
+pub(crate) const fn backend_tools<const N: usize>(own: &[Tool], fs: FsType) -> [Tool; N] {
+    let rest = tools(fs);
+    assert!(own.len() + rest.len() == N, "N must count own and fs tools");
+    let mut out = [Tool::new("", ""); N];
+    let mut i = 0;
+    while i < N {
+        out[i] = if i < own.len() {
+            own[i]
+        } else {
+            rest[i - own.len()]
+        };
+        i += 1;
+    }
+    out
+}
+
+/// Checks the programs of `tools(fs)`, for a volume whose filesystem is not the
+/// pool's default (the probe checked that one).
 pub(crate) fn require_tools(backend: &'static str, fs: FsType) -> Result<()> {
-    for (prog, pkg) in tools(fs) {
-        require_tool(backend, prog, pkg)?;
+    for t in tools(fs) {
+        require_tool(backend, t.prog, t.package)?;
     }
     Ok(())
 }
@@ -107,8 +133,8 @@ pub(crate) fn size_problem(fs: FsType, size: u64) -> Option<String> {
 /// `spec` names the volume in the error. Every backend that runs mkfs asks here.
 pub(crate) fn check_size(fs: FsType, size: u64, spec: impl FnOnce() -> String) -> Result<()> {
     match size_problem(fs, size) {
-        Some(reason) => Err(BdevError::InvalidSpec {
-            spec: spec(),
+        Some(reason) => Err(BdevError::SizeRefused {
+            volume: spec(),
             reason,
         }),
         None => Ok(()),
@@ -170,6 +196,13 @@ pub fn mkfs_command(fs: FsType, img: &Path, size: u64) -> Command {
     }
 }
 
+/// Formats the image or device `dev` of `size` bytes with `fs`.
+pub(crate) fn mkfs(runner: &dyn Runner, fs: FsType, dev: &Path, size: u64) -> Result<()> {
+    let (prog, args) = mkfs_command(fs, dev, size);
+    run(runner, prog, &args)?;
+    Ok(())
+}
+
 /// The command that gives a copied image a fresh filesystem UUID, so that the copy
 /// and its origin can be mounted at once. xfs and btrfs refuse a second filesystem
 /// with a UUID already mounted. ext4 does not care, and `tune2fs -U` on a
@@ -220,9 +253,43 @@ pub fn grow_online_command(fs: FsType, mnt: &Path) -> Option<Command> {
     }
 }
 
+/// Grows the filesystem `fs` on `dev` (an image, export or device that has
+/// already grown) to fill it: the one grow of every block-backed backend. ext4
+/// grows on `dev` itself, checked first unless `mounted`. xfs and btrfs grow
+/// only while mounted, so `mount` mounts `dev` on the new directory `at` for the
+/// moment; `at` is removed afterwards.
+pub(crate) fn grow(
+    runner: &dyn Runner,
+    fs: FsType,
+    dev: &Path,
+    mounted: bool,
+    at: &Path,
+    mount: impl FnOnce(&Path) -> Result<MountGuard>,
+) -> Result<()> {
+    let Some((prog, args)) = grow_online_command(fs, at) else {
+        return grow_ext4(runner, dev, !mounted);
+    };
+    create_dir_all(at)?;
+    let grown = (|| {
+        let guard = mount(at)?;
+        let r = run(runner, prog, &args).map_err(BdevError::from);
+        let released = guard.release();
+        r?;
+        released
+    })();
+    let _ = std::fs::remove_dir(at);
+    grown
+}
+
 /// `e2fsck` exit status 1 means "errors corrected": the filesystem is fine now.
 pub fn fsck_fixed(e: &CmdError) -> bool {
-    matches!(e, CmdError::Failed { status, .. } if status == "exit status: 1")
+    matches!(
+        e,
+        CmdError::Failed {
+            status: ExitStatus::Code(1),
+            ..
+        }
+    )
 }
 
 pub(crate) fn run(runner: &dyn Runner, prog: &str, args: &[OsString]) -> Result<(), CmdError> {
@@ -371,14 +438,49 @@ mod tests {
 
     #[test]
     fn fsck_status_one_means_fixed() {
-        let failed = |status: &str| CmdError::Failed {
+        let failed = |status: ExitStatus| CmdError::Failed {
             prog: "e2fsck".into(),
             args: String::new(),
-            status: status.into(),
+            status,
             stderr: String::new(),
         };
-        assert!(fsck_fixed(&failed("exit status: 1")));
-        assert!(!fsck_fixed(&failed("exit status: 4")));
+        assert!(fsck_fixed(&failed(ExitStatus::Code(1))));
+        assert!(!fsck_fixed(&failed(ExitStatus::Code(4))));
+    }
+
+    #[test]
+    fn backend_tools_come_before_the_filesystem_tools() {
+        const OWN: &[Tool] = &[Tool::new("qemu-img", "qemu-utils")];
+        const X: [Tool; 4] = backend_tools(OWN, FsType::Xfs);
+        assert_eq!(X[0], OWN[0]);
+        assert_eq!(&X[1..], tools(FsType::Xfs));
+    }
+
+    #[test]
+    fn online_grow_mounts_on_a_temporary_directory_and_removes_it() {
+        use berth_bdev::cmd::ScriptedRunner;
+        let d = tempfile::tempdir().unwrap();
+        let at = d.path().join("grow");
+        let line = format!("xfs_growfs {}", at.display());
+        let r = ScriptedRunner::new().expect(&line, "");
+        let mut mounted_on = None;
+        grow(&r, FsType::Xfs, Path::new("/p/c.img"), false, &at, |at| {
+            assert!(at.is_dir());
+            mounted_on = Some(at.to_path_buf());
+            // Nothing is really mounted here.
+            Ok(MountGuard::unmounted(at))
+        })
+        .unwrap();
+        assert_eq!(mounted_on.as_deref(), Some(at.as_path()));
+        assert_eq!(r.calls(), vec![line]);
+        assert!(!at.exists());
+        // ext4 grows on the device, checked first only when unmounted.
+        let r = ScriptedRunner::new().expect("resize2fs /p/c.img", "");
+        grow(&r, FsType::Ext4, Path::new("/p/c.img"), true, &at, |_| {
+            unreachable!("ext4 grows without a mount")
+        })
+        .unwrap();
+        assert_eq!(r.calls().len(), 1);
     }
 
     #[test]

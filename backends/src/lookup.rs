@@ -13,6 +13,11 @@ use berth_bdev::names::validate_name;
 use berth_bdev::{BdevError, Result, VolumeSpec};
 use tracing::warn;
 
+/// The pool options of a backend that has none: any key is refused, by name.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NoOptions {}
+
 /// What a volume is on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Entry {
@@ -124,6 +129,43 @@ pub(crate) fn lowers_of(home: &Path) -> Result<Vec<PathBuf>> {
     } else {
         Vec::new()
     })
+}
+
+/// The fields of a union spec (overlay, aufs): absolute lowers, topmost first,
+/// then the upper.
+pub(crate) fn union_from_fields(
+    backend: &str,
+    fields: &[String],
+) -> std::result::Result<(Vec<PathBuf>, PathBuf), String> {
+    let needs = || format!("{backend} needs LOWER[:LOWER…]:UPPER");
+    if fields.len() < 2 {
+        return Err(needs());
+    }
+    let mut paths = fields
+        .iter()
+        .map(|f| berth_bdev::spec::abs_path(f))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let upper = paths.pop().ok_or_else(needs)?;
+    Ok((paths, upper))
+}
+
+/// The fields of a union spec, lowers then upper.
+pub(crate) fn union_to_fields(lowers: &[PathBuf], upper: &Path) -> Vec<String> {
+    lowers
+        .iter()
+        .map(PathBuf::as_path)
+        .chain([upper])
+        .map(berth_bdev::spec::path_field)
+        .collect()
+}
+
+/// The directory of a union volume or snapshot: the parent of its upper, which
+/// is always called `upper`.
+pub(crate) fn union_home(upper: &Path) -> Option<&Path> {
+    if upper.file_name()? != "upper" {
+        return None;
+    }
+    upper.parent()
 }
 
 #[cfg(test)]

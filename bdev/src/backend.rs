@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::error::{BdevError, Result};
 use crate::mount::{self, MountGuard};
 use crate::revert::Revert;
-use crate::spec::{BackendKind, VolumeSpec};
+use crate::spec::VolumeSpec;
 
 /// What a backend can do. Callers branch on these flags, never on backend names,
 /// and refuse an operation up front when its flag is off.
@@ -31,8 +31,18 @@ pub struct Caps {
     /// A snapshot clone can take over its origin's data in place (`promote`), so the
     /// origin can be destroyed without copying the clone.
     pub promote: bool,
-    /// Snapshot clones can stack on plain-tree volumes of other backends (dir, btrfs).
+    /// Snapshot clones can stack on other backends' plain-tree volumes
+    /// (`stack_on_tree`).
     pub stacks_on_trees: bool,
+    /// Volumes (and snapshots) are plain directory trees, readable without a
+    /// mount (`tree_path`), so layers of other backends can stack on them.
+    pub plain_tree: bool,
+    /// Snapshot clones reach their origin by path, so they work across pools of
+    /// this backend, not only within one.
+    pub clones_span_pools: bool,
+    /// Why this pool cannot make snapshot clones and what would let it, when it is
+    /// a property of the pool rather than of the backend.
+    pub snapshot_clone_refusal: Option<&'static str>,
     /// The mounted volume cannot store extended attributes (file capabilities,
     /// ACLs), e.g. unionfs-fuse built without them. Copies of trees that carry
     /// xattrs into it fail rather than drop them.
@@ -47,9 +57,23 @@ pub struct Caps {
     /// Volumes can be grown (`resize`).
     pub resize: bool,
     /// Kernel filesystems this backend needs, as named in /proc/filesystems.
+    /// Checked by [`crate::fsutil::require_host`], which every probe calls.
     pub kernel_fs: &'static [&'static str],
-    /// Host programs this backend runs.
-    pub tools: &'static [&'static str],
+    /// Host programs this backend runs, checked the same way.
+    pub tools: &'static [Tool],
+}
+
+/// A host program a backend runs, and the Debian package that has it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Tool {
+    pub prog: &'static str,
+    pub package: &'static str,
+}
+
+impl Tool {
+    pub const fn new(prog: &'static str, package: &'static str) -> Self {
+        Tool { prog, package }
+    }
 }
 
 /// Filesystems a block-backed volume can be formatted with.
@@ -133,17 +157,29 @@ pub struct Usage {
 /// Optional operations return `BdevError::Unsupported` by default; each one has a
 /// `Caps` flag, and the conformance suite checks that the two agree.
 pub trait Backend: Send + Sync {
-    fn kind(&self) -> BackendKind;
-
-    fn name(&self) -> &'static str {
-        self.kind().as_str()
-    }
+    /// The backend's registry name, which its specs start with.
+    fn name(&self) -> &'static str;
 
     fn caps(&self) -> Caps;
 
     /// Checks that the host can run this backend (kernel filesystem, tools, pool
     /// present) before anything is touched; the error names what is missing.
+    /// Starts with [`crate::fsutil::require_host`] on `caps()`.
     fn probe(&self) -> Result<()>;
+
+    /// The directory holding the files of `v` (a volume or snapshot of this pool)
+    /// when the backend has `plain_tree`: readable, and for a volume writable,
+    /// without a mount.
+    fn tree_path(&self, _v: &VolumeSpec) -> Option<std::path::PathBuf> {
+        None
+    }
+
+    /// The plain directories that together hold the files of `v`, readable
+    /// without a mount: its tree, or every branch of a union (lowers, then
+    /// upper). Empty for volumes inside a dataset or an image.
+    fn branch_dirs(&self, v: &VolumeSpec) -> Vec<std::path::PathBuf> {
+        self.tree_path(v).into_iter().collect()
+    }
 
     /// Facts for `berth info`, such as which mechanism mounts the volumes.
     fn describe(&self) -> Vec<(&'static str, String)> {
@@ -216,8 +252,8 @@ pub trait Backend: Send + Sync {
         self.destroy(snap)
     }
 
-    /// Creates `name` as a copy-on-write clone of `src` (a volume or a snapshot,
-    /// possibly of another backend when `stacks_on_trees`) without copying data.
+    /// Creates `name` as a copy-on-write clone of `src` (a volume or snapshot of
+    /// this backend) without copying data.
     fn snapshot_clone(
         &self,
         _src: &VolumeSpec,
@@ -225,6 +261,15 @@ pub trait Backend: Send + Sync {
         _rv: &mut Revert,
     ) -> Result<VolumeSpec> {
         Err(BdevError::unsupported(self.name(), "snapshot clone"))
+    }
+
+    /// Creates `name` as a writable layer over `tree`, another backend's plain
+    /// tree (its `tree_path`), without copying data (`stacks_on_trees`).
+    fn stack_on_tree(&self, _tree: &Path, _name: &str, _rv: &mut Revert) -> Result<VolumeSpec> {
+        Err(BdevError::unsupported(
+            self.name(),
+            "stacking on a plain tree",
+        ))
     }
 
     /// Creates `name` as an independent full copy of `src` (same backend) with the

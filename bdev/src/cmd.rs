@@ -9,9 +9,38 @@ use std::sync::Mutex;
 
 use tracing::debug;
 
+/// How a command ended: its exit code, kept as a number, or the signal that
+/// killed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    Code(i32),
+    Signal(i32),
+}
+
+impl From<std::process::ExitStatus> for ExitStatus {
+    fn from(s: std::process::ExitStatus) -> Self {
+        use std::os::unix::process::ExitStatusExt;
+        match (s.code(), s.signal()) {
+            (Some(c), _) => ExitStatus::Code(c),
+            (None, Some(sig)) => ExitStatus::Signal(sig),
+            // Neither happens for a child that was waited for.
+            (None, None) => ExitStatus::Code(-1),
+        }
+    }
+}
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitStatus::Code(c) => write!(f, "exit code {c}"),
+            ExitStatus::Signal(s) => write!(f, "killed by signal {s}"),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CmdError {
-    #[error("cannot run {prog}: {source}; is it installed?")]
+    #[error("cannot run {prog} (is it installed?)")]
     Spawn {
         prog: String,
         #[source]
@@ -22,7 +51,7 @@ pub enum CmdError {
     Failed {
         prog: String,
         args: String,
-        status: String,
+        status: ExitStatus,
         stderr: String,
     },
 
@@ -88,7 +117,7 @@ fn check(prog: &str, args: &[&OsStr], out: std::process::Output) -> Result<CmdOu
         return Err(CmdError::Failed {
             prog: prog.to_owned(),
             args: join_args(args),
-            status: out.status.to_string(),
+            status: out.status.into(),
             stderr,
         });
     }
@@ -208,7 +237,7 @@ impl ScriptedRunner {
                 Err(stderr) => Err(CmdError::Failed {
                     prog: prog.to_owned(),
                     args: args.to_owned(),
-                    status: "exit status: 1".to_owned(),
+                    status: ExitStatus::Code(1),
                     stderr,
                 }),
             },
@@ -266,7 +295,7 @@ mod tests {
         let err = run(&HostRunner, "sh", &["-c", "echo oops >&2; exit 3"]).unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("oops"), "{msg}");
-        assert!(msg.contains("exit status: 3"), "{msg}");
+        assert!(msg.contains("exit code 3"), "{msg}");
     }
 
     #[test]
@@ -289,10 +318,10 @@ mod tests {
     #[test]
     fn scripted_runner_answers_in_order_and_rejects_surprises() {
         let r = ScriptedRunner::new()
-            .expect("zfs get", "12\n")
-            .fail("zfs destroy", "dataset is busy");
-        assert_eq!(run(&r, "zfs", &["get", "used"]).unwrap().stdout, "12\n");
-        assert!(run(&r, "zfs", &["destroy", "x"])
+            .expect("tool get", "12\n")
+            .fail("tool destroy", "dataset is busy");
+        assert_eq!(run(&r, "tool", &["get", "used"]).unwrap().stdout, "12\n");
+        assert!(run(&r, "tool", &["destroy", "x"])
             .unwrap_err()
             .stderr()
             .contains("busy"));

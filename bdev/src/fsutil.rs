@@ -115,6 +115,19 @@ pub fn require_tool(backend: &'static str, prog: &str, package: &str) -> Result<
     })
 }
 
+/// Fails with `Unavailable` naming the first kernel filesystem or host program in
+/// `caps` that this host lacks: the one check of what a backend declares it needs,
+/// so the declaration and the probe cannot drift apart.
+pub fn require_host(backend: &'static str, caps: &crate::backend::Caps) -> Result<()> {
+    for fs in caps.kernel_fs {
+        require_kernel_fs(backend, fs)?;
+    }
+    for t in caps.tools {
+        require_tool(backend, t.prog, t.package)?;
+    }
+    Ok(())
+}
+
 /// Whether files in `dir` can be reflinked (FICLONE), found by trying it.
 pub fn reflink_supported(dir: &Path) -> bool {
     let a = dir.join(format!(".berth-reflink-probe-a.{}", std::process::id()));

@@ -11,7 +11,7 @@ use crate::error::{BdevError, Result};
 use crate::spec::VolumeSpec;
 
 /// Runs `f` on the mounted root of `v`, then always unmounts; `f`'s error wins over
-/// an unmount error. Plain-tree volumes (dir, btrfs) are used in place when
+/// an unmount error. Plain-tree volumes (`tree_path`) are used in place when
 /// writable; read-only, they get a read-only bind mount of the tree, so that the
 /// promise holds for every backend.
 pub fn with_mounted<T>(
@@ -21,8 +21,8 @@ pub fn with_mounted<T>(
     read_only: bool,
     f: impl FnOnce(&Path) -> Result<T>,
 ) -> Result<T> {
-    let tree = v.tree_path();
-    if let (Some(tree), false) = (tree, read_only) {
+    let tree = b.tree_path(v);
+    if let (Some(tree), false) = (&tree, read_only) {
         return f(tree);
     }
     crate::fsutil::create_dir_all(scratch)?;
@@ -32,7 +32,7 @@ pub fn with_mounted<T>(
         .map_err(BdevError::io("create mount point in", scratch))?;
     let guard = match tree {
         Some(tree) => {
-            crate::mount::bind(tree, dir.path(), true)?;
+            crate::mount::bind(&tree, dir.path(), true)?;
             crate::mount::MountGuard::mounted(dir.path())
         }
         None => b.mount(v, dir.path(), read_only)?,
@@ -168,12 +168,12 @@ pub fn copy_opts(
         }
         return Ok(opts);
     }
-    let branches = src.branch_dirs();
+    let branches = src_b.branch_dirs(src);
     if branches.is_empty() {
         // Nothing to check: a listing that fails fails the copy.
         return Ok(opts);
     }
-    for tree in branches {
+    for tree in &branches {
         let Some((path, name)) = first_xattr(tree)? else {
             continue;
         };

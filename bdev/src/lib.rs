@@ -18,13 +18,15 @@ pub mod names;
 pub mod plan;
 pub mod pool;
 pub mod process;
+pub mod registry;
 pub mod revert;
 pub mod space;
 pub mod spec;
 
-pub use backend::{Backend, Caps, CreateOpts, FsType, Usage, UsageKind, DEFAULT_SIZE};
+pub use backend::{Backend, Caps, CreateOpts, FsType, Tool, Usage, UsageKind, DEFAULT_SIZE};
 pub use error::{BdevError, Result};
 pub use mount::MountGuard;
-pub use pool::PoolConfig;
+pub use pool::{PoolConfig, PoolOption};
+pub use registry::Registration;
 pub use revert::Revert;
-pub use spec::{BackendKind, VolumeSpec};
+pub use spec::{SpecForm, VolumeSpec};

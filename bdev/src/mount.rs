@@ -17,13 +17,14 @@ use rustix::mount::{
 use tracing::{debug, warn};
 
 use crate::error::BdevError;
+use crate::revert::Revert;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
-    #[error("{fstype} filesystem is not available ({source}); is the module loaded?")]
+    #[error("{fstype} filesystem is not available (is the module loaded?)")]
     Filesystem { fstype: String, source: Errno },
 
-    #[error("set {fstype} mount option {key}={value:?}: {source}{}", log_suffix(.log))]
+    #[error("set {fstype} mount option {key}={value:?}{}", log_suffix(.log))]
     Option {
         fstype: String,
         key: String,
@@ -32,7 +33,7 @@ pub enum MountError {
         log: String,
     },
 
-    #[error("mount {fstype} from {source_dev:?} on {target:?}: {source}{}", log_suffix(.log))]
+    #[error("mount {fstype} from {source_dev:?} on {target:?}{}", log_suffix(.log))]
     Create {
         fstype: String,
         source_dev: String,
@@ -41,14 +42,14 @@ pub enum MountError {
         log: String,
     },
 
-    #[error("bind mount {src:?} on {dst:?}: {source}")]
+    #[error("bind mount {src:?} on {dst:?}")]
     Bind {
         src: PathBuf,
         dst: PathBuf,
         source: Errno,
     },
 
-    #[error("unmount {target:?}: {source}")]
+    #[error("unmount {target:?}")]
     Unmount { target: PathBuf, source: Errno },
 }
 
@@ -293,8 +294,6 @@ pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
-type Teardown = Box<dyn FnOnce() -> Result<(), BdevError> + Send>;
-
 /// A mounted volume. Dropping it unmounts and then runs the backend's teardown
 /// steps (stop a FUSE daemon, remove an export) in reverse order, best effort.
 /// `release` is the checked path; `persist` leaves everything in place.
@@ -302,7 +301,7 @@ type Teardown = Box<dyn FnOnce() -> Result<(), BdevError> + Send>;
 pub struct MountGuard {
     target: PathBuf,
     mounted: bool,
-    teardown: Vec<(String, Teardown)>,
+    teardown: Revert,
 }
 
 impl std::fmt::Debug for MountGuard {
@@ -310,10 +309,7 @@ impl std::fmt::Debug for MountGuard {
         f.debug_struct("MountGuard")
             .field("target", &self.target)
             .field("mounted", &self.mounted)
-            .field(
-                "teardown",
-                &self.teardown.iter().map(|t| &t.0).collect::<Vec<_>>(),
-            )
+            .field("teardown", &self.teardown)
             .finish()
     }
 }
@@ -324,7 +320,7 @@ impl MountGuard {
         MountGuard {
             target: target.to_path_buf(),
             mounted: true,
-            teardown: Vec::new(),
+            teardown: Revert::new(),
         }
     }
 
@@ -334,7 +330,7 @@ impl MountGuard {
         MountGuard {
             target: target.to_path_buf(),
             mounted: false,
-            teardown: Vec::new(),
+            teardown: Revert::new(),
         }
     }
 
@@ -349,7 +345,7 @@ impl MountGuard {
         what: impl Into<String>,
         f: impl FnOnce() -> Result<(), BdevError> + Send + 'static,
     ) {
-        self.teardown.push((what.into(), Box::new(f)));
+        self.teardown.add(what, f);
     }
 
     pub fn path(&self) -> &Path {
@@ -364,7 +360,7 @@ impl MountGuard {
     /// Leaves the mount and its helpers in place (e.g. `berth mount`).
     pub fn persist(mut self) -> PathBuf {
         self.mounted = false;
-        self.teardown.clear();
+        std::mem::take(&mut self.teardown).commit();
         std::mem::take(&mut self.target)
     }
 
@@ -378,11 +374,8 @@ impl MountGuard {
                 first = Some(e.into());
             }
         }
-        while let Some((what, f)) = self.teardown.pop() {
-            if let Err(e) = f() {
-                warn!(step = %what, error = %e, "teardown failed");
-                first.get_or_insert(e);
-            }
+        if let Err((step, reason)) = std::mem::take(&mut self.teardown).run_now() {
+            first.get_or_insert(BdevError::Teardown { step, reason });
         }
         first.map_or(Ok(()), Err)
     }

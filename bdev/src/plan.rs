@@ -1,11 +1,11 @@
-//! The clone matrix: which source/target pairs a clone request can use.
+//! The clone plan: how a clone request is carried out, decided from the two
+//! sides' capabilities alone.
 //!
 //! `--snapshot` never quietly becomes a copy: a pair that cannot share data is
 //! refused, naming the alternatives.
 
 use crate::backend::Caps;
 use crate::error::{BdevError, Result};
-use crate::spec::BackendKind;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloneMode {
@@ -19,117 +19,182 @@ pub enum CloneMode {
 pub enum ClonePlan {
     /// `dst.snapshot_clone(src)`; `pins_origin` records a dependency on the source.
     SnapshotClone { pins_origin: bool },
-    /// `dst.copy_clone(src)` (same backend's own tool), falling back to `Generic`.
+    /// `dst.stack_on_tree(tree of src)`: a layer over another backend's plain tree.
+    StackOnTree { pins_origin: bool },
+    /// `dst.copy_clone(src)` (same backend's own tool), falling back to `GenericCopy`.
     NativeCopy,
     /// Create an empty target volume and copy through mounts.
     GenericCopy,
 }
 
-/// Decides how to clone a `src` volume into a pool of kind `dst` with `dst_caps`.
-/// `same_pool` says whether source and target pools are the same pool.
-pub fn plan_clone(
-    src: BackendKind,
-    dst: BackendKind,
-    dst_caps: &Caps,
-    same_pool: bool,
-    mode: CloneMode,
-) -> Result<ClonePlan> {
-    use BackendKind::*;
-    if mode == CloneMode::Copy {
-        return Ok(if src == dst {
+impl ClonePlan {
+    /// Whether the clone shares data with its origin.
+    pub fn shares_data(self) -> bool {
+        matches!(
+            self,
+            ClonePlan::SnapshotClone { .. } | ClonePlan::StackOnTree { .. }
+        )
+    }
+
+    /// Whether the clone keeps depending on its origin.
+    pub fn pins_origin(self) -> bool {
+        matches!(
+            self,
+            ClonePlan::SnapshotClone { pins_origin: true }
+                | ClonePlan::StackOnTree { pins_origin: true }
+        )
+    }
+}
+
+/// One side of a clone: the backend's registry name and the pool's capabilities.
+#[derive(Debug, Clone, Copy)]
+pub struct Side<'a> {
+    pub backend: &'a str,
+    pub caps: Caps,
+}
+
+/// What is being cloned and how.
+#[derive(Debug, Clone, Copy)]
+pub struct CloneRequest<'a> {
+    pub src: Side<'a>,
+    pub dst: Side<'a>,
+    pub same_pool: bool,
+    /// The source is a snapshot rather than a live volume.
+    pub from_snapshot: bool,
+    pub mode: CloneMode,
+    /// Backends whose snapshot clones can stack on plain trees (`stacks_on_trees`),
+    /// offered as alternatives when a snapshot clone is refused.
+    pub stackers: &'a [&'a str],
+}
+
+/// Decides how to carry out `req`, or refuses it with the alternatives.
+pub fn plan_clone(req: &CloneRequest<'_>) -> Result<ClonePlan> {
+    let (src, dst) = (req.src, req.dst);
+    let same_backend = src.backend == dst.backend;
+    if req.mode == CloneMode::Copy {
+        return Ok(if same_backend {
             ClonePlan::NativeCopy
         } else {
             ClonePlan::GenericCopy
         });
     }
-    let pins_origin = dst_caps.clone_pins_origin;
-    // Layered backends keep the origin's path as a branch, which works across pools.
-    let layered = matches!(dst, Overlay | Aufs | Qcow2);
-    if src == dst && dst_caps.snapshot_clone && (same_pool || layered) {
-        return Ok(ClonePlan::SnapshotClone { pins_origin });
-    }
-    if dst_caps.stacks_on_trees && matches!(src, Dir | Btrfs) {
-        return Ok(ClonePlan::SnapshotClone { pins_origin });
-    }
-
-    let reason = if src == dst && !dst_caps.snapshot_clone {
-        if dst == Loop {
-            "this pool's filesystem cannot reflink images (put the pool on btrfs or xfs with reflink=1)".to_owned()
-        } else {
-            format!("{dst} volumes cannot share data with each other")
-        }
-    } else if src == dst {
-        format!("{dst} snapshot clones stay inside one pool")
-    } else {
-        format!("a {dst} volume cannot share data with a {src} volume")
-    };
-    let mut alternatives = Vec::new();
-    if src == dst && !same_pool && dst_caps.snapshot_clone {
-        alternatives.push("clone into the source's own pool (--pool)".to_owned());
-    }
-    if matches!(src, Dir | Btrfs | Overlay) && dst != Overlay {
-        alternatives.push("stack an overlay layer on it (-B overlay --snapshot)".to_owned());
-    }
-    if matches!(src, Dir | Btrfs | Aufs) && dst != Aufs {
-        alternatives.push("stack an aufs layer on it (-B aufs --snapshot)".to_owned());
-    }
-    alternatives.push("make an independent copy (--copy)".to_owned());
-    Err(BdevError::CloneRefused {
-        src,
-        dst,
+    let pins_origin = dst.caps.clone_pins_origin;
+    let refuse = |reason: String, alternatives: Vec<String>| BdevError::CloneRefused {
+        src: src.backend.to_owned(),
+        dst: dst.backend.to_owned(),
         reason,
         alternatives,
-    })
+    };
+    let copy = "make an independent copy (--copy)".to_owned();
+    if same_backend && dst.caps.snapshot_clone && (req.same_pool || dst.caps.clones_span_pools) {
+        if req.from_snapshot && !dst.caps.clone_from_snapshot {
+            return Err(refuse(
+                "this pool cannot clone from a snapshot without copying".to_owned(),
+                vec![copy],
+            ));
+        }
+        return Ok(ClonePlan::SnapshotClone { pins_origin });
+    }
+    if !same_backend && dst.caps.stacks_on_trees && src.caps.plain_tree {
+        return Ok(ClonePlan::StackOnTree { pins_origin });
+    }
+
+    let reason = if same_backend && !dst.caps.snapshot_clone {
+        match dst.caps.snapshot_clone_refusal {
+            Some(why) => why.to_owned(),
+            None => format!("{} volumes cannot share data with each other", dst.backend),
+        }
+    } else if same_backend {
+        format!("{} snapshot clones stay inside one pool", dst.backend)
+    } else {
+        format!(
+            "a {} volume cannot share data with a {} volume",
+            dst.backend, src.backend
+        )
+    };
+    let mut alternatives = Vec::new();
+    if same_backend && !req.same_pool && dst.caps.snapshot_clone {
+        alternatives.push("clone into the source's own pool (--pool)".to_owned());
+    }
+    for stacker in req.stackers {
+        if (src.caps.plain_tree || src.backend == *stacker) && dst.backend != *stacker {
+            alternatives.push(format!(
+                "stack a {stacker} layer on it (-B {stacker} --snapshot)"
+            ));
+        }
+    }
+    alternatives.push(copy);
+    Err(refuse(reason, alternatives))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use BackendKind::*;
 
-    fn caps(kind: BackendKind) -> Caps {
+    /// Made-up backends covering each shape: a plain tree, a tree with cheap
+    /// snapshots, a pinning store, an image pool that cannot share, and a layer.
+    fn caps(kind: &str) -> Caps {
         let mut c = Caps::default();
         match kind {
-            Dir => {}
-            Btrfs => c.snapshot_clone = true,
-            Zfs | Qcow2 | Lvm => {
+            "tree" => c.plain_tree = true,
+            "cowtree" => {
+                c.plain_tree = true;
                 c.snapshot_clone = true;
+                c.clone_from_snapshot = true;
+            }
+            "store" => {
+                c.snapshot_clone = true;
+                c.clone_from_snapshot = true;
                 c.clone_pins_origin = true;
             }
-            Loop => c.snapshot_clone = false,
-            Overlay | Aufs => {
+            "image" => c.snapshot_clone_refusal = Some("this pool cannot reflink"),
+            "layer" => {
                 c.snapshot_clone = true;
                 c.clone_pins_origin = true;
                 c.stacks_on_trees = true;
+                c.clones_span_pools = true;
             }
+            _ => unreachable!(),
         }
         c
     }
 
-    fn plan(src: BackendKind, dst: BackendKind, same_pool: bool) -> Result<ClonePlan> {
-        plan_clone(src, dst, &caps(dst), same_pool, CloneMode::Snapshot)
+    const KINDS: [&str; 5] = ["tree", "cowtree", "store", "image", "layer"];
+
+    fn plan(src: &str, dst: &str, same_pool: bool, from_snapshot: bool) -> Result<ClonePlan> {
+        plan_clone(&CloneRequest {
+            src: Side {
+                backend: src,
+                caps: caps(src),
+            },
+            dst: Side {
+                backend: dst,
+                caps: caps(dst),
+            },
+            same_pool,
+            from_snapshot,
+            mode: CloneMode::Snapshot,
+            stackers: &["layer"],
+        })
     }
 
-    /// The whole snapshot matrix, source rows by target columns, in one pool
-    /// where the kinds match. S = snapshot clone, P = pinned snapshot clone, - = refused.
+    /// Source rows by target columns, one pool where the kinds match.
+    /// S = snapshot clone, P = pinned, T = pinned layer on a tree, - = refused.
     #[test]
     fn snapshot_matrix() {
-        let cols = [Dir, Btrfs, Zfs, Lvm, Loop, Aufs, Overlay, Qcow2];
         let rows = [
-            (Dir, "-----PP-"),
-            (Btrfs, "-S---PP-"),
-            (Zfs, "--P-----"),
-            (Lvm, "---P----"),
-            (Loop, "--------"),
-            (Aufs, "-----P--"),
-            (Overlay, "------P-"),
-            (Qcow2, "-------P"),
+            ("tree", "----T"),
+            ("cowtree", "-S--T"),
+            ("store", "--P--"),
+            ("image", "-----"),
+            ("layer", "----P"),
         ];
         for (src, row) in rows {
-            for (dst, want) in cols.iter().zip(row.chars()) {
-                let got = match plan(src, *dst, src == *dst) {
+            for (dst, want) in KINDS.iter().zip(row.chars()) {
+                let got = match plan(src, dst, src == *dst, false) {
                     Ok(ClonePlan::SnapshotClone { pins_origin: true }) => 'P',
                     Ok(ClonePlan::SnapshotClone { pins_origin: false }) => 'S',
+                    Ok(ClonePlan::StackOnTree { pins_origin: true }) => 'T',
                     Ok(_) => '?',
                     Err(_) => '-',
                 };
@@ -139,39 +204,73 @@ mod tests {
     }
 
     #[test]
-    fn loop_snapshot_clone_follows_detected_reflink() {
-        let mut c = caps(Loop);
-        assert!(plan_clone(Loop, Loop, &c, true, CloneMode::Snapshot).is_err());
-        c.snapshot_clone = true;
-        assert_eq!(
-            plan_clone(Loop, Loop, &c, true, CloneMode::Snapshot).unwrap(),
-            ClonePlan::SnapshotClone { pins_origin: false }
-        );
-    }
-
-    #[test]
     fn cross_pool_rules() {
-        assert!(plan(Btrfs, Btrfs, false).is_err());
-        assert!(plan(Zfs, Zfs, false).is_err());
-        assert!(plan(Overlay, Overlay, false).is_ok());
-        assert!(plan(Qcow2, Qcow2, false).is_ok());
+        assert!(plan("cowtree", "cowtree", false, false).is_err());
+        assert!(plan("store", "store", false, false).is_err());
+        assert!(plan("layer", "layer", false, false).is_ok());
     }
 
     #[test]
-    fn refusals_name_alternatives() {
-        let e = plan(Dir, Dir, true).unwrap_err().to_string();
-        assert!(e.contains("-B overlay"), "{e}");
+    fn clones_of_snapshots_need_the_capability() {
+        let mut c = caps("store");
+        c.clone_from_snapshot = false;
+        let side = Side {
+            backend: "store",
+            caps: c,
+        };
+        let req = CloneRequest {
+            src: side,
+            dst: side,
+            same_pool: true,
+            from_snapshot: true,
+            mode: CloneMode::Snapshot,
+            stackers: &[],
+        };
+        let e = plan_clone(&req).unwrap_err().to_string();
+        assert!(e.contains("from a snapshot") && e.contains("--copy"), "{e}");
+        assert!(plan_clone(&CloneRequest {
+            from_snapshot: false,
+            ..req
+        })
+        .is_ok());
+    }
+
+    #[test]
+    fn refusals_name_the_backends_reason_and_alternatives() {
+        let e = plan("tree", "tree", true, false).unwrap_err().to_string();
+        assert!(e.contains("-B layer --snapshot"), "{e}");
         assert!(e.contains("--copy"), "{e}");
-        let e = plan(Btrfs, Btrfs, false).unwrap_err().to_string();
+        let e = plan("image", "image", true, false).unwrap_err().to_string();
+        assert!(e.contains("this pool cannot reflink"), "{e}");
+        assert!(!e.contains("-B layer"), "{e}");
+        let e = plan("cowtree", "cowtree", false, false)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("one pool"), "{e}");
         assert!(e.contains("--pool"), "{e}");
+        let e = plan("layer", "store", true, false).unwrap_err().to_string();
+        assert!(e.contains("-B layer"), "{e}");
     }
 
     #[test]
     fn copies_always_plan() {
-        for s in BackendKind::ALL {
-            for d in BackendKind::ALL {
-                let p = plan_clone(s, d, &Caps::default(), false, CloneMode::Copy).unwrap();
+        for s in KINDS {
+            for d in KINDS {
+                let p = plan_clone(&CloneRequest {
+                    src: Side {
+                        backend: s,
+                        caps: Caps::default(),
+                    },
+                    dst: Side {
+                        backend: d,
+                        caps: Caps::default(),
+                    },
+                    same_pool: false,
+                    from_snapshot: false,
+                    mode: CloneMode::Copy,
+                    stackers: &[],
+                })
+                .unwrap();
                 assert_eq!(p == ClonePlan::NativeCopy, s == d);
             }
         }

@@ -54,18 +54,28 @@ impl Revert {
         self.undo.append(&mut other.undo);
     }
 
-    fn run_all(undo: &mut Vec<(String, Undo)>) {
+    /// Runs every step now, last-added first, for a caller that checks the
+    /// outcome: all steps run, and the first failure is returned as
+    /// `(step, error)`.
+    pub fn run_now(mut self) -> Result<(), (String, String)> {
+        Self::run_all(&mut self.undo)
+    }
+
+    fn run_all(undo: &mut Vec<(String, Undo)>) -> Result<(), (String, String)> {
+        let mut first = None;
         while let Some((what, f)) = undo.pop() {
             if let Err(e) = f() {
                 warn!(step = %what, error = %e, "undo failed");
+                first.get_or_insert((what, e));
             }
         }
+        first.map_or(Ok(()), Err)
     }
 }
 
 impl Drop for Revert {
     fn drop(&mut self) {
-        Self::run_all(&mut self.undo);
+        let _ = Self::run_all(&mut self.undo);
     }
 }
 
@@ -77,13 +87,13 @@ pub struct Cleanup {
 
 impl Cleanup {
     pub fn run(mut self) {
-        Revert::run_all(&mut self.undo);
+        let _ = Revert::run_all(&mut self.undo);
     }
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        Revert::run_all(&mut self.undo);
+        let _ = Revert::run_all(&mut self.undo);
     }
 }
 
@@ -130,5 +140,9 @@ mod tests {
             rv.add("second", || Err::<(), _>("boom"));
         }
         assert!(*hit.lock().unwrap());
+        let mut rv = Revert::new();
+        rv.add("first", || Err::<(), _>("early"));
+        rv.add("second", || Err::<(), _>("late"));
+        assert_eq!(rv.run_now(), Err(("second".to_owned(), "late".to_owned())));
     }
 }

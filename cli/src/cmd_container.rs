@@ -6,13 +6,14 @@ use std::process::ExitCode;
 use crate::progress::CopyBar;
 use anyhow::Context;
 use berth_bdev::plan::CloneMode;
-use berth_bdev::{BackendKind, BdevError, FsType};
+use berth_bdev::{BdevError, FsType};
 use berth_core::ops::{CloneRequest, CreateRequest, DestroyRequest, Listed, State};
+use berth_core::templates::Template;
 use berth_core::{Berth, BerthError};
-use berth_fixtures::templates::Template;
 use clap::Args;
 use serde::Serialize;
 
+use crate::backend_args::BackendParser;
 use crate::output::{human, parse_size, print_list, say, warning};
 use crate::Cli;
 
@@ -35,8 +36,8 @@ pub struct CreateArgs {
     #[arg(long, conflicts_with = "backend")]
     pub pool: Option<String>,
     /// Backend to use (its pool is made under the state root when needed).
-    #[arg(short = 'B', long)]
-    pub backend: Option<BackendKind>,
+    #[arg(short = 'B', long, value_parser = BackendParser)]
+    pub backend: Option<String>,
     /// Volume size for block-backed backends, e.g. 2G.
     #[arg(long, value_parser = parse_size)]
     pub size: Option<u64>,
@@ -67,8 +68,8 @@ pub struct CloneArgs {
     #[arg(long, conflicts_with = "backend")]
     pub pool: Option<String>,
     /// Target backend.
-    #[arg(short = 'B', long)]
-    pub backend: Option<BackendKind>,
+    #[arg(short = 'B', long, value_parser = BackendParser)]
+    pub backend: Option<String>,
     /// Destroy the clone when it stops (implies --snapshot unless --copy).
     #[arg(short, long)]
     pub ephemeral: bool,
@@ -128,7 +129,7 @@ fn template_of(a: &CreateArgs) -> anyhow::Result<Template> {
 pub fn create(cli: &Cli, a: &CreateArgs) -> anyhow::Result<ExitCode> {
     let req = CreateRequest {
         pool: a.pool.clone(),
-        backend: a.backend,
+        backend: a.backend.clone(),
         template: Some(template_of(a)?),
         size: a.size,
         fstype: a.fstype,
@@ -151,8 +152,8 @@ pub fn create(cli: &Cli, a: &CreateArgs) -> anyhow::Result<ExitCode> {
 /// "invalid volume spec" to someone who typed `--size`: name what was asked.
 fn create_error(name: &str, e: BerthError) -> anyhow::Error {
     match e {
-        BerthError::Bdev(BdevError::InvalidSpec { spec, reason }) => {
-            anyhow::anyhow!("cannot create {name} (volume {spec}): {reason}")
+        BerthError::Bdev(BdevError::SizeRefused { volume, reason }) => {
+            anyhow::anyhow!("cannot create {name} (volume {volume}): {reason}")
         }
         other => other.into(),
     }
@@ -167,7 +168,7 @@ pub fn clone(cli: &Cli, a: &CloneArgs) -> anyhow::Result<ExitCode> {
     let req = CloneRequest {
         mode,
         pool: a.pool.clone(),
-        backend: a.backend,
+        backend: a.backend.clone(),
         ephemeral: a.ephemeral,
         drop_xattrs: a.drop_xattrs,
         size: a.size,

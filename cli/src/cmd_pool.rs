@@ -3,11 +3,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use berth_bdev::{BackendKind, FsType, PoolConfig};
+use berth_bdev::{FsType, PoolConfig};
 use berth_core::ops::PoolEntry;
 use berth_core::Berth;
 use clap::{Args, Subcommand};
 
+use crate::backend_args::{BackendParser, PoolOptionArgs};
 use crate::output::{parse_size, print_list, say};
 use crate::Cli;
 
@@ -25,25 +26,18 @@ pub enum PoolCmd {
 #[derive(Args, Debug)]
 pub struct PoolAddArgs {
     pub name: String,
-    /// dir, btrfs, zfs, lvm, loop, aufs, overlay or qcow2.
-    #[arg(long, short = 'B')]
-    pub backend: BackendKind,
-    /// Directory holding the volumes (dir, btrfs, loop, aufs, overlay, qcow2; zfs mount points).
+    /// The storage backend.
+    #[arg(long, short = 'B', value_parser = BackendParser)]
+    pub backend: String,
+    /// Directory holding the volumes (or their mount points).
     #[arg(long)]
     pub path: Option<PathBuf>,
-    /// Parent dataset (zfs), e.g. tank/berth.
-    #[arg(long)]
-    pub dataset: Option<String>,
-    /// Volume group (lvm).
-    #[arg(long)]
-    pub vg: Option<String>,
-    /// Thin pool in the volume group (lvm).
-    #[arg(long)]
-    pub thinpool: Option<String>,
+    #[command(flatten)]
+    pub settings: PoolOptionArgs,
     /// Default size of new volumes (block-backed backends), e.g. 2G.
     #[arg(long, value_parser = parse_size)]
     pub size: Option<u64>,
-    /// Default filesystem of new volumes (loop, qcow2, lvm).
+    /// Default filesystem of new volumes (block-backed backends).
     #[arg(long)]
     pub fstype: Option<FsType>,
 }
@@ -52,11 +46,9 @@ pub fn run(cli: &Cli, cmd: &PoolCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         PoolCmd::Add(a) => {
             let b = Berth::open(&cli.root, true)?;
-            let mut pool = PoolConfig::new(&a.name, a.backend);
+            let mut pool = PoolConfig::new(&a.name, &a.backend);
             pool.path = a.path.clone();
-            pool.dataset = a.dataset.clone();
-            pool.vg = a.vg.clone();
-            pool.thinpool = a.thinpool.clone();
+            pool.options = a.settings.options.clone();
             pool.size = a.size;
             pool.fstype = a.fstype;
             b.pool_add(&pool)?;
@@ -73,8 +65,7 @@ pub fn run(cli: &Cli, cmd: &PoolCmd) -> anyhow::Result<ExitCode> {
                             .path
                             .as_ref()
                             .map(|x| x.display().to_string())
-                            .or_else(|| p.dataset.clone())
-                            .or_else(|| p.vg.clone())
+                            .or_else(|| p.options.values().next().cloned())
                             .unwrap_or_default();
                         vec![
                             p.name.clone(),

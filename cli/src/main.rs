@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+mod backend_args;
 mod cmd_bench;
 mod cmd_config;
 mod cmd_container;

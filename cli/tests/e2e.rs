@@ -32,11 +32,10 @@ impl Root {
         match HostRunner.run(env!("CARGO_BIN_EXE_berth"), &all) {
             Ok(out) => Ok(out.stdout),
             Err(CmdError::Failed { status, stderr, .. }) => {
-                let code = status
-                    .rsplit(' ')
-                    .next()
-                    .and_then(|c| c.parse().ok())
-                    .unwrap_or(-1);
+                let code = match status {
+                    berth_bdev::cmd::ExitStatus::Code(c) => c,
+                    berth_bdev::cmd::ExitStatus::Signal(_) => -1,
+                };
                 Err((code, stderr))
             }
             Err(e) => panic!("berth did not run: {e}"),
@@ -167,7 +166,10 @@ fn bad_input_gets_clear_errors() {
             vec!["create", "c", "--pool", "nope"],
             "pool \"nope\" does not exist",
         ),
-        (vec!["create", "c", "-B", "floppy"], "unknown backend"),
+        (
+            vec!["create", "c", "-B", "floppy"],
+            "possible values: dir, btrfs",
+        ),
         (
             vec!["create", "c", "--from-dir", "/does/not/exist"],
             "/does/not/exist",

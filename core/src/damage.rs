@@ -7,7 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use berth_bdev::names::validate_name;
-use berth_bdev::{BackendKind, PoolConfig, VolumeSpec};
+use berth_bdev::{PoolConfig, VolumeSpec};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -68,6 +68,11 @@ impl OriginClue {
     }
 }
 
+/// The registry name of a backend named in a damaged record, if it is one.
+fn known_backend(name: &str) -> Option<String> {
+    berth_backends::lookup(name).ok().map(|r| r.name.to_owned())
+}
+
 /// What could still be read from a broken record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Salvage {
@@ -76,7 +81,7 @@ pub struct Salvage {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub volume: Option<VolumeSpec>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub backend: Option<BackendKind>,
+    pub backend: Option<String>,
     pub origin: OriginClue,
 }
 
@@ -113,7 +118,44 @@ pub struct Scan<T> {
 }
 
 /// Parses a record, or says where and why it is damaged.
-pub fn parse_record<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, Damage> {
+/// A record file the store reads. `check` looks at what its type alone cannot
+/// (a pool's backend must be registered), placing the damage on its line.
+pub trait Record: DeserializeOwned {
+    fn check(_path: &Path, _text: &str) -> Result<(), Damage> {
+        Ok(())
+    }
+}
+
+impl Record for Container {}
+
+impl Record for crate::store::RunState {}
+
+impl Record for PoolConfig {
+    fn check(path: &Path, text: &str) -> Result<(), Damage> {
+        /// Only the backend, read through the registry.
+        #[derive(serde::Deserialize)]
+        struct Backend {
+            #[serde(rename = "backend", deserialize_with = "registered")]
+            _backend: String,
+        }
+        fn registered<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+            let name = <String as serde::Deserialize>::deserialize(d)?;
+            berth_backends::lookup(&name)
+                .map(|r| r.name.to_owned())
+                .map_err(|e| serde::de::Error::custom(e.to_string()))
+        }
+        parse_toml::<Backend>(path, text).map(|_| ())
+    }
+}
+
+/// Reads a record of type `T` from `text` (the contents of `path`).
+pub fn parse_record<T: Record>(path: &Path, text: &str) -> Result<T, Damage> {
+    let record = parse_toml(path, text)?;
+    T::check(path, text)?;
+    Ok(record)
+}
+
+fn parse_toml<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, Damage> {
     toml::from_str(text).map_err(|e| {
         let (line, column) = match e.span() {
             Some(span) if !text.trim().is_empty() => {
@@ -169,7 +211,7 @@ pub fn salvage(text: &str) -> Salvage {
         return Salvage {
             pool: s(&doc, "pool"),
             volume: s(&doc, "volume").and_then(|v| v.parse().ok()),
-            backend: s(&doc, "backend").and_then(|v| v.parse().ok()),
+            backend: s(&doc, "backend").and_then(|b| known_backend(&b)),
             origin,
         };
     }
@@ -196,7 +238,7 @@ pub fn salvage(text: &str) -> Salvage {
             match (section.as_str(), k.as_str(), v) {
                 ("", "pool", toml::Value::String(p)) => out.pool = Some(p),
                 ("", "volume", toml::Value::String(v)) => out.volume = v.parse().ok(),
-                ("", "backend", toml::Value::String(b)) => out.backend = b.parse().ok(),
+                ("", "backend", toml::Value::String(b)) => out.backend = known_backend(&b),
                 ("origin", "container", toml::Value::String(c)) => origin_from = Some(c),
                 ("origin", "pinned", toml::Value::Boolean(p)) => pinned = Some(p),
                 _ => {}
@@ -214,7 +256,7 @@ pub fn salvage(text: &str) -> Salvage {
 impl Store {
     /// Reads every record in `dir`: the healthy ones parsed, the others broken
     /// with where and why. Only an unreadable directory is an error.
-    fn scan<T: DeserializeOwned>(&self, dir: &str, name_of: fn(&T) -> &str) -> Result<Scan<T>> {
+    fn scan<T: Record>(&self, dir: &str, name_of: fn(&T) -> &str) -> Result<Scan<T>> {
         let dir = self.root().join(dir);
         let mut scan = Scan {
             ok: Vec::new(),
@@ -333,6 +375,8 @@ mod tests {
         pool: String,
     }
 
+    impl Record for Rec {}
+
     #[test]
     fn damage_names_line_and_column() {
         let text = "name = \"a\"\npool = \n";
@@ -363,7 +407,10 @@ mod tests {
         let s =
             salvage("name = \"c\"\npool = \"ovl\"\nvolume = \"overlay:/a:/u\"\ncreated = 1\nephem");
         assert_eq!(s.pool.as_deref(), Some("ovl"));
-        assert_eq!(s.volume.map(|v| v.kind()), Some(BackendKind::Overlay));
+        assert_eq!(
+            s.volume.map(|v| v.backend().to_owned()).as_deref(),
+            Some("overlay")
+        );
         assert_eq!(s.origin, OriginClue::Unknown);
         assert!(s.origin.may_depend_on("anything"));
     }

@@ -86,7 +86,7 @@ pub enum BerthError {
     Bdev(#[from] BdevError),
 
     #[error(transparent)]
-    Template(#[from] berth_fixtures::templates::TemplateError),
+    Template(#[from] crate::templates::TemplateError),
 
     #[error(transparent)]
     Runtime(#[from] berth_runtime::RuntimeError),

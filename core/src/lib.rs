@@ -11,6 +11,7 @@ pub mod journal;
 pub mod locks;
 pub mod ops;
 pub mod store;
+pub mod templates;
 pub mod userns;
 
 pub use error::{BerthError, Result};

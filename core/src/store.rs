@@ -17,8 +17,7 @@ use std::path::{Path, PathBuf};
 use berth_bdev::fsutil::atomic_write;
 use berth_bdev::names::validate_name;
 use berth_bdev::process::Process;
-use berth_bdev::{BackendKind, PoolConfig, VolumeSpec};
-use serde::de::DeserializeOwned;
+use berth_bdev::{PoolConfig, VolumeSpec};
 use serde::{Deserialize, Serialize};
 
 use crate::confine::RunConfig;
@@ -130,7 +129,7 @@ pub struct Store {
     lock: Option<(File, PathBuf)>,
 }
 
-fn read_toml<T: DeserializeOwned>(path: &Path) -> Result<T> {
+fn read_toml<T: crate::damage::Record>(path: &Path) -> Result<T> {
     let text = fs::read_to_string(path).map_err(BerthError::io("read", path))?;
     parse_record(path, &text).map_err(|d| BerthError::Corrupt {
         path: path.to_path_buf(),
@@ -257,7 +256,8 @@ impl Store {
 
     /// The built-in pool: the dir backend under the state root.
     pub fn default_pool(&self) -> PoolConfig {
-        PoolConfig::new(DEFAULT_POOL, BackendKind::Dir).with_path(self.root.join("storage/default"))
+        PoolConfig::new(DEFAULT_POOL, berth_backends::dir::NAME)
+            .with_path(self.root.join("storage/default"))
     }
 
     /// The pools that can be read; see [`Store::scan_pools`] for broken ones.
@@ -495,7 +495,7 @@ mod tests {
             Err(BerthError::NoContainer(_))
         ));
         assert!(s.container("../etc").is_err());
-        let p = PoolConfig::new("fast", BackendKind::Btrfs).with_path("/srv/b");
+        let p = PoolConfig::new("fast", "btrfs").with_path("/srv/b");
         s.add_pool(&p).unwrap();
         assert!(matches!(s.add_pool(&p), Err(BerthError::PoolExists(_))));
         assert_eq!(s.pools().unwrap().len(), 2);
@@ -545,7 +545,7 @@ mod tests {
         assert!(e.contains("bad.toml") && e.contains("line 4"), "{e}");
 
         // `empty` may be in any pool, `bad` is in the default one.
-        let p = PoolConfig::new("p", BackendKind::Dir).with_path("/srv/p");
+        let p = PoolConfig::new("p", "dir").with_path("/srv/p");
         s.add_pool(&p).unwrap();
         let e = s.remove_pool("p").unwrap_err().to_string();
         assert!(
@@ -560,7 +560,7 @@ mod tests {
     fn broken_pools_are_listed_not_fatal() {
         let d = tempfile::tempdir().unwrap();
         let s = Store::open(d.path(), true).unwrap();
-        let good = PoolConfig::new("good", BackendKind::Btrfs).with_path("/srv/b");
+        let good = PoolConfig::new("good", "btrfs").with_path("/srv/b");
         s.add_pool(&good).unwrap();
         fs::write(
             d.path().join("pools/bad.toml"),

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use berth_bdev::cmd::HostRunner;
 use berth_bdev::copy::NoProgress;
-use berth_fixtures::templates::{populate, write_hostname, Template};
+use berth_core::templates::{populate, write_hostname, Template};
 use berth_fuzz::tarball::{self, MAX_DOTDOTS};
 use berth_fuzz::tree;
 use libfuzzer_sys::fuzz_target;

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use berth_bdev::cmd::{self, CmdError, HostRunner, Runner};
+use berth_bdev::cmd::{self, CmdError, ExitStatus, HostRunner, Runner};
 use berth_bdev::mount;
 use rustix::fs::{makedev, mknodat, FileType, Mode, CWD};
 
@@ -41,24 +41,26 @@ pub fn unique_name(tag: &str) -> String {
     format!("{tag}-{}", std::process::id())
 }
 
-/// How a berth command failed: `status` is the exit status as std prints it
-/// (`exit status: 137`, or `signal: 9 (SIGKILL)` if berth itself was killed).
+/// How a berth command failed: its exit code, or the signal that killed it.
 #[derive(Debug)]
 pub struct Failed {
-    pub status: String,
+    pub status: ExitStatus,
     pub stderr: String,
 }
 
 impl Failed {
     /// The exit code, `None` if berth died of a signal.
     pub fn code(&self) -> Option<i32> {
-        self.status.strip_prefix("exit status: ")?.parse().ok()
+        match self.status {
+            ExitStatus::Code(c) => Some(c),
+            ExitStatus::Signal(_) => None,
+        }
     }
 
     /// Whether berth died of SIGKILL (itself, or through `timeout`, which
     /// dies with it and reports 137).
     pub fn killed(&self) -> bool {
-        self.status.contains("SIGKILL") || self.code() == Some(137)
+        self.status == ExitStatus::Signal(libc::SIGKILL) || self.code() == Some(137)
     }
 }
 
@@ -219,7 +221,7 @@ fn run_berth(bin: &Path, argv: &[OsString]) -> Result<String, Failed> {
 pub fn install_probe(rootfs: &Path, probe: &Path) -> Result<(), String> {
     let ldd =
         cmd::run(&HostRunner, "ldd", &[&probe.to_string_lossy()]).map_err(|e| e.to_string())?;
-    let needs = berth_fixtures::templates::parse_ldd(&ldd.stdout).map_err(|e| e.to_string())?;
+    let needs = berth_core::templates::parse_ldd(&ldd.stdout).map_err(|e| e.to_string())?;
     if !needs.missing.is_empty() {
         return Err(format!("ldd finds no {:?}", needs.missing));
     }

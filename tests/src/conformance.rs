@@ -79,7 +79,7 @@ fn is_unsupported<T>(r: &Result<T, BdevError>) -> bool {
 /// create → mount → write → unmount → mount again → read → destroy.
 pub fn create_write_read_destroy(h: &Harness) -> Outcome {
     let v = create(h, "c1");
-    assert_eq!(v.kind(), h.backend.kind());
+    assert_eq!(v.backend(), h.backend.name());
     write(h, &v, &[("etc/hostname", "c1\n"), ("a/b/c.txt", "deep")]);
     assert_eq!(read(h, &v, "etc/hostname").as_deref(), Some("c1\n"));
     assert_eq!(read(h, &v, "a/b/c.txt").as_deref(), Some("deep"));

@@ -14,10 +14,10 @@ use berth_bdev::plan::CloneMode;
 use berth_bdev::{BdevError, Caps, PoolConfig};
 use berth_core::ops::{CloneRequest, CreateRequest, DestroyRequest};
 use berth_core::store::Container;
+use berth_core::templates::Template;
 use berth_core::{Berth, BerthError};
 use berth_fixtures::compare::{compare_trees_ignoring, read_xattrs};
 use berth_fixtures::filetypes::build_all_types;
-use berth_fixtures::templates::Template;
 
 use crate::conformance::{strip_xattrs, truncate_times};
 use crate::harness::{assert_no_leaks, leaks_under, skip, Setup};
@@ -167,7 +167,7 @@ impl World {
                     out.push(format!("{}: {e}", p.name));
                 }
             }
-            if let Some(ds) = &p.dataset {
+            if let Some(ds) = p.options.get("dataset") {
                 let listed = cmd::run(
                     &HostRunner,
                     "zfs",

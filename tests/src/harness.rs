@@ -187,6 +187,17 @@ impl Harness {
         c
     }
 
+    /// A layer of this pool's backend over the plain tree `tree`.
+    pub fn stack_on(&self, tree: &Path, name: &str) -> VolumeSpec {
+        let mut rv = Revert::new();
+        let c = self
+            .backend
+            .stack_on_tree(tree, name, &mut rv)
+            .unwrap_or_else(|e| panic!("stack {name} on {}: {e}", tree.display()));
+        rv.commit();
+        c
+    }
+
     /// A scratch directory for mount points and reference trees.
     pub fn scratch(&self, name: &str) -> PathBuf {
         let p = self.tmp.path().join(name);

@@ -8,8 +8,8 @@ use berth_bdev::generic::with_mounted;
 use berth_bdev::plan::CloneMode;
 use berth_bdev::BdevError;
 use berth_core::ops::{CloneRequest, CreateRequest, DestroyRequest};
+use berth_core::templates::Template;
 use berth_core::{Berth, BerthError};
-use berth_fixtures::templates::Template;
 
 use crate::harness::{Harness, Outcome};
 

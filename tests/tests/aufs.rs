@@ -5,11 +5,12 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use berth_backends::aufs::AufsSpec;
 use berth_bdev::cmd::{self, HostRunner};
 use berth_bdev::copy::{copy_tree, NoProgress};
 use berth_bdev::generic::with_mounted;
 use berth_bdev::mount;
-use berth_bdev::{BdevError, CreateOpts, MountGuard, Revert, VolumeSpec};
+use berth_bdev::{BdevError, CreateOpts, MountGuard, Revert, SpecForm, VolumeSpec};
 use berth_fixtures::compare::{assert_same_tree, compare_trees};
 use berth_tests::harness::{harness, wait_for, Harness};
 use berth_tests::pools::aufs::setup;
@@ -97,10 +98,11 @@ fn read(h: &Harness, v: &VolumeSpec, rel: &str) -> Option<String> {
 }
 
 fn upper(v: &VolumeSpec) -> PathBuf {
-    match v {
-        VolumeSpec::Aufs { upper, .. } => upper.clone(),
-        other => panic!("not aufs: {other}"),
-    }
+    aufs(v).upper
+}
+
+fn aufs(v: &VolumeSpec) -> AufsSpec {
+    AufsSpec::from_spec(v).unwrap_or_else(|e| panic!("not aufs: {e}"))
 }
 
 #[test]
@@ -119,7 +121,7 @@ fn writes_and_deletes_land_only_in_the_upper() {
     let reference = h.scratch("base-ref");
     copy_tree(&base, &reference, &NoProgress).expect("reference copy");
 
-    let c = h.clone_of(&VolumeSpec::Dir { path: base.clone() }, "c");
+    let c = h.stack_on(&base, "c");
     change(
         &h,
         &c,
@@ -165,9 +167,7 @@ fn writes_and_deletes_land_only_in_the_upper() {
     // A fresh volume's own lower stays empty.
     let v = h.create("fresh", &CreateOpts::default());
     change(&h, &v, &[("etc/hostname", Some("fresh"))]);
-    let VolumeSpec::Aufs { lowers, .. } = &v else {
-        unreachable!()
-    };
+    let lowers = aufs(&v).lowers;
     assert_eq!(fs::read_dir(&lowers[0]).unwrap().count(), 0);
     assert_eq!(
         fs::read_to_string(upper(&v).join("etc/hostname")).unwrap(),
@@ -194,16 +194,9 @@ fn stacked_clones_hide_what_a_middle_layer_deleted() {
     let c1 = h.clone_of(&o, "c1");
     change(&h, &c1, &[("f1", None), ("f2", Some("c1"))]);
     let c2 = h.clone_of(&c1, "c2");
-    let VolumeSpec::Aufs { lowers, .. } = &c2 else {
-        unreachable!()
-    };
-    let VolumeSpec::Aufs {
-        lowers: o_lowers, ..
-    } = &o
-    else {
-        unreachable!()
-    };
-    assert_eq!(lowers, &[upper(&c1), upper(&o), o_lowers[0].clone()]);
+    let lowers = aufs(&c2).lowers;
+    let o_lowers = aufs(&o).lowers;
+    assert_eq!(lowers, [upper(&c1), upper(&o), o_lowers[0].clone()]);
     assert_eq!(
         read(&h, &c2, "f1"),
         None,

@@ -4,8 +4,9 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use berth_backends::btrfs::BtrfsSpec;
 use berth_bdev::cmd::{self, HostRunner};
-use berth_bdev::{BackendKind, CreateOpts, PoolConfig, Revert, UsageKind, VolumeSpec};
+use berth_bdev::{CreateOpts, PoolConfig, Revert, SpecForm, UsageKind, VolumeSpec};
 use berth_tests::harness::{self, Harness};
 
 fn setup() -> Option<Harness> {
@@ -30,9 +31,9 @@ fn create(h: &Harness, name: &str) -> (VolumeSpec, PathBuf) {
 }
 
 fn tree(v: &VolumeSpec) -> PathBuf {
-    v.tree_path()
-        .unwrap_or_else(|| panic!("{v} has no tree path"))
-        .to_path_buf()
+    BtrfsSpec::from_spec(v)
+        .unwrap_or_else(|e| panic!("{v} is not a btrfs volume: {e}"))
+        .path
 }
 
 fn is_ro(p: &Path) -> bool {
@@ -283,7 +284,7 @@ fn usage_reads_qgroups_only_when_quotas_are_enabled() {
 fn probe_refuses_a_pool_that_is_not_on_btrfs() {
     // The check looks at the nearest existing directory first, so nothing is
     // created under /proc.
-    let pool = PoolConfig::new("p", BackendKind::Btrfs).with_path("/proc/berth-not-a-pool");
+    let pool = PoolConfig::new("p", "btrfs").with_path("/proc/berth-not-a-pool");
     let b = berth_backends::open(&pool, harness::runner()).expect("open");
     match b.probe() {
         Err(berth_bdev::BdevError::Unavailable { missing, .. })

@@ -21,7 +21,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use berth_bdev::BackendKind;
 use berth_tests::cli::{unique_name, Failed, Store};
 use berth_tests::consistency::{check_store, run_in, write_in};
 use berth_tests::harness::{skip, Setup};
@@ -154,16 +153,16 @@ impl Bed {
         };
         let s = Store::new();
         let p = &setup.pool;
-        let kind = p.backend;
+        let kind = p.backend.as_str();
         let pool_dir = p.path.clone().unwrap();
         let mut add = vec!["pool".to_owned(), "add".into(), tag.into(), "-B".into()];
         add.extend([
-            kind.as_str().to_owned(),
+            kind.to_owned(),
             "--path".into(),
             pool_dir.display().to_string(),
         ]);
-        if let Some(d) = &p.dataset {
-            add.extend(["--dataset".to_owned(), d.clone()]);
+        for (key, value) in &p.options {
+            add.extend([format!("--{key}"), value.clone()]);
         }
         if size {
             // Small volumes: the minimal template needs a few MB.
@@ -172,7 +171,7 @@ impl Bed {
         s.ok(&add.iter().map(String::as_str).collect::<Vec<_>>());
         let mut dirs = vec![s.root().to_path_buf(), pool_dir.clone()];
         // overlay stacks on a dir container: the clone source lives in a dir pool.
-        let base_pool = if kind == BackendKind::Overlay {
+        let base_pool = if kind == "overlay" {
             let d = pool_dir.with_file_name("dirpool");
             s.ok(&[
                 "pool",
@@ -190,8 +189,8 @@ impl Bed {
         };
         let name = |what: &str| unique_name(&format!("f{tag}-{what}"));
         let (pins, snapshot_clones) = match kind {
-            BackendKind::Dir => (false, false),
-            BackendKind::Btrfs | BackendKind::Loop => (false, true),
+            "dir" => (false, false),
+            "btrfs" | "loop" => (false, true),
             _ => (true, true),
         };
         let bed = Bed {

@@ -19,6 +19,14 @@ use berth_tests::fidelity::{
 };
 use berth_tests::harness::skip;
 
+/// The tree of a volume of a dir pool.
+fn dir_tree(v: &berth_bdev::VolumeSpec) -> std::path::PathBuf {
+    use berth_bdev::SpecForm;
+    berth_backends::dir::DirSpec::from_spec(v)
+        .unwrap_or_else(|e| panic!("not a dir volume: {e}"))
+        .path
+}
+
 #[test]
 fn every_clone_and_copy_path_keeps_everything_or_refuses() {
     let kinds: Vec<&str> = SETUPS.iter().map(|(k, _)| *k).collect();
@@ -178,8 +186,8 @@ fn aufs_snapshot_clone_of_an_xattr_tree_is_refused() {
     let msg = e.to_string();
     assert!(msg.contains("--copy --drop-xattrs"), "{msg}");
     let deb = w.b().store().container("deb_src").unwrap().volume;
-    let tree = deb.tree_path().unwrap();
-    let rel = path.strip_prefix(tree).unwrap().to_path_buf();
+    let tree = dir_tree(&deb);
+    let rel = path.strip_prefix(&tree).unwrap().to_path_buf();
     assert!(xattrs_of(&w.refs.full()).contains(&(rel, name)), "{msg}");
     assert!(!w.b().store().exists("k"));
     assert_eq!(w.state(), before, "the refusal wrote something");
@@ -227,7 +235,7 @@ fn copy_out_of_aufs_keeps_everything_or_fails() {
     .unwrap();
     // What the bug left: xattrs in the lower branch, invisible through the union.
     let deb = w.b().store().container("deb_src").unwrap().volume;
-    let tree = deb.tree_path().unwrap().to_path_buf();
+    let tree = dir_tree(&deb);
     for (rel, name) in xattrs_of(&w.refs.full()) {
         let value = read_xattrs(&w.refs.full().join(&rel)).unwrap()[name.as_bytes()].clone();
         rustix::fs::lsetxattr(
@@ -266,7 +274,7 @@ fn copy_out_of_aufs_keeps_everything_or_fails() {
     assert!(d.is_empty(), "{}", d.join("\n"));
     // A sparse file read through unionfs-fuse stays sparse.
     let y = w.b().store().container("y").unwrap().volume;
-    let sparse = y.tree_path().unwrap().join("var/sparse.img");
+    let sparse = dir_tree(&y).join("var/sparse.img");
     let md = fs::metadata(&sparse).unwrap();
     assert!(
         std::os::unix::fs::MetadataExt::blocks(&md) * 512 < 4 << 20,

@@ -19,10 +19,10 @@ use berth_bdev::copy::{CopyOpts, NoProgress};
 use berth_bdev::generic::{copy_volume, with_mounted};
 use berth_bdev::plan::CloneMode;
 use berth_bdev::space::free_bytes;
-use berth_bdev::{BackendKind, BdevError, PoolConfig, Revert};
+use berth_bdev::{BdevError, PoolConfig, Revert};
 use berth_core::ops::{CloneRequest, CreateRequest, DestroyRequest};
+use berth_core::templates::Template;
 use berth_core::{Berth, BerthError};
-use berth_fixtures::templates::Template;
 use berth_tests::harness::{
     assert_no_leaks, fill_incompressible, leaks_under, runner, sized, skip, write_incompressible,
     ScratchFs,
@@ -51,7 +51,7 @@ enum Filler {
 
 /// A target pool on small storage, with what its setup keeps alive.
 struct Target {
-    kind: BackendKind,
+    kind: &'static str,
     pool: PoolConfig,
     keep: Vec<Box<dyn Any>>,
     /// The scratch filesystem's mount, where a filler file goes.
@@ -70,11 +70,11 @@ impl Drop for Target {
     }
 }
 
-fn on_scratch(tmp: &Path, kind: BackendKind, fstype: &str, size: u64) -> Result<Target, String> {
+fn on_scratch(tmp: &Path, kind: &'static str, fstype: &str, size: u64) -> Result<Target, String> {
     let fs = ScratchFs::new(tmp, fstype, size)?;
     let mnt = fs.mnt.clone();
     let mut keep: Vec<Box<dyn Any>> = vec![Box::new(fs)];
-    if kind == BackendKind::Qcow2 {
+    if kind == "qcow2" {
         // Dropped before the scratch filesystem: no daemon may outlive the test.
         keep.push(Box::new(pools::qcow2::NoDaemonsLeft {
             dir: tmp.to_path_buf(),
@@ -89,10 +89,10 @@ fn on_scratch(tmp: &Path, kind: BackendKind, fstype: &str, size: u64) -> Result<
     })
 }
 
-fn target(tmp: &Path, kind: BackendKind) -> Result<Target, String> {
+fn target(tmp: &Path, kind: &'static str) -> Result<Target, String> {
     match kind {
-        BackendKind::Btrfs => on_scratch(tmp, kind, "btrfs", SMALL_BTRFS),
-        BackendKind::Zfs => {
+        "btrfs" => on_scratch(tmp, kind, "btrfs", SMALL_BTRFS),
+        "zfs" => {
             let s = pools::zfs::setup_sized(tmp, SMALL_ZPOOL)?;
             let mut pool = s.pool;
             pool.name = POOL.to_owned();
@@ -145,7 +145,7 @@ fn pool_free(t: &Target) -> u64 {
     if let Some(mnt) = &t.scratch {
         return free_bytes(mnt).unwrap();
     }
-    let ds = t.pool.dataset.as_deref().unwrap();
+    let ds = t.pool.options.get("dataset").map(String::as_str).unwrap();
     let out = cmd::run(
         &HostRunner,
         "zfs",
@@ -240,7 +240,7 @@ fn assert_nothing_left(b: &Berth, t: &Target, tmp: &Path, name: &str) {
         "{name}: leaked {:#?}",
         left()
     );
-    if t.kind == BackendKind::Qcow2 {
+    if t.kind == "qcow2" {
         assert!(
             berth_tests::harness::wait_for(|| pools::qcow2::daemons_under(tmp).is_empty()),
             "{name}: daemons left {:#?}",
@@ -257,7 +257,7 @@ fn same_data(b: &Berth, a: &str, c: &str) {
 /// A dir source of [`DATA_MIB`] copied into a full pool of `kind`: refused,
 /// nothing left, then done once room is made. Block-backed pools also copy
 /// natively within the pool (an image copy, `qemu-img convert`) the same way.
-fn full_pool_case(kind: BackendKind) {
+fn full_pool_case(kind: &'static str) {
     let tmp = tempfile::Builder::new()
         .prefix("berth-full-")
         .tempdir_in("/var/tmp")
@@ -270,14 +270,15 @@ fn full_pool_case(kind: BackendKind) {
     };
     {
         let b = Berth::open(&tmp.path().join("state"), true).unwrap();
-        let src = PoolConfig::new("src", BackendKind::Dir).with_path(tmp.path().join("src"));
+        let src = PoolConfig::new("src", "dir").with_path(tmp.path().join("src"));
         b.pool_add(&src).unwrap();
         if let Err(e) = b.pool_add(&t.pool) {
             return skip(&format!("{kind} pool: {e}"));
         }
         create_in(&b, "big", "src");
         let big = b.store().container("big").unwrap();
-        fill_incompressible(big.volume.tree_path().unwrap(), DATA_MIB, 5).unwrap();
+        let tree = b.backend(&src).unwrap().tree_path(&big.volume).unwrap();
+        fill_incompressible(&tree, DATA_MIB, 5).unwrap();
 
         let filler = fill(&b, &t);
         let e = b
@@ -337,27 +338,27 @@ fn full_pool_case(kind: BackendKind) {
 
 #[test]
 fn full_loop_pool() {
-    full_pool_case(BackendKind::Loop);
+    full_pool_case("loop");
 }
 
 #[test]
 fn full_qcow2_pool() {
-    full_pool_case(BackendKind::Qcow2);
+    full_pool_case("qcow2");
 }
 
 #[test]
 fn full_dir_pool() {
-    full_pool_case(BackendKind::Dir);
+    full_pool_case("dir");
 }
 
 #[test]
 fn full_btrfs_pool() {
-    full_pool_case(BackendKind::Btrfs);
+    full_pool_case("btrfs");
 }
 
 #[test]
 fn full_zfs_pool() {
-    full_pool_case(BackendKind::Zfs);
+    full_pool_case("zfs");
 }
 
 /// Below the ops' up-front check: a loop volume far bigger than its pool's
@@ -369,7 +370,7 @@ fn lost_writes_fail_the_copy() {
         .prefix("berth-lost-")
         .tempdir_in("/var/tmp")
         .unwrap();
-    let t = match on_scratch(tmp.path(), BackendKind::Loop, "ext4", SMALL_EXT4) {
+    let t = match on_scratch(tmp.path(), "loop", "ext4", SMALL_EXT4) {
         Ok(t) => t,
         Err(reason) => return skip(&format!("loop pool: {reason}")),
     };
@@ -378,13 +379,13 @@ fn lost_writes_fail_the_copy() {
         if let Err(e) = dst_b.probe() {
             return skip(&e.to_string());
         }
-        let src_pool = PoolConfig::new("src", BackendKind::Dir).with_path(tmp.path().join("src"));
+        let src_pool = PoolConfig::new("src", "dir").with_path(tmp.path().join("src"));
         let src_b = berth_backends::open(&src_pool, runner()).unwrap();
         src_b.probe().unwrap();
         let mut rv = Revert::new();
         let src = src_b.create("src", &sized(0), &mut rv).unwrap();
         rv.commit();
-        fill_incompressible(src.tree_path().unwrap(), DATA_MIB, 9).unwrap();
+        fill_incompressible(&src_b.tree_path(&src).unwrap(), DATA_MIB, 9).unwrap();
         let mut rv = Revert::new();
         let dst = dst_b.create("dst", &sized(128 * MIB), &mut rv).unwrap();
         rv.commit();
@@ -429,7 +430,7 @@ fn cli_clone_into_a_full_loop_pool() {
         .prefix("berth-fullcli-")
         .tempdir_in("/var/tmp")
         .unwrap();
-    let t = match on_scratch(tmp.path(), BackendKind::Loop, "ext4", SMALL_EXT4) {
+    let t = match on_scratch(tmp.path(), "loop", "ext4", SMALL_EXT4) {
         Ok(t) => t,
         Err(reason) => return skip(&format!("loop pool: {reason}")),
     };

@@ -5,12 +5,14 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use berth_backends::r#loop::LoopSpec;
 use berth_bdev::cmd::{self, HostRunner};
 use berth_bdev::generic::with_mounted;
 use berth_bdev::loopdev;
 use berth_bdev::mount;
-use berth_bdev::plan::{plan_clone, CloneMode, ClonePlan};
-use berth_bdev::{BackendKind, BdevError, CreateOpts, FsType, MountGuard, Revert, VolumeSpec};
+use berth_bdev::plan::{CloneMode, ClonePlan};
+use berth_bdev::{BdevError, CreateOpts, FsType, MountGuard, Revert, SpecForm, VolumeSpec};
+use berth_core::ops::plan_clone;
 use berth_tests::harness::{harness, wait_for, write_incompressible, Harness};
 use berth_tests::pools::r#loop::{setup, setup_ext4};
 
@@ -22,10 +24,9 @@ fn opts(size: u64, fstype: FsType) -> CreateOpts {
 }
 
 fn image(v: &VolumeSpec) -> PathBuf {
-    match v {
-        VolumeSpec::Loop { image } => image.clone(),
-        other => panic!("not a loop volume: {other}"),
-    }
+    LoopSpec::from_spec(v)
+        .unwrap_or_else(|e| panic!("not a loop volume: {e}"))
+        .image
 }
 
 fn write(h: &Harness, v: &VolumeSpec, rel: &str, data: &[u8]) {
@@ -128,10 +129,10 @@ fn reflink_pool_clones_share_extents() {
     assert!(!caps.clone_pins_origin);
     assert_eq!(
         plan_clone(
-            BackendKind::Loop,
-            BackendKind::Loop,
-            &caps,
+            h.backend.as_ref(),
+            h.backend.as_ref(),
             true,
+            false,
             CloneMode::Snapshot
         )
         .expect("plan"),
@@ -167,10 +168,10 @@ fn ext4_pool_refuses_snapshot_clones_and_copies_sparsely() {
     let caps = h.backend.caps();
     assert!(!caps.snapshot_clone && !caps.clone_from_snapshot && !caps.copy_on_write);
     let e = plan_clone(
-        BackendKind::Loop,
-        BackendKind::Loop,
-        &caps,
+        h.backend.as_ref(),
+        h.backend.as_ref(),
         true,
+        false,
         CloneMode::Snapshot,
     )
     .expect_err("--snapshot must be refused without reflink")
@@ -297,9 +298,10 @@ fn loop_devices_are_released_after_unmount_and_failed_mounts() {
     let mut bytes = vec![0xA5u8; 4 << 20];
     bytes[1080..1082].copy_from_slice(&[0x53, 0xEF]);
     fs::write(&garbage, &bytes).expect("write garbage");
-    let gv = VolumeSpec::Loop {
+    let gv = LoopSpec {
         image: garbage.clone(),
-    };
+    }
+    .to_spec();
     let at = h.scratch("m2");
     let err = h
         .backend
@@ -315,9 +317,10 @@ fn loop_devices_are_released_after_unmount_and_failed_mounts() {
     let err = h
         .backend
         .mount(
-            &VolumeSpec::Loop {
+            &LoopSpec {
                 image: zero.clone(),
-            },
+            }
+            .to_spec(),
             &at,
             false,
         )
@@ -329,7 +332,7 @@ fn loop_devices_are_released_after_unmount_and_failed_mounts() {
     assert!(loopdev::devices_backed_by(&zero).is_empty());
     h.backend.destroy(&gv).expect("destroy garbage");
     h.backend
-        .destroy(&VolumeSpec::Loop { image: zero })
+        .destroy(&LoopSpec { image: zero }.to_spec())
         .expect("destroy zero");
     h.backend.destroy(&v).expect("destroy");
 }

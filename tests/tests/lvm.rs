@@ -26,8 +26,7 @@ fn probe_names_a_missing_device_mapper() {
         eprintln!("SKIP-free: this kernel has device-mapper; nothing to check");
         return;
     }
-    let mut pool = berth_bdev::PoolConfig::new("p", berth_bdev::BackendKind::Lvm);
-    pool.vg = Some("vg0".into());
+    let pool = berth_bdev::PoolConfig::new("p", "lvm").with_option("vg", "vg0");
     let b = berth_backends::open(&pool, berth_tests::harness::runner()).expect("open");
     let e = b.probe().expect_err("probe without device-mapper");
     assert!(matches!(e, BdevError::Unavailable { .. }), "{e}");

@@ -10,8 +10,8 @@ use berth_bdev::copy::NoProgress;
 use berth_bdev::plan::CloneMode;
 use berth_bdev::{BdevError, PoolConfig};
 use berth_core::ops::{CloneRequest, CreateRequest, DestroyRequest};
+use berth_core::templates::Template;
 use berth_core::{Berth, BerthError};
-use berth_fixtures::templates::Template;
 use berth_tests::harness::{assert_no_leaks, skip, Setup};
 use berth_tests::pools;
 
@@ -152,14 +152,14 @@ fn every_backend_to_every_other() {
                         drop_xattrs: false,
                         size: None,
                     };
-                    let want = expected(&src.backend.to_string(), &dst.backend.to_string(), mode);
+                    let want = expected(&src.backend, &dst.backend, mode);
                     let got = b.clone_container(&src_name, &dst_name, &req, &NoProgress);
                     match (want, got) {
                         (S | P, Ok(c)) => {
                             assert_eq!(read_marker(&b, &dst_name), src_name, "{dst_name}");
                             let pinned = c.origin.as_ref().is_some_and(|o| o.pinned);
                             assert_eq!(pinned, want == P, "{dst_name}: recorded dependency");
-                            assert_eq!(c.volume.kind(), dst.backend);
+                            assert_eq!(c.volume.backend(), dst.backend);
                             report.push(format!("{dst_name}: ok"));
                             b.destroy(&dst_name, DestroyRequest::default())
                                 .unwrap_or_else(|e| panic!("destroy {dst_name}: {e}"));

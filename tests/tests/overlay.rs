@@ -5,8 +5,9 @@
 use std::fs;
 use std::path::Path;
 
+use berth_backends::overlay::OverlaySpec;
 use berth_bdev::generic::with_mounted;
-use berth_bdev::{Backend, BackendKind, BdevError, CreateOpts, PoolConfig, Revert, VolumeSpec};
+use berth_bdev::{Backend, BdevError, CreateOpts, PoolConfig, Revert, SpecForm, VolumeSpec};
 use berth_tests::harness::{self, Harness, ScratchFs};
 
 const CHAIN: usize = 120;
@@ -63,11 +64,10 @@ fn read(h: &Harness, b: &dyn Backend, v: &VolumeSpec, rel: &str) -> Option<Strin
     })
 }
 
-fn lowers(v: &VolumeSpec) -> &[std::path::PathBuf] {
-    match v {
-        VolumeSpec::Overlay { lowers, .. } => lowers,
-        other => panic!("not overlay: {other}"),
-    }
+fn lowers(v: &VolumeSpec) -> Vec<std::path::PathBuf> {
+    OverlaySpec::from_spec(v)
+        .unwrap_or_else(|e| panic!("not overlay: {e}"))
+        .lowers
 }
 
 /// Nothing is left in the pool (an empty `.snapshots` is fine).
@@ -223,12 +223,16 @@ fn a_snapshot_of_a_fresh_volume_outlives_the_volume() {
 fn stack_on(h: &Harness, other: &dyn Backend, tag: &str) {
     let ov = h.backend.as_ref();
     let v = create(other, &format!("{tag}-vol"));
-    let tree = v.tree_path().expect("a plain-tree volume").to_path_buf();
+    let tree = other.tree_path(&v).expect("a plain-tree volume");
     fs::create_dir_all(tree.join("etc")).expect("mkdir etc");
     fs::write(tree.join("etc/hostname"), tag).expect("write hostname");
     fs::write(tree.join("remove-me"), "r").expect("write remove-me");
 
-    let c = clone(ov, &v, &format!("on-{tag}"));
+    let mut rv = Revert::new();
+    let c = ov
+        .stack_on_tree(&tree, &format!("on-{tag}"), &mut rv)
+        .unwrap_or_else(|e| panic!("stack on {v}: {e}"));
+    rv.commit();
     assert_eq!(lowers(&c), std::slice::from_ref(&tree));
     assert_eq!(read(h, ov, &c, "etc/hostname").as_deref(), Some(tag));
     on(h, ov, &c, false, |root| {
@@ -258,7 +262,7 @@ fn stack_on(h: &Harness, other: &dyn Backend, tag: &str) {
 #[test]
 fn clones_stack_on_dir_and_btrfs_volumes() {
     let Some(h) = setup() else { return };
-    let dir_pool = PoolConfig::new("d", BackendKind::Dir).with_path(h.scratch("dir-pool"));
+    let dir_pool = PoolConfig::new("d", "dir").with_path(h.scratch("dir-pool"));
     let dir = berth_backends::open(&dir_pool, harness::runner()).expect("open dir pool");
     dir.probe().expect("probe dir pool");
     stack_on(&h, dir.as_ref(), "dir");
@@ -267,7 +271,7 @@ fn clones_stack_on_dir_and_btrfs_volumes() {
         harness::skip("no scratch btrfs for stacking overlay on a btrfs volume");
         return;
     };
-    let bt_pool = PoolConfig::new("b", BackendKind::Btrfs).with_path(bfs.mnt.join("pool"));
+    let bt_pool = PoolConfig::new("b", "btrfs").with_path(bfs.mnt.join("pool"));
     let bt = berth_backends::open(&bt_pool, harness::runner()).expect("open btrfs pool");
     if let Err(e) = bt.probe() {
         harness::skip(&e.to_string());

@@ -3,12 +3,13 @@
 
 use std::fs;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use berth_backends::qcow2::Qcow2;
+use berth_backends::qcow2::Qcow2Spec;
 use berth_bdev::cmd;
 use berth_bdev::generic::with_mounted;
-use berth_bdev::{loopdev, mount, Backend, BdevError, Revert, VolumeSpec};
+use berth_bdev::{loopdev, mount, Backend, BdevError, Revert, SpecForm, VolumeSpec};
 use berth_tests::harness::{self, fill_incompressible, sized, Harness};
 use berth_tests::pools::qcow2::daemons_under;
 
@@ -61,11 +62,10 @@ fn assert_clean(h: &Harness) {
     assert!(left.is_empty(), "runtime state left: {left:?}");
 }
 
-fn image_of(v: &VolumeSpec) -> &Path {
-    match v {
-        VolumeSpec::Qcow2 { image } => image,
-        other => panic!("not qcow2: {other}"),
-    }
+fn image_of(v: &VolumeSpec) -> PathBuf {
+    Qcow2Spec::from_spec(v)
+        .unwrap_or_else(|e| panic!("not qcow2: {e}"))
+        .image
 }
 
 #[test]
@@ -316,6 +316,6 @@ fn resize_grows_image_and_filesystem() {
         "shrinking must be refused"
     );
     h.backend.destroy(&v).expect("destroy");
-    assert!(loopdev::devices_backed_by(image_of(&v)).is_empty());
+    assert!(loopdev::devices_backed_by(&image_of(&v)).is_empty());
     assert_clean(&h);
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use berth_bdev::cmd::{self, have_program, HostRunner};
 use berth_bdev::copy::NoProgress;
-use berth_fixtures::templates::{
+use berth_core::templates::{
     detect_flavor, populate, populate_cached, populate_minimal, probe, write_hostname, Cache,
     CacheMode, MinimalFlavor, Populated, Template, TemplateError, FIXED_MTIME,
 };

@@ -6,9 +6,10 @@
 use std::fs;
 use std::path::Path;
 
+use berth_backends::zfs::ZfsSpec;
 use berth_bdev::cmd;
 use berth_bdev::generic::with_mounted;
-use berth_bdev::{BackendKind, BdevError, PoolConfig, Revert, VolumeSpec};
+use berth_bdev::{BdevError, PoolConfig, Revert, SpecForm, VolumeSpec};
 use berth_tests::harness::{self, fill_incompressible, sized, Harness};
 use berth_tests::pools;
 
@@ -32,7 +33,11 @@ fn read(h: &Harness, v: &VolumeSpec, rel: &str) -> Option<String> {
 }
 
 fn parent(h: &Harness) -> String {
-    h.pool.dataset.clone().expect("zfs pool has a dataset")
+    h.pool
+        .options
+        .get("dataset")
+        .cloned()
+        .expect("zfs pool has a dataset")
 }
 
 /// Every snapshot under the pool's parent dataset.
@@ -250,7 +255,7 @@ fn a_pool_added_without_a_path_mounts_under_the_state_root() {
     let root = h.tmp.path().join("state");
     let b = berth_core::Berth::open(&root, true).expect("open the state root");
     let zpool = parent(&h).split('/').next().expect("zpool").to_owned();
-    let pool = PoolConfig::new("zp", BackendKind::Zfs).with_dataset(&format!("{zpool}/viacli"));
+    let pool = PoolConfig::new("zp", "zfs").with_option("dataset", &format!("{zpool}/viacli"));
     b.pool_add(&pool).expect("pool add without --path");
     let saved = b.store().pool("zp").expect("the saved pool");
     assert_eq!(saved.path, Some(root.join("zfs/zp")));
@@ -261,9 +266,7 @@ fn a_pool_added_without_a_path_mounts_under_the_state_root() {
         .create("c1", &sized(64 << 20), &mut rv)
         .expect("create");
     rv.commit();
-    let VolumeSpec::Zfs { dataset } = &v else {
-        panic!("not zfs: {v}")
-    };
+    let dataset = &ZfsSpec::from_spec(&v).expect("a zfs volume").dataset;
     let mp = cmd::run(
         &*harness::runner(),
         "zfs",

@@ -2,7 +2,8 @@
 //! the kernel's aufs where /proc/filesystems lists it, else with unionfs-fuse.
 //!
 //! Layout: a fresh volume is `POOL/NAME/{lower,upper}` (`lower` stays empty); a
-//! snapshot clone is `POOL/NAME/upper` stacked on its origin's branches; a snapshot
+//! snapshot clone is `POOL/NAME/upper` stacked on its origin's branches (reached by
+//! path, so across pools too), or on another backend's plain tree; a snapshot
 //! is `POOL/.snapshots/NAME/SNAP/upper`, a copy of the volume's upper over the same
 //! lowers. The spec lists the lowers topmost first, then the upper, and a
 //! `lowers` file beside each upper records the lowers (see `lookup`).
@@ -23,24 +24,107 @@ use std::sync::Arc;
 use berth_bdev::cmd::Runner;
 use berth_bdev::copy::{copy_tree, NoProgress};
 use berth_bdev::delete::remove_tree;
-use berth_bdev::fsutil::{allocated_bytes, claim_dir, create_dir_all, kernel_has_fs};
+use berth_bdev::fsutil::{allocated_bytes, claim_dir, create_dir_all, kernel_has_fs, require_host};
 use berth_bdev::mount::{self, FsOpt, MountGuard};
 use berth_bdev::names::validate_name;
+use berth_bdev::registry::PathUse;
+use berth_bdev::spec::abs_path;
 use berth_bdev::{
-    Backend, BackendKind, BdevError, Caps, CreateOpts, PoolConfig, Result, Revert, Usage,
-    UsageKind, VolumeSpec,
+    Backend, BdevError, Caps, CreateOpts, PoolConfig, Registration, Result, Revert, SpecForm, Tool,
+    Usage, UsageKind, VolumeSpec,
 };
 use tracing::debug;
 
-use crate::lookup::{self, Entry};
+use crate::layout::{Located, PoolDir};
+use crate::lookup::{self, Entry, NoOptions};
 pub use daemon::Daemon;
+
+pub const NAME: &str = "aufs";
+
+pub const REGISTRATION: Registration = Registration {
+    name: NAME,
+    aliases: &[],
+    summary: "read-only branches under a writable one (kernel aufs, else unionfs-fuse)",
+    path: PathUse::Volumes,
+    pool_options: &[],
+    open,
+    check_spec: <AufsSpec as SpecForm>::canonical,
+    stacks_on_trees: true,
+};
 
 /// unionfs-fuse options: copy-on-write into the upper, root's file ownership and
 /// device nodes kept, stable inode numbers, whiteout directory hidden from readdir.
 const UNIONFS_OPTS: &str = "cow,allow_other,use_ino,suid,dev,nonempty,hide_meta_files";
 
+/// What the unionfs-fuse mechanism runs.
+const UNIONFS_TOOLS: &[Tool] = &[Tool::new("unionfs", "unionfs-fuse")];
+
 pub fn open(pool: &PoolConfig, runner: Arc<dyn Runner>) -> Result<Box<dyn Backend>> {
     Ok(Box::new(Aufs::open(pool, runner)?))
+}
+
+/// An aufs spec: `aufs:LOWER[:LOWER…]:UPPER`, topmost lower first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AufsSpec {
+    pub lowers: Vec<PathBuf>,
+    pub upper: PathBuf,
+}
+
+impl AufsSpec {
+    pub fn new(lowers: Vec<PathBuf>, upper: PathBuf) -> Self {
+        AufsSpec { lowers, upper }
+    }
+
+    /// Every branch, lowers (topmost first) then the upper.
+    fn branches(&self) -> impl Iterator<Item = &Path> {
+        self.lowers
+            .iter()
+            .map(PathBuf::as_path)
+            .chain([self.upper.as_path()])
+    }
+}
+
+/// The spec of an aufs volume with `lowers` (topmost first) under `upper`.
+pub fn spec(lowers: Vec<PathBuf>, upper: PathBuf) -> VolumeSpec {
+    AufsSpec::new(lowers, upper).to_spec()
+}
+
+impl AufsSpec {
+    /// Reads `v` as this pool's own operations do: also as an upper alone, the
+    /// form `volume_named` gives a volume whose lowers were never recorded (made
+    /// before the record, or partly made), so that `destroy` still takes it.
+    fn read_own(v: &VolumeSpec) -> Result<Self> {
+        match (Self::from_spec(v), v.fields()) {
+            (Err(BdevError::InvalidSpec { spec, .. }), [upper]) => Ok(AufsSpec {
+                lowers: Vec::new(),
+                upper: abs_path(upper).map_err(|reason| BdevError::InvalidSpec { spec, reason })?,
+            }),
+            (r, _) => r,
+        }
+    }
+}
+
+impl SpecForm for AufsSpec {
+    const BACKEND: &'static str = NAME;
+
+    fn from_fields(fields: &[String]) -> std::result::Result<Self, String> {
+        let (lowers, upper) = lookup::union_from_fields(NAME, fields)?;
+        Ok(AufsSpec { lowers, upper })
+    }
+
+    fn to_fields(&self) -> Vec<String> {
+        lookup::union_to_fields(&self.lowers, &self.upper)
+    }
+
+    fn from_spec(v: &VolumeSpec) -> Result<Self> {
+        if v.backend() != NAME {
+            return Err(BdevError::foreign(v, "an aufs pool"));
+        }
+        Self::from_fields(v.fields()).map_err(|reason| BdevError::InvalidSpec {
+            spec: v.to_string(),
+            reason,
+        })
+    }
 }
 
 /// What mounts the branches.
@@ -60,7 +144,7 @@ impl Mechanism {
 }
 
 pub struct Aufs {
-    root: PathBuf,
+    dir: PoolDir,
     runner: Arc<dyn Runner>,
     mech: Mechanism,
 }
@@ -83,12 +167,12 @@ pub fn branch_list(upper: &Path, lowers: &[PathBuf], read_only: bool, mech: Mech
 }
 
 /// Both mechanisms split branches at ':' and permissions at '='; the kernel's
-/// option string also splits at ','.
-fn check_branch(spec: &VolumeSpec, p: &Path) -> Result<()> {
+/// option string also splits at ','. `what` names the spec (or tree) in errors.
+fn check_branch(what: &str, p: &Path) -> Result<()> {
     let bytes = p.as_os_str().as_encoded_bytes();
     match bytes.iter().find(|b| matches!(b, b':' | b'=' | b',')) {
         Some(c) => Err(BdevError::InvalidSpec {
-            spec: spec.to_string(),
+            spec: what.to_owned(),
             reason: format!(
                 "branch {p:?} contains {:?}, which aufs branch lists cannot express",
                 char::from(*c)
@@ -97,7 +181,6 @@ fn check_branch(spec: &VolumeSpec, p: &Path) -> Result<()> {
         None => Ok(()),
     }
 }
-
 /// Fails if a unionfs mount uses `dir` as a branch (as its writable one, if
 /// `writable_only`). Kernel aufs mounts are not checked.
 fn refuse_if_branch_in_use(dir: &Path, op: &'static str, writable_only: bool) -> Result<()> {
@@ -116,13 +199,14 @@ fn refuse_if_branch_in_use(dir: &Path, op: &'static str, writable_only: bool) ->
 
 impl Aufs {
     pub fn open(pool: &PoolConfig, runner: Arc<dyn Runner>) -> Result<Self> {
+        pool.options::<NoOptions>()?;
         let mech = if kernel_has_fs("aufs") {
             Mechanism::Kernel
         } else {
             Mechanism::UnionfsFuse
         };
         Ok(Aufs {
-            root: crate::pool_path(pool)?.to_path_buf(),
+            dir: PoolDir::new(pool.dir()?, Entry::Dir, ""),
             runner,
             mech,
         })
@@ -132,63 +216,42 @@ impl Aufs {
         self.mech
     }
 
-    fn snapshots_dir(&self) -> PathBuf {
-        self.root.join(".snapshots")
+    fn root(&self) -> &Path {
+        self.dir.root()
     }
 
-    /// The branches of an aufs volume of this pool, whose upper is
-    /// `POOL/NAME/upper` or `POOL/.snapshots/NAME/SNAP/upper`.
-    fn branches_of<'a>(&self, v: &'a VolumeSpec) -> Result<(&'a [PathBuf], &'a Path)> {
-        let bad = |reason: String| BdevError::InvalidSpec {
-            spec: v.to_string(),
-            reason,
+    /// The branches of an aufs volume or snapshot of this pool, whose upper is
+    /// `POOL/NAME/upper` or `POOL/.snapshots/NAME/SNAP/upper`, and where it is.
+    fn branches_of(&self, v: &VolumeSpec) -> Result<(AufsSpec, Located<PathBuf>)> {
+        let s = AufsSpec::read_own(v)?;
+        let loc = match lookup::union_home(&s.upper) {
+            Some(home) => self.dir.locate_spec(v, home)?,
+            None => {
+                return Err(BdevError::foreign(
+                    v,
+                    format!("the {NAME} pool at {}", self.root().display()),
+                ))
+            }
         };
-        let VolumeSpec::Aufs { lowers, upper } = v else {
-            return Err(bad("not an aufs volume".to_owned()));
-        };
-        let home = upper.parent().unwrap_or(upper);
-        let depth_ok = home.parent() == Some(&self.root)
-            || home.parent().and_then(Path::parent) == Some(&self.snapshots_dir());
-        if upper.file_name() != Some(OsStr::new("upper")) || !depth_ok {
-            return Err(bad(format!(
-                "not an aufs volume of the pool at {:?}",
-                self.root
-            )));
+        let what = v.to_string();
+        for p in s.branches() {
+            check_branch(&what, p)?;
         }
-        for p in lowers.iter().map(PathBuf::as_path).chain([upper.as_path()]) {
-            check_branch(v, p)?;
-        }
-        Ok((lowers, upper))
-    }
-
-    /// The directory holding a volume's upper (and its own lower).
-    fn home_of<'a>(&self, v: &'a VolumeSpec) -> Result<&'a Path> {
-        let (_, upper) = self.branches_of(v)?;
-        Ok(upper.parent().unwrap_or(upper))
-    }
-
-    fn is_snapshot(&self, upper: &Path) -> bool {
-        upper.starts_with(self.snapshots_dir())
+        Ok((s, loc))
     }
 
     /// Creates `home` (which must not exist) with an empty `upper`, registering
     /// the removal of both.
     fn make_home(&self, home: &Path, rv: &mut Revert) -> Result<PathBuf> {
-        claim_dir(home, &self.root, rv)?;
+        claim_dir(home, self.root(), rv)?;
         let upper = home.join("upper");
         fs::create_dir(&upper).map_err(BdevError::io("create directory", &upper))?;
         Ok(upper)
     }
 
-    /// The volume or snapshot whose directory is `home`, if there is one.
-    fn found_at(home: PathBuf) -> Result<Option<VolumeSpec>> {
-        if !lookup::is_entry(&home, Entry::Dir)? {
-            return Ok(None);
-        }
-        Ok(Some(VolumeSpec::Aufs {
-            lowers: lookup::lowers_of(&home)?,
-            upper: home.join("upper"),
-        }))
+    /// The volume or snapshot whose directory is `home`.
+    fn found_at(home: PathBuf) -> Result<VolumeSpec> {
+        Ok(spec(lookup::lowers_of(&home)?, home.join("upper")))
     }
 
     /// Removes the directory of `v` (whole, partly made or partly removed), or
@@ -198,7 +261,36 @@ impl Aufs {
             lookup::already_gone(v);
             return Ok(());
         }
-        remove_tree(home, &self.root)
+        remove_tree(home, self.root())
+    }
+
+    /// Creates `name` as an empty upper over `lowers`, topmost first; `what`
+    /// names the origin in errors.
+    fn stack(
+        &self,
+        what: &str,
+        lowers: Vec<PathBuf>,
+        name: &str,
+        rv: &mut Revert,
+    ) -> Result<VolumeSpec> {
+        validate_name(name)?;
+        for l in &lowers {
+            check_branch(what, l)?;
+            if !l.is_dir() {
+                return Err(BdevError::NotFound {
+                    what: "origin branch",
+                    name: l.display().to_string(),
+                });
+            }
+        }
+        let home = self.dir.volume(name);
+        let upper = self.make_home(&home, rv)?;
+        // The union shows the upper's root directory: it must look like the origin's.
+        if let Some(top) = lowers.first() {
+            berth_bdev::copy::copy_meta(top, &upper)?;
+        }
+        lookup::write_lowers(&home, &lowers)?;
+        Ok(spec(lowers, upper))
     }
 
     fn mount_unionfs(&self, branches: &OsStr, at: &Path, read_only: bool) -> Result<MountGuard> {
@@ -233,8 +325,8 @@ impl Aufs {
 }
 
 impl Backend for Aufs {
-    fn kind(&self) -> BackendKind {
-        BackendKind::Aufs
+    fn name(&self) -> &'static str {
+        NAME
     }
 
     fn caps(&self) -> Caps {
@@ -247,6 +339,9 @@ impl Backend for Aufs {
             clone_reads_live_origin: true,
             promote: false,
             stacks_on_trees: true,
+            plain_tree: false,
+            clones_span_pools: true,
+            snapshot_clone_refusal: None,
             // Debian's unionfs-fuse is built without xattr support.
             lacks_xattrs: self.mech == Mechanism::UnionfsFuse,
             coarse_timestamps: false,
@@ -259,31 +354,32 @@ impl Backend for Aufs {
             },
             tools: match self.mech {
                 Mechanism::Kernel => &[],
-                Mechanism::UnionfsFuse => &["unionfs"],
+                Mechanism::UnionfsFuse => UNIONFS_TOOLS,
             },
         }
     }
 
     fn probe(&self) -> Result<()> {
-        if self.mech == Mechanism::UnionfsFuse {
-            let missing = if !kernel_has_fs("fuse") {
-                Some("the kernel has neither aufs nor fuse (not in /proc/filesystems)")
-            } else if !berth_bdev::cmd::have_program("unionfs") {
-                Some("the kernel has no aufs and unionfs (unionfs-fuse) is not installed")
-            } else {
-                None
-            };
-            if let Some(missing) = missing {
-                return Err(BdevError::Unavailable {
-                    backend: "aufs",
-                    missing: missing.to_owned(),
-                    hint: "install it with `apt-get install unionfs-fuse` (and `modprobe fuse`), \
-                           or use a kernel with aufs"
-                        .to_owned(),
-                });
-            }
-        }
-        create_dir_all(&self.root)
+        require_host(NAME, &self.caps()).map_err(|e| match e {
+            // unionfs-fuse is the fallback: say what the first choice lacked.
+            BdevError::Unavailable {
+                backend,
+                missing,
+                hint,
+            } if self.mech == Mechanism::UnionfsFuse => BdevError::Unavailable {
+                backend,
+                missing: format!("the kernel has no aufs, and {missing}"),
+                hint: format!("{hint}, or use a kernel with aufs"),
+            },
+            e => e,
+        })?;
+        create_dir_all(self.root())
+    }
+
+    fn branch_dirs(&self, v: &VolumeSpec) -> Vec<PathBuf> {
+        AufsSpec::read_own(v)
+            .map(|s| s.branches().map(Path::to_path_buf).collect())
+            .unwrap_or_default()
     }
 
     fn describe(&self) -> Vec<(&'static str, String)> {
@@ -299,19 +395,19 @@ impl Backend for Aufs {
 
     fn create(&self, name: &str, _opts: &CreateOpts, rv: &mut Revert) -> Result<VolumeSpec> {
         validate_name(name)?;
-        let home = self.root.join(name);
+        let home = self.dir.volume(name);
         let upper = self.make_home(&home, rv)?;
         let lower = home.join("lower");
         fs::create_dir(&lower).map_err(BdevError::io("create directory", &lower))?;
         let lowers = vec![lower];
         lookup::write_lowers(&home, &lowers)?;
-        Ok(VolumeSpec::Aufs { lowers, upper })
+        Ok(spec(lowers, upper))
     }
 
     fn mount(&self, v: &VolumeSpec, at: &Path, read_only: bool) -> Result<MountGuard> {
-        let (lowers, upper) = self.branches_of(v)?;
-        let ro = read_only || self.is_snapshot(upper);
-        for b in lowers.iter().map(PathBuf::as_path).chain([upper]) {
+        let (s, loc) = self.branches_of(v)?;
+        let ro = read_only || loc.is_snapshot();
+        for b in s.branches() {
             if !b.is_dir() {
                 return Err(BdevError::NotFound {
                     what: "aufs branch",
@@ -319,7 +415,7 @@ impl Backend for Aufs {
                 });
             }
         }
-        let branches = branch_list(upper, lowers, ro, self.mech);
+        let branches = branch_list(&s.upper, &s.lowers, ro, self.mech);
         match self.mech {
             Mechanism::Kernel => {
                 mount::mount_fs(
@@ -352,37 +448,36 @@ impl Backend for Aufs {
     }
 
     fn destroy(&self, v: &VolumeSpec) -> Result<()> {
-        let home = self.home_of(v)?;
-        for own in [home.join("upper"), home.join("lower")] {
+        let (_, loc) = self.branches_of(v)?;
+        for own in [loc.at.join("upper"), loc.at.join("lower")] {
             refuse_if_branch_in_use(&own, "refuse to destroy", false)?;
         }
-        self.remove_home(v, home)
+        self.remove_home(v, &loc.at)
     }
 
     fn volume_names(&self) -> Result<Vec<String>> {
-        lookup::names_in(&self.root, Entry::Dir, "")
+        self.dir.volume_names()
     }
 
     fn volume_named(&self, name: &str) -> Result<Option<VolumeSpec>> {
-        validate_name(name)?;
-        Self::found_at(self.root.join(name))
+        self.dir.volume_named(name)?.map(Self::found_at).transpose()
     }
 
     fn snapshot_names(&self, name: &str) -> Result<Vec<String>> {
-        validate_name(name)?;
-        lookup::names_in(&self.snapshots_dir().join(name), Entry::Dir, "")
+        self.dir.snapshot_names(name)
     }
 
     fn snapshot_named(&self, name: &str, snap: &str) -> Result<Option<VolumeSpec>> {
-        validate_name(name)?;
-        validate_name(snap)?;
-        Self::found_at(self.snapshots_dir().join(name).join(snap))
+        self.dir
+            .snapshot_named(name, snap)?
+            .map(Self::found_at)
+            .transpose()
     }
 
     fn usage(&self, v: &VolumeSpec) -> Result<Usage> {
-        let (_, upper) = self.branches_of(v)?;
+        let (s, _) = self.branches_of(v)?;
         Ok(Usage {
-            used_bytes: allocated_bytes(upper)?,
+            used_bytes: allocated_bytes(&s.upper)?,
             kind: UsageKind::Allocated,
             limit_bytes: None,
             note: Some(
@@ -400,200 +495,60 @@ impl Backend for Aufs {
     ) -> Result<VolumeSpec> {
         validate_name(name)?;
         validate_name(snap)?;
-        let (lowers, upper) = self.branches_of(v)?;
-        let vol_home = self.home_of(v)?;
+        let (s, vol) = self.branches_of(v)?;
         // A copy of an upper that a mount is writing would be torn.
-        refuse_if_branch_in_use(upper, "refuse to snapshot", true)?;
-        let home = self.snapshots_dir().join(name).join(snap);
+        refuse_if_branch_in_use(&s.upper, "refuse to snapshot", true)?;
+        let home = self.dir.snapshot(name, snap);
         let snap_upper = self.make_home(&home, rv)?;
         // The whiteout directory is copied too: the snapshot hides what the volume hid.
-        copy_tree(upper, &snap_upper, &NoProgress)?;
+        copy_tree(&s.upper, &snap_upper, &NoProgress)?;
         // Branches inside the volume's own directory (its empty `lower`) go when the
         // volume does, which a restore does while keeping the snapshot: the snapshot
         // gets its own copy. Foreign lowers (a clone's origin) are pinned by the
         // clone, which outlives its snapshots.
-        let mut snap_lowers = Vec::with_capacity(lowers.len());
-        for l in lowers {
-            if l.starts_with(vol_home) {
+        let mut snap_lowers = Vec::with_capacity(s.lowers.len());
+        for l in s.lowers {
+            if l.starts_with(&vol.at) {
                 let own = home.join("lower");
                 fs::create_dir(&own).map_err(BdevError::io("create directory", &own))?;
-                copy_tree(l, &own, &NoProgress)?;
+                copy_tree(&l, &own, &NoProgress)?;
                 snap_lowers.push(own);
             } else {
-                snap_lowers.push(l.clone());
+                snap_lowers.push(l);
             }
         }
         lookup::write_lowers(&home, &snap_lowers)?;
-        Ok(VolumeSpec::Aufs {
-            lowers: snap_lowers,
-            upper: snap_upper,
-        })
+        Ok(spec(snap_lowers, snap_upper))
     }
 
     fn destroy_snapshot(&self, snap: &VolumeSpec) -> Result<()> {
-        let home = self.home_of(snap)?;
-        if !self.is_snapshot(home) {
-            return Err(BdevError::InvalidSpec {
-                spec: snap.to_string(),
-                reason: "not a snapshot of this pool".to_owned(),
-            });
+        let (_, loc) = self.branches_of(snap)?;
+        if !loc.is_snapshot() {
+            return Err(BdevError::foreign(
+                snap,
+                format!(
+                    "the snapshots of the {NAME} pool at {}",
+                    self.root().display()
+                ),
+            ));
         }
-        self.remove_home(snap, home)?;
-        if let Some(parent) = home.parent() {
-            let _ = fs::remove_dir(parent);
-        }
+        self.remove_home(snap, &loc.at)?;
+        let _ = fs::remove_dir(self.dir.snapshots_of(&loc.name));
         Ok(())
     }
 
+    /// `src` may be of another aufs pool: the clone reaches it by path.
     fn snapshot_clone(&self, src: &VolumeSpec, name: &str, rv: &mut Revert) -> Result<VolumeSpec> {
-        validate_name(name)?;
-        let lowers: Vec<PathBuf> = match src {
-            VolumeSpec::Aufs { lowers, upper } => {
-                std::iter::once(upper).chain(lowers).cloned().collect()
-            }
-            other => match other.tree_path() {
-                Some(tree) => vec![tree.to_path_buf()],
-                None => {
-                    return Err(BdevError::CloneRefused {
-                        src: other.kind(),
-                        dst: BackendKind::Aufs,
-                        reason: "aufs stacks only on aufs volumes and plain trees (dir, btrfs)"
-                            .to_owned(),
-                        alternatives: vec!["make an independent copy (--copy)".to_owned()],
-                    })
-                }
-            },
-        };
-        for l in &lowers {
-            check_branch(src, l)?;
-            if !l.is_dir() {
-                return Err(BdevError::NotFound {
-                    what: "origin branch",
-                    name: l.display().to_string(),
-                });
-            }
-        }
-        let home = self.root.join(name);
-        let upper = self.make_home(&home, rv)?;
-        // The union shows the upper's root directory: it must look like the origin's.
-        if let Some(top) = lowers.first() {
-            berth_bdev::copy::copy_meta(top, &upper)?;
-        }
-        lookup::write_lowers(&home, &lowers)?;
-        Ok(VolumeSpec::Aufs { lowers, upper })
+        let s = AufsSpec::from_spec(src)?;
+        let lowers = std::iter::once(s.upper).chain(s.lowers).collect();
+        self.stack(&src.to_string(), lowers, name, rv)
+    }
+
+    fn stack_on_tree(&self, tree: &Path, name: &str, rv: &mut Revert) -> Result<VolumeSpec> {
+        let what = tree.display().to_string();
+        self.stack(&what, vec![tree.to_path_buf()], name, rv)
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use berth_bdev::cmd::ScriptedRunner;
-
-    fn pool(dir: &Path) -> Aufs {
-        let cfg = PoolConfig::new("t", BackendKind::Aufs).with_path(dir);
-        let mut a = Aufs::open(&cfg, Arc::new(ScriptedRunner::new())).unwrap();
-        a.mech = Mechanism::UnionfsFuse;
-        a
-    }
-
-    #[test]
-    fn branch_lists_per_mechanism() {
-        let lowers = vec![PathBuf::from("/p/o/upper"), PathBuf::from("/p/o/lower")];
-        let up = Path::new("/p/c/upper");
-        assert_eq!(
-            branch_list(up, &lowers, false, Mechanism::UnionfsFuse),
-            "/p/c/upper=RW:/p/o/upper=RO:/p/o/lower=RO"
-        );
-        assert_eq!(
-            branch_list(up, &lowers, true, Mechanism::UnionfsFuse),
-            "/p/c/upper=RO:/p/o/upper=RO:/p/o/lower=RO"
-        );
-        assert_eq!(
-            branch_list(up, &lowers[1..], false, Mechanism::Kernel),
-            "/p/c/upper=rw:/p/o/lower=ro"
-        );
-    }
-
-    #[test]
-    fn specs_outside_the_pool_or_with_separators_are_refused() {
-        let a = pool(Path::new("/p"));
-        let ok = VolumeSpec::Aufs {
-            lowers: vec!["/p/c/lower".into()],
-            upper: "/p/c/upper".into(),
-        };
-        assert!(a.branches_of(&ok).is_ok());
-        let snap = VolumeSpec::Aufs {
-            lowers: vec!["/p/c/lower".into()],
-            upper: "/p/.snapshots/c/s1/upper".into(),
-        };
-        assert!(a.branches_of(&snap).is_ok());
-        assert!(a.is_snapshot(a.home_of(&snap).unwrap()));
-        for (lowers, upper) in [
-            (vec!["/p/c/lower"], "/elsewhere/c/upper"),
-            (vec!["/p/c/lower"], "/p/c/sub/upper"),
-            (vec!["/p/c/lower"], "/p/c/notupper"),
-            (vec!["/p/c/lower"], "/p/upper"),
-            (vec!["/we:ird"], "/p/c/upper"),
-            (vec!["/a=b"], "/p/c/upper"),
-        ] {
-            let v = VolumeSpec::Aufs {
-                lowers: lowers.into_iter().map(PathBuf::from).collect(),
-                upper: upper.into(),
-            };
-            assert!(
-                matches!(a.branches_of(&v), Err(BdevError::InvalidSpec { .. })),
-                "{v}"
-            );
-        }
-        assert!(a
-            .branches_of(&VolumeSpec::Dir {
-                path: "/p/c".into()
-            })
-            .is_err());
-    }
-
-    #[test]
-    fn clones_stack_on_the_origins_branches() {
-        let d = tempfile::tempdir().unwrap();
-        let a = pool(d.path());
-        let mut rv = Revert::new();
-        let o = a.create("o", &CreateOpts::default(), &mut rv).unwrap();
-        let c = a.snapshot_clone(&o, "c", &mut rv).unwrap();
-        let c2 = a.snapshot_clone(&c, "c2", &mut rv).unwrap();
-        let VolumeSpec::Aufs { lowers, upper } = &c2 else {
-            panic!("{c2}")
-        };
-        let p = d.path();
-        assert_eq!(upper, &p.join("c2/upper"));
-        assert_eq!(
-            lowers,
-            &vec![p.join("c/upper"), p.join("o/upper"), p.join("o/lower")]
-        );
-        // A plain tree becomes the single lower.
-        let tree = p.join("tree");
-        fs::create_dir(&tree).unwrap();
-        let t = a
-            .snapshot_clone(&VolumeSpec::Dir { path: tree.clone() }, "t", &mut rv)
-            .unwrap();
-        assert_eq!(
-            t,
-            VolumeSpec::Aufs {
-                lowers: vec![tree],
-                upper: p.join("t/upper")
-            }
-        );
-        let q = VolumeSpec::Qcow2 {
-            image: "/x.qcow2".into(),
-        };
-        assert!(matches!(
-            a.snapshot_clone(&q, "q", &mut rv),
-            Err(BdevError::CloneRefused { .. })
-        ));
-        drop(rv);
-        assert_eq!(
-            fs::read_dir(p).unwrap().count(),
-            1,
-            "revert leaves only the tree"
-        );
-    }
-}
+mod tests;

@@ -16,17 +16,63 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use berth_bdev::cmd::Runner;
-use berth_bdev::fsutil::{allocated_bytes, create_dir_all, require_kernel_fs, require_tool};
+use berth_bdev::fsutil::{allocated_bytes, create_dir_all, require_host};
 use berth_bdev::mount::{self, MountGuard};
 use berth_bdev::names::validate_name;
+use berth_bdev::registry::PathUse;
+use berth_bdev::spec::{abs_path, one_field, path_field};
 use berth_bdev::{
-    Backend, BackendKind, BdevError, Caps, CreateOpts, PoolConfig, Result, Revert, Usage,
-    UsageKind, VolumeSpec,
+    Backend, BdevError, Caps, CreateOpts, PoolConfig, Registration, Result, Revert, SpecForm, Tool,
+    Usage, UsageKind, VolumeSpec,
 };
 use tracing::debug;
 
-use crate::lookup::{self, Entry};
+use crate::layout::{Located, PoolDir};
+use crate::lookup::{self, Entry, NoOptions};
 use qgroup::QgroupAnswer;
+
+pub const NAME: &str = "btrfs";
+
+pub const REGISTRATION: Registration = Registration {
+    name: NAME,
+    aliases: &[],
+    summary: "btrfs subvolumes; snapshot clones are writable subvolume snapshots, O(1)",
+    path: PathUse::Volumes,
+    pool_options: &[],
+    open,
+    check_spec: <BtrfsSpec as SpecForm>::canonical,
+    stacks_on_trees: false,
+};
+
+/// A btrfs subvolume (a volume) or read-only snapshot: `btrfs:PATH`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BtrfsSpec {
+    pub path: PathBuf,
+}
+
+impl BtrfsSpec {
+    /// The spec of the subvolume at `path`.
+    pub fn spec(path: impl Into<PathBuf>) -> VolumeSpec {
+        BtrfsSpec { path: path.into() }.to_spec()
+    }
+}
+
+impl SpecForm for BtrfsSpec {
+    const BACKEND: &'static str = NAME;
+
+    fn from_fields(fields: &[String]) -> std::result::Result<Self, String> {
+        Ok(BtrfsSpec {
+            path: abs_path(one_field(fields)?)?,
+        })
+    }
+
+    fn to_fields(&self) -> Vec<String> {
+        vec![path_field(&self.path)]
+    }
+}
+
+/// Only for `btrfs qgroup show`: subvolumes go through libbtrfsutil.
+const TOOLS: &[Tool] = &[Tool::new("btrfs", "btrfs-progs")];
 
 /// `BTRFS_SUPER_MAGIC` from linux/magic.h.
 const BTRFS_SUPER_MAGIC: u64 = 0x9123_683e;
@@ -35,50 +81,40 @@ const NO_QUOTA_NOTE: &str = "exclusive size needs btrfs quotas (btrfs quota enab
      this is allocated bytes, blocks shared with snapshots and clones included";
 
 pub fn open(pool: &PoolConfig, runner: Arc<dyn Runner>) -> Result<Box<dyn Backend>> {
-    Ok(Box::new(Btrfs::open(pool, runner)?))
+    Ok(Box::new(Btrfs::new(pool, runner)?))
 }
 
 pub struct Btrfs {
-    root: PathBuf,
+    layout: PoolDir,
     runner: Arc<dyn Runner>,
 }
 
 impl Btrfs {
-    pub fn open(pool: &PoolConfig, runner: Arc<dyn Runner>) -> Result<Self> {
+    fn new(pool: &PoolConfig, runner: Arc<dyn Runner>) -> Result<Self> {
+        pool.options::<NoOptions>()?;
         Ok(Btrfs {
-            root: crate::pool_path(pool)?.to_path_buf(),
+            layout: PoolDir::new(pool.dir()?, Entry::Dir, ""),
             runner,
         })
     }
 
-    /// The subvolume path of a volume or snapshot of this pool.
-    fn path_of<'a>(&self, v: &'a VolumeSpec) -> Result<&'a Path> {
-        match v {
-            VolumeSpec::Btrfs { path } if path.starts_with(&self.root) && path != &self.root => {
-                Ok(path)
-            }
-            other => Err(BdevError::InvalidSpec {
-                spec: other.to_string(),
-                reason: format!("not a btrfs volume of the pool at {:?}", self.root),
-            }),
+    fn root(&self) -> &Path {
+        self.layout.root()
+    }
+
+    /// The subvolume or snapshot of this pool that `v` names.
+    fn locate(&self, v: &VolumeSpec) -> Result<Located<PathBuf>> {
+        if v.backend() != NAME {
+            let owner = format!("the {NAME} pool at {}", self.root().display());
+            return Err(BdevError::foreign(v, owner));
         }
+        self.layout.locate_spec(v, &BtrfsSpec::from_spec(v)?.path)
     }
 
-    fn snapshot_dir(&self, name: &str) -> PathBuf {
-        self.root.join(".snapshots").join(name)
-    }
-
-    /// The subvolumes named in `dir`, sorted (plain directories are not berth's).
-    fn subvolumes_in(&self, dir: &Path) -> Result<Vec<String>> {
-        let mut names = lookup::names_in(dir, Entry::Dir, "")?;
-        names.retain(|n| subvol::is_subvolume(&dir.join(n)));
-        Ok(names)
-    }
-
-    /// The subvolume at `path` (a symlink is not followed).
-    fn subvolume_at(path: PathBuf) -> Result<Option<VolumeSpec>> {
-        let found = lookup::is_entry(&path, Entry::Dir)? && subvol::is_subvolume(&path);
-        Ok(found.then_some(VolumeSpec::Btrfs { path }))
+    /// The spec of `path` if it is a subvolume (plain directories are not berth's).
+    fn if_subvolume(path: Option<PathBuf>) -> Option<VolumeSpec> {
+        path.filter(|p| subvol::is_subvolume(p))
+            .map(BtrfsSpec::spec)
     }
 }
 
@@ -90,7 +126,7 @@ fn require_btrfs(path: &Path) -> Result<()> {
         return Ok(());
     }
     Err(BdevError::Unavailable {
-        backend: "btrfs",
+        backend: NAME,
         missing: format!(
             "{} is not on a btrfs filesystem (statfs type {:#x})",
             path.display(),
@@ -110,8 +146,8 @@ fn existing_ancestor(path: &Path) -> &Path {
 }
 
 impl Backend for Btrfs {
-    fn kind(&self) -> BackendKind {
-        BackendKind::Btrfs
+    fn name(&self) -> &'static str {
+        NAME
     }
 
     fn caps(&self) -> Caps {
@@ -123,19 +159,23 @@ impl Backend for Btrfs {
             // A writable snapshot shares extents, not a dependency: the origin
             // can be changed or deleted under it.
             clone_pins_origin: false,
+            plain_tree: true,
             kernel_fs: &["btrfs"],
-            tools: &["btrfs"],
+            tools: TOOLS,
             ..Caps::default()
         }
     }
 
     fn probe(&self) -> Result<()> {
-        require_kernel_fs("btrfs", "btrfs")?;
-        require_tool("btrfs", "btrfs", "btrfs-progs")?;
+        require_host(NAME, &self.caps())?;
         // Check the filesystem before creating the pool directory on it.
-        require_btrfs(existing_ancestor(&self.root))?;
-        create_dir_all(&self.root)?;
-        require_btrfs(&self.root)
+        require_btrfs(existing_ancestor(self.root()))?;
+        create_dir_all(self.root())?;
+        require_btrfs(self.root())
+    }
+
+    fn tree_path(&self, v: &VolumeSpec) -> Option<PathBuf> {
+        self.locate(v).ok().map(|l| l.at)
     }
 
     fn describe(&self) -> Vec<(&'static str, String)> {
@@ -145,7 +185,7 @@ impl Backend for Btrfs {
                 "snapshots",
                 format!(
                     "read-only subvolume snapshots in {}",
-                    self.root.join(".snapshots").display()
+                    self.layout.snapshots_root().display()
                 ),
             ),
             (
@@ -168,58 +208,54 @@ impl Backend for Btrfs {
                 "btrfs volumes have no size limit; ignoring the requested size"
             );
         }
-        let path = self.root.join(name);
+        let path = self.layout.volume(name);
         subvol::create(&path, rv)?;
-        Ok(VolumeSpec::Btrfs { path })
+        Ok(BtrfsSpec::spec(path))
     }
 
     fn mount(&self, v: &VolumeSpec, at: &Path, read_only: bool) -> Result<MountGuard> {
         // A read-only snapshot stays read-only through any bind mount.
-        mount::bind(self.path_of(v)?, at, read_only)?;
+        mount::bind(&self.locate(v)?.at, at, read_only)?;
         Ok(MountGuard::mounted(at))
     }
 
     fn destroy(&self, v: &VolumeSpec) -> Result<()> {
-        let path = self.path_of(v)?;
-        match fs::symlink_metadata(path) {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                lookup::already_gone(v);
-                return Ok(());
-            }
-            Err(e) => return Err(BdevError::io("stat", path)(e)),
+        let path = &self.locate(v)?.at;
+        if !lookup::exists(path)? {
+            lookup::already_gone(v);
+            return Ok(());
         }
         if !subvol::is_subvolume(path) {
-            return Err(BdevError::InvalidSpec {
-                spec: v.to_string(),
-                reason: "the path exists but is not a btrfs subvolume".to_owned(),
+            return Err(BdevError::DeleteRefused {
+                path: path.clone(),
+                reason: "it exists but is not a btrfs subvolume".to_owned(),
             });
         }
         subvol::delete(path)
     }
 
     fn volume_names(&self) -> Result<Vec<String>> {
-        self.subvolumes_in(&self.root)
+        let mut names = self.layout.volume_names()?;
+        names.retain(|n| subvol::is_subvolume(&self.layout.volume(n)));
+        Ok(names)
     }
 
     fn volume_named(&self, name: &str) -> Result<Option<VolumeSpec>> {
-        validate_name(name)?;
-        Self::subvolume_at(self.root.join(name))
+        Ok(Self::if_subvolume(self.layout.volume_named(name)?))
     }
 
     fn snapshot_names(&self, name: &str) -> Result<Vec<String>> {
-        validate_name(name)?;
-        self.subvolumes_in(&self.snapshot_dir(name))
+        let mut snaps = self.layout.snapshot_names(name)?;
+        snaps.retain(|s| subvol::is_subvolume(&self.layout.snapshot(name, s)));
+        Ok(snaps)
     }
 
     fn snapshot_named(&self, name: &str, snap: &str) -> Result<Option<VolumeSpec>> {
-        validate_name(name)?;
-        validate_name(snap)?;
-        Self::subvolume_at(self.snapshot_dir(name).join(snap))
+        Ok(Self::if_subvolume(self.layout.snapshot_named(name, snap)?))
     }
 
     fn usage(&self, v: &VolumeSpec) -> Result<Usage> {
-        let path = self.path_of(v)?;
+        let path = &self.locate(v)?.at;
         match qgroup::query(self.runner.as_ref(), path, subvol::id(path)?)? {
             QgroupAnswer::Figures(q, warning) => Ok(Usage {
                 used_bytes: q.exclusive,
@@ -246,10 +282,10 @@ impl Backend for Btrfs {
         snap: &str,
         rv: &mut Revert,
     ) -> Result<VolumeSpec> {
-        let src = self.path_of(v)?;
+        let src = self.locate(v)?.at;
         validate_name(name)?;
         validate_name(snap)?;
-        let dir = self.snapshot_dir(name);
+        let dir = self.layout.snapshots_of(name);
         if !dir.exists() {
             create_dir_all(&dir)?;
             let d = dir.clone();
@@ -257,33 +293,29 @@ impl Backend for Btrfs {
                 fs::remove_dir(&d)
             });
         }
-        let path = dir.join(snap);
-        subvol::snapshot(src, &path, true, rv)?;
-        Ok(VolumeSpec::Btrfs { path })
+        let path = self.layout.snapshot(name, snap);
+        subvol::snapshot(&src, &path, true, rv)?;
+        Ok(BtrfsSpec::spec(path))
     }
 
     fn destroy_snapshot(&self, snap: &VolumeSpec) -> Result<()> {
+        let loc = self.locate(snap)?;
         self.destroy(snap)?;
         // Drop the per-volume snapshot directory once it is empty.
-        if let Some(parent) = self.path_of(snap)?.parent() {
-            if parent.starts_with(self.root.join(".snapshots")) {
-                let _ = fs::remove_dir(parent);
-            }
+        if loc.is_snapshot() {
+            let _ = fs::remove_dir(self.layout.snapshots_of(&loc.name));
         }
         Ok(())
     }
 
+    /// `src` may be any btrfs volume or snapshot: a subvolume snapshot works
+    /// wherever both ends are on one btrfs filesystem.
     fn snapshot_clone(&self, src: &VolumeSpec, name: &str, rv: &mut Revert) -> Result<VolumeSpec> {
-        let VolumeSpec::Btrfs { path: origin } = src else {
-            return Err(BdevError::InvalidSpec {
-                spec: src.to_string(),
-                reason: "a btrfs clone needs a btrfs volume or snapshot as its origin".to_owned(),
-            });
-        };
+        let origin = BtrfsSpec::from_spec(src)?.path;
         validate_name(name)?;
-        let path = self.root.join(name);
-        subvol::snapshot(origin, &path, false, rv)?;
-        Ok(VolumeSpec::Btrfs { path })
+        let path = self.layout.volume(name);
+        subvol::snapshot(&origin, &path, false, rv)?;
+        Ok(BtrfsSpec::spec(path))
     }
 }
 
@@ -293,19 +325,58 @@ mod tests {
     use berth_bdev::cmd::ScriptedRunner;
 
     fn backend() -> Btrfs {
-        let pool = PoolConfig::new("p", BackendKind::Btrfs).with_path("/pool");
-        Btrfs::open(&pool, Arc::new(ScriptedRunner::new())).unwrap()
+        let pool = PoolConfig::new("p", NAME).with_path("/pool");
+        Btrfs::new(&pool, Arc::new(ScriptedRunner::new())).unwrap()
+    }
+
+    #[test]
+    fn specs_round_trip_with_escapes() {
+        for s in ["btrfs:/var/lib/berth/c1", "btrfs:/we\\:ird\\\\dir"] {
+            let v = BtrfsSpec::canonical(&s.parse().unwrap()).unwrap();
+            assert_eq!(v.to_string(), s);
+        }
+        let v = BtrfsSpec::spec("/a:b");
+        assert_eq!(v.to_string(), "btrfs:/a\\:b");
+        assert_eq!(BtrfsSpec::from_spec(&v).unwrap().path, Path::new("/a:b"));
+    }
+
+    #[test]
+    fn bad_specs_are_rejected_with_a_reason() {
+        for (s, why) in [
+            ("btrfs:rel", "absolute"),
+            ("btrfs:/a/../b", ".."),
+            ("btrfs:/a:/b", "exactly one"),
+        ] {
+            let e = BtrfsSpec::canonical(&s.parse().unwrap()).unwrap_err();
+            assert!(matches!(e, BdevError::InvalidSpec { .. }), "{s}: {e}");
+            assert!(e.to_string().contains(why), "{s}: {e}");
+        }
     }
 
     #[test]
     fn specs_outside_the_pool_are_refused() {
         let b = backend();
-        for bad in ["btrfs:/elsewhere/c1", "btrfs:/pool", "dir:/pool/c1"] {
+        for bad in [
+            "btrfs:/elsewhere/c1",
+            "btrfs:/pool",
+            "btrfs:/pool/.snapshots/c1",
+            "other:/pool/c1",
+        ] {
             let v: VolumeSpec = bad.parse().unwrap();
-            assert!(b.path_of(&v).is_err(), "{bad}");
+            let e = b.locate(&v).unwrap_err();
+            assert!(matches!(e, BdevError::ForeignVolume { .. }), "{bad}: {e}");
+            assert!(e.to_string().contains("/pool"), "{e}");
+            assert_eq!(b.tree_path(&v), None, "{bad}");
         }
-        let v: VolumeSpec = "btrfs:/pool/.snapshots/c1/s1".parse().unwrap();
-        assert_eq!(b.path_of(&v).unwrap(), Path::new("/pool/.snapshots/c1/s1"));
+        let v = BtrfsSpec::spec("/pool/.snapshots/c1/s1");
+        let loc = b.locate(&v).unwrap();
+        assert_eq!(loc.at, Path::new("/pool/.snapshots/c1/s1"));
+        assert_eq!(loc.key(), "c1@s1");
+        assert_eq!(b.tree_path(&v), Some(loc.at));
+        assert_eq!(
+            b.tree_path(&BtrfsSpec::spec("/pool/c1")),
+            Some(PathBuf::from("/pool/c1"))
+        );
     }
 
     #[test]
@@ -313,15 +384,27 @@ mod tests {
         let b = backend();
         let mut rv = Revert::new();
         let e = b
-            .snapshot_clone(&"dir:/x".parse().unwrap(), "c", &mut rv)
+            .snapshot_clone(&"other:/x".parse().unwrap(), "c", &mut rv)
             .unwrap_err();
-        assert!(e.to_string().contains("btrfs volume"), "{e}");
+        assert!(matches!(e, BdevError::ForeignVolume { .. }), "{e}");
+        assert!(e.to_string().contains("btrfs"), "{e}");
+    }
+
+    #[test]
+    fn unknown_pool_settings_are_refused() {
+        let pool = PoolConfig::new("p", NAME)
+            .with_path("/pool")
+            .with_option("vg", "x");
+        let e = open(&pool, Arc::new(ScriptedRunner::new())).err().unwrap();
+        assert!(matches!(e, BdevError::PoolSetting { .. }), "{e}");
+        assert!(e.to_string().contains("vg"), "{e}");
     }
 
     #[test]
     fn caps_are_honest() {
         let c = backend().caps();
         assert!(c.snapshot && c.snapshot_clone && c.clone_from_snapshot && c.copy_on_write);
+        assert!(c.plain_tree && !c.clones_span_pools && c.snapshot_clone_refusal.is_none());
         assert!(!c.clone_pins_origin && !c.size_limit && !c.resize && !c.stacks_on_trees);
     }
 

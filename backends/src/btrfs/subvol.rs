@@ -75,11 +75,15 @@ pub(super) fn snapshot(src: &Path, dst: &Path, read_only: bool, rv: &mut Revert)
             }
         }
         if os.raw_os_error() == Some(Errno::XDEV.raw_os_error()) {
-            return BdevError::InvalidSpec {
-                spec: src.display().to_string(),
-                reason: format!(
-                    "it is on another btrfs filesystem than {}; btrfs snapshots stay on one filesystem",
-                    dst.display()
+            return BdevError::Io {
+                op: "btrfs snapshot into",
+                path: dst.to_path_buf(),
+                source: io::Error::new(
+                    os.kind(),
+                    format!(
+                        "{} is on another btrfs filesystem; btrfs snapshots stay on one filesystem",
+                        src.display()
+                    ),
                 ),
             };
         }

@@ -1,7 +1,7 @@
 //! lvm: each volume is a logical volume in one volume group, holding a filesystem
 //! (ext4 by default) mounted from `/dev/VG/LV`.
 //!
-//! With a thin pool (`PoolConfig::thinpool`) volumes are thin LVs and snapshots and
+//! With a thin pool (the `thinpool` setting) volumes are thin LVs and snapshots and
 //! clones are thin snapshots: O(1), copy-on-write, and independent of their origin
 //! (a thin snapshot maps the same pool blocks; deleting the origin only drops its
 //! mappings). Without one, volumes are classic LVs and snapshots are classic COW
@@ -15,23 +15,58 @@ use crate::blockfs as fs;
 mod names;
 mod parse;
 mod space;
+mod spec;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use berth_bdev::cmd::{self, Runner};
-use berth_bdev::fsutil::{require_kernel_fs, require_tool};
+use berth_bdev::fsutil::require_host;
 use berth_bdev::mount::{self, FsOpt, MountGuard};
 use berth_bdev::names::validate_name;
+use berth_bdev::pool::PoolOption;
+use berth_bdev::registry::PathUse;
 use berth_bdev::{
-    Backend, BackendKind, BdevError, Caps, CreateOpts, FsType, PoolConfig, Result, Revert, Usage,
-    UsageKind, VolumeSpec, DEFAULT_SIZE,
+    Backend, BdevError, Caps, CreateOpts, FsType, PoolConfig, Registration, Result, Revert,
+    SpecForm, Tool, Usage, UsageKind, VolumeSpec, DEFAULT_SIZE,
 };
 use tracing::debug;
 
 pub use parse::{misc_has_device_mapper, parse_dumpe2fs_used, parse_lvs, parse_vgs, LvInfo};
+use spec::LvmOptions;
+pub use spec::LvmSpec;
 
-const NAME: &str = "lvm";
+pub const NAME: &str = "lvm";
+
+pub const REGISTRATION: Registration = Registration {
+    name: NAME,
+    aliases: &[],
+    summary:
+        "logical volumes holding ext4/xfs/btrfs; O(1) thin snapshots and clones with a thin pool",
+    path: PathUse::Unused,
+    pool_options: &[
+        PoolOption {
+            key: "vg",
+            value_name: "VG",
+            help: "Volume group",
+            required: true,
+            example: "vg0",
+        },
+        PoolOption {
+            key: "thinpool",
+            value_name: "LV",
+            help: "Thin pool in the volume group, for thin snapshots",
+            required: false,
+            example: "pool",
+        },
+    ],
+    open,
+    check_spec: <LvmSpec as SpecForm>::canonical,
+    stacks_on_trees: false,
+};
+
+/// What the probe checks besides the filesystem's tools.
+const LVM_TOOLS: &[Tool] = &[Tool::new("lvm", "lvm2")];
 /// Separates a volume's name from a snapshot's in an LV name.
 const SNAP_SEP: char = '+';
 const LVS_FIELDS: &str = "lv_name,vg_name,lv_size,data_percent,origin,pool_lv,lv_attr";
@@ -50,25 +85,9 @@ pub struct Lvm {
     fstype: FsType,
 }
 
-/// Whether `name` is a valid VG or LV name for LVM (`lvm(8)`: `[a-zA-Z0-9+_.-]`,
-/// not starting with `-`, not `.` or `..`).
-fn lvm_name_ok(name: &str) -> bool {
-    !name.is_empty()
-        && !name.starts_with('-')
-        && name != "."
-        && name != ".."
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '_' | '.' | '-'))
-}
-
 /// The LV of snapshot `snap` of volume `name`.
 pub fn snapshot_lv(name: &str, snap: &str) -> String {
     format!("{name}{SNAP_SEP}{snap}")
-}
-
-fn is_snapshot_lv(lv: &str) -> bool {
-    lv.contains(SNAP_SEP)
 }
 
 /// `SIZE` in bytes as an LVM size argument.
@@ -76,45 +95,33 @@ fn bytes_arg(size: u64) -> String {
     format!("{size}b")
 }
 
+/// The programs a pool whose volumes hold `fs` runs: lvm's, then the filesystem's.
+fn tools(fs: FsType) -> &'static [Tool] {
+    const EXT4: [Tool; 5] = fs::backend_tools(LVM_TOOLS, FsType::Ext4);
+    const XFS: [Tool; 4] = fs::backend_tools(LVM_TOOLS, FsType::Xfs);
+    const BTRFS: [Tool; 4] = fs::backend_tools(LVM_TOOLS, FsType::Btrfs);
+    match fs {
+        FsType::Ext4 => &EXT4,
+        FsType::Xfs => &XFS,
+        FsType::Btrfs => &BTRFS,
+    }
+}
+
 impl Lvm {
     pub fn open(pool: &PoolConfig, runner: Arc<dyn Runner>) -> Result<Self> {
-        let vg = pool.vg.clone().ok_or_else(|| BdevError::InvalidSpec {
-            spec: pool.name.clone(),
-            reason: "an lvm pool needs --vg VOLUME_GROUP".to_owned(),
-        })?;
-        for n in std::iter::once(&vg).chain(pool.thinpool.iter()) {
-            if !lvm_name_ok(n) {
-                return Err(BdevError::InvalidSpec {
-                    spec: n.clone(),
-                    reason: "not a valid LVM name (letters, digits, '+', '_', '.', '-')".to_owned(),
-                });
-            }
-        }
+        let LvmOptions { vg, thinpool } = LvmOptions::of(pool)?;
         Ok(Lvm {
             pool: pool.name.clone(),
             vg,
-            thinpool: pool.thinpool.clone(),
+            thinpool,
             runner,
             size: pool.size.unwrap_or(DEFAULT_SIZE),
             fstype: pool.fstype.unwrap_or_default(),
         })
     }
 
-    fn lv_of<'a>(&self, v: &'a VolumeSpec) -> Result<&'a str> {
-        match v {
-            VolumeSpec::Lvm { vg, lv } if *vg == self.vg => Ok(lv),
-            other => Err(BdevError::InvalidSpec {
-                spec: other.to_string(),
-                reason: format!("not an lvm volume of volume group {:?}", self.vg),
-            }),
-        }
-    }
-
-    fn spec(&self, lv: String) -> VolumeSpec {
-        VolumeSpec::Lvm {
-            vg: self.vg.clone(),
-            lv,
-        }
+    fn spec(&self, lv: &str) -> VolumeSpec {
+        LvmSpec::spec(&self.vg, lv)
     }
 
     fn full(&self, lv: &str) -> String {
@@ -217,32 +224,19 @@ impl Lvm {
     /// The filesystem on `lv`, from its superblock.
     fn detect_fs(&self, lv: &str) -> Result<FsType> {
         let dev = self.activate(lv)?;
-        fs::detect_path(&dev, || self.spec(lv.to_owned()).to_string())
+        fs::detect_path(&dev, || self.spec(lv).to_string())
     }
 
-    /// Grows the filesystem on `dev` to fill it.
+    /// Grows the filesystem on `dev` to fill it (`blockfs::grow`).
     fn grow_fs(&self, lv: &str, dev: &Path, fstype: FsType) -> Result<()> {
-        if fstype == FsType::Ext4 {
-            return fs::grow_ext4(&*self.runner, dev, !self.mounted(dev));
-        }
-        // xfs and btrfs grow only while mounted.
         let at = std::env::temp_dir().join(format!(
             "berth-lvm-grow-{}-{}-{lv}",
             std::process::id(),
             self.vg
         ));
-        berth_bdev::fsutil::create_dir_all(&at)?;
-        let grown = (|| {
-            let guard = self.mount_dev(dev, &at, fstype, false)?;
-            let (prog, args) = fs::grow_online_command(fstype, &at)
-                .ok_or_else(|| BdevError::unsupported(NAME, "growing this filesystem"))?;
-            let r = fs::run(&*self.runner, prog, &args).map_err(BdevError::from);
-            let released = guard.release();
-            r?;
-            released
-        })();
-        let _ = std::fs::remove_dir(&at);
-        grown
+        fs::grow(&*self.runner, fstype, dev, self.mounted(dev), &at, |at| {
+            self.mount_dev(dev, at, fstype, false)
+        })
     }
 
     fn mounted(&self, dev: &Path) -> bool {
@@ -267,8 +261,8 @@ impl Lvm {
 }
 
 impl Backend for Lvm {
-    fn kind(&self) -> BackendKind {
-        BackendKind::Lvm
+    fn name(&self) -> &'static str {
+        NAME
     }
 
     fn caps(&self) -> Caps {
@@ -284,21 +278,22 @@ impl Backend for Lvm {
             clone_reads_live_origin: false,
             promote: false,
             stacks_on_trees: false,
+            plain_tree: false,
+            clones_span_pools: false,
+            snapshot_clone_refusal: None,
             lacks_xattrs: false,
             coarse_timestamps: false,
             size_limit: true,
             block_backed: true,
             resize: true,
             kernel_fs: fs::kernel_fs(self.fstype),
-            tools: match self.fstype {
-                FsType::Ext4 => &["lvm", "mkfs.ext4", "e2fsck", "resize2fs", "dumpe2fs"],
-                FsType::Xfs => &["lvm", "mkfs.xfs", "xfs_admin", "xfs_growfs"],
-                FsType::Btrfs => &["lvm", "mkfs.btrfs", "btrfstune", "btrfs"],
-            },
+            tools: tools(self.fstype),
         }
     }
 
     fn probe(&self) -> Result<()> {
+        // Checked before the tools: without device-mapper no package helps, and
+        // a host missing both should hear about the kernel (tests/tests/lvm.rs).
         let misc = std::fs::read_to_string("/proc/misc").unwrap_or_default();
         if !misc_has_device_mapper(&misc) && !Path::new("/sys/class/misc/device-mapper").exists() {
             return Err(BdevError::Unavailable {
@@ -309,9 +304,7 @@ impl Backend for Lvm {
                     .to_owned(),
             });
         }
-        require_tool(NAME, "lvm", "lvm2")?;
-        require_kernel_fs(NAME, self.fstype.as_str())?;
-        fs::require_tools(NAME, self.fstype)?;
+        require_host(NAME, &self.caps())?;
         let vgs = self
             .run("vgs", &["--reportformat", "json", "-o", "vg_name"])
             .and_then(|out| parse_vgs(&out))?;
@@ -352,7 +345,7 @@ impl Backend for Lvm {
         validate_name(name)?;
         let size = opts.size.unwrap_or(self.size);
         let fstype = opts.fstype.unwrap_or(self.fstype);
-        fs::check_size(fstype, size, || self.spec(name.to_owned()).to_string())?;
+        fs::check_size(fstype, size, || self.spec(name).to_string())?;
         fs::require_tools(NAME, fstype)?;
         self.refuse_existing(name)?;
         let size_arg = bytes_arg(size);
@@ -371,22 +364,24 @@ impl Backend for Lvm {
         };
         self.undo_create(name, rv);
         let dev = self.activate(name)?;
-        let (prog, args) = fs::mkfs_command(fstype, &dev, size);
-        fs::run(&*self.runner, prog, &args)?;
+        fs::mkfs(&*self.runner, fstype, &dev, size)?;
         debug!(vg = %self.vg, lv = name, %fstype, size, "lvm volume created");
-        Ok(self.spec(name.to_owned()))
+        Ok(self.spec(name))
     }
 
     fn mount(&self, v: &VolumeSpec, at: &Path, read_only: bool) -> Result<MountGuard> {
-        let lv = self.lv_of(v)?;
-        let ro = read_only || is_snapshot_lv(lv);
+        let loc = self.locate(v)?;
+        let lv = loc.at.as_str();
+        // Snapshots are always mounted read-only.
+        let ro = read_only || loc.is_snapshot();
         let fstype = self.detect_fs(lv)?;
         let dev = self.activate(lv)?;
         self.mount_dev(&dev, at, fstype, ro)
     }
 
     fn destroy(&self, v: &VolumeSpec) -> Result<()> {
-        let lv = self.lv_of(v)?;
+        let loc = self.locate(v)?;
+        let lv = loc.at.as_str();
         let lvs = self.lvs()?;
         if !lvs.iter().any(|l| l.name == lv) {
             crate::lookup::already_gone(v);
@@ -421,7 +416,7 @@ impl Backend for Lvm {
         let found = names::volumes(&self.lvs()?, self.thinpool.as_deref())
             .iter()
             .any(|n| n == name);
-        Ok(found.then(|| self.spec(name.to_owned())))
+        Ok(found.then(|| self.spec(name)))
     }
 
     fn snapshot_names(&self, name: &str) -> Result<Vec<String>> {
@@ -434,11 +429,12 @@ impl Backend for Lvm {
         validate_name(snap)?;
         let lv = snapshot_lv(name, snap);
         let found = self.lvs()?.iter().any(|l| l.name == lv);
-        Ok(found.then(|| self.spec(lv)))
+        Ok(found.then(|| self.spec(&lv)))
     }
 
     fn usage(&self, v: &VolumeSpec) -> Result<Usage> {
-        let lv = self.lv_of(v)?;
+        let loc = self.locate(v)?;
+        let lv = loc.at.as_str();
         let info = self.find(lv)?;
         if let Some(used) = info.allocated() {
             let note = if info.is_thin_volume() {
@@ -488,15 +484,14 @@ impl Backend for Lvm {
     ) -> Result<VolumeSpec> {
         validate_name(name)?;
         validate_name(snap)?;
-        let lv = self.lv_of(v)?;
+        let loc = self.locate(v)?;
         let new = snapshot_lv(name, snap);
-        self.lv_snapshot(lv, &new, rv)?;
-        Ok(self.spec(new))
+        self.lv_snapshot(&loc.at, &new, rv)?;
+        Ok(self.spec(&new))
     }
 
     fn destroy_snapshot(&self, snap: &VolumeSpec) -> Result<()> {
-        let lv = self.lv_of(snap)?;
-        if !is_snapshot_lv(lv) {
+        if !self.locate(snap)?.is_snapshot() {
             return Err(BdevError::InvalidSpec {
                 spec: snap.to_string(),
                 reason: "not a snapshot of this pool".to_owned(),
@@ -510,9 +505,9 @@ impl Backend for Lvm {
             return Err(BdevError::unsupported(NAME, "snapshot clone"));
         }
         validate_name(name)?;
-        let lv = self.lv_of(src)?;
-        self.lv_snapshot(lv, name, rv)?;
-        Ok(self.spec(name.to_owned()))
+        let loc = self.locate(src)?;
+        self.lv_snapshot(&loc.at, name, rv)?;
+        Ok(self.spec(name))
     }
 
     fn check_room(&self, opts: &CreateOpts, data: u64) -> Result<()> {
@@ -528,13 +523,9 @@ impl Backend for Lvm {
     }
 
     fn resize(&self, v: &VolumeSpec, size: u64) -> Result<()> {
-        let lv = self.lv_of(v)?;
-        if is_snapshot_lv(lv) {
-            return Err(BdevError::InvalidSpec {
-                spec: v.to_string(),
-                reason: "snapshots are read-only and cannot be resized".to_owned(),
-            });
-        }
+        let loc = self.locate(v)?;
+        loc.refuse_snapshot(v, "resized", "clone it and resize the clone")?;
+        let lv = loc.at.as_str();
         let info = self.find(lv)?;
         if size < info.size {
             return Err(BdevError::InvalidSpec {
@@ -556,117 +547,4 @@ impl Backend for Lvm {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use berth_bdev::cmd::ScriptedRunner;
-
-    fn pool(thin: bool) -> PoolConfig {
-        let mut p = PoolConfig::new("t", BackendKind::Lvm);
-        p.vg = Some("vg0".into());
-        if thin {
-            p.thinpool = Some("pool".into());
-        }
-        p
-    }
-
-    fn lvs_json(rows: &[(&str, &str, &str)]) -> String {
-        let rows: Vec<String> = rows
-            .iter()
-            .map(|(name, origin, attr)| {
-                format!(
-                    r#"{{"lv_name":"{name}", "vg_name":"vg0", "lv_size":"268435456", "data_percent":"", "origin":"{origin}", "pool_lv":"", "lv_attr":"{attr}"}}"#
-                )
-            })
-            .collect();
-        format!(r#"{{"report":[{{"lv":[{}]}}]}}"#, rows.join(","))
-    }
-
-    #[test]
-    fn a_pool_needs_a_valid_vg() {
-        let r: Arc<dyn Runner> = Arc::new(ScriptedRunner::new());
-        let mut p = pool(false);
-        p.vg = None;
-        assert!(Lvm::open(&p, r.clone()).is_err());
-        p.vg = Some("bad/vg".into());
-        assert!(Lvm::open(&p, r.clone()).is_err());
-        assert!(Lvm::open(&pool(true), r).is_ok());
-        assert!(lvm_name_ok("c1+snap"));
-        assert!(!lvm_name_ok("-x"));
-    }
-
-    #[test]
-    fn caps_follow_the_mode() {
-        let r: Arc<dyn Runner> = Arc::new(ScriptedRunner::new());
-        let thin = Lvm::open(&pool(true), r.clone()).unwrap().caps();
-        assert!(thin.snapshot_clone && thin.clone_from_snapshot && thin.copy_on_write);
-        let classic = Lvm::open(&pool(false), r).unwrap().caps();
-        assert!(classic.snapshot && !classic.snapshot_clone && !classic.clone_from_snapshot);
-        assert!(!thin.clone_pins_origin && !classic.clone_pins_origin);
-    }
-
-    #[test]
-    fn thin_create_runs_lvcreate_then_reverts() {
-        let r = Arc::new(
-            ScriptedRunner::new()
-                .expect("lvs --reportformat json", &lvs_json(&[]))
-                .expect("lvcreate -q --yes -T vg0/pool -V 268435456b -n c1", "")
-                .fail("lvchange -ay -K vg0/c1", "no such device")
-                .expect("lvremove -f vg0/c1", ""),
-        );
-        let l = Lvm::open(&pool(true), r.clone()).unwrap();
-        let opts = CreateOpts {
-            size: Some(256 << 20),
-            fstype: None,
-        };
-        let mut rv = Revert::new();
-        // /dev/vg0/c1 does not exist here, so activation is attempted first.
-        let e = l.create("c1", &opts, &mut rv);
-        drop(rv);
-        assert!(e.is_err());
-        let calls = r.calls();
-        assert!(
-            calls.iter().any(|c| c.starts_with("lvcreate -q --yes -T")),
-            "{calls:?}"
-        );
-        assert_eq!(calls.last().map(String::as_str), Some("lvremove -f vg0/c1"));
-    }
-
-    #[test]
-    fn destroying_an_origin_of_classic_snapshots_is_refused() {
-        let json = lvs_json(&[("c1", "", "owi-a-s---"), ("c1+s1", "c1", "swi-a-s---")]);
-        let r = Arc::new(ScriptedRunner::new().expect("lvs", &json));
-        let l = Lvm::open(&pool(false), r.clone()).unwrap();
-        let e = l
-            .destroy(&VolumeSpec::Lvm {
-                vg: "vg0".into(),
-                lv: "c1".into(),
-            })
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("c1+s1"), "{e}");
-        assert_eq!(r.calls().len(), 1, "nothing is removed");
-    }
-
-    #[test]
-    fn classic_pools_refuse_clones_and_foreign_specs() {
-        let l = Lvm::open(&pool(false), Arc::new(ScriptedRunner::new())).unwrap();
-        let v = VolumeSpec::Lvm {
-            vg: "vg0".into(),
-            lv: "c1".into(),
-        };
-        assert!(matches!(
-            l.snapshot_clone(&v, "c2", &mut Revert::new()),
-            Err(BdevError::Unsupported { .. })
-        ));
-        let other = VolumeSpec::Lvm {
-            vg: "vg1".into(),
-            lv: "c1".into(),
-        };
-        assert!(matches!(
-            l.lv_of(&other),
-            Err(BdevError::InvalidSpec { .. })
-        ));
-        assert_eq!(snapshot_lv("c1", "s1"), "c1+s1");
-        assert!(is_snapshot_lv("c1+s1") && !is_snapshot_lv("c1"));
-    }
-}
+mod tests;

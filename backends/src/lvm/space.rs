@@ -44,18 +44,19 @@ impl Lvm {
     }
 
     pub(super) fn sync_device(&self, v: &VolumeSpec) -> Result<()> {
-        let dev = self.activate(self.lv_of(v)?)?;
+        let dev = self.activate(&self.locate(v)?.at)?;
         fs::sync_path(&dev, || v.to_string())
     }
 
     pub(super) fn check_device(&self, v: &VolumeSpec) -> Result<()> {
-        let lv = self.lv_of(v)?;
-        let fstype = self.detect_fs(lv)?;
-        let dev = self.activate(lv)?;
+        let lv = self.locate(v)?.at;
+        let fstype = self.detect_fs(&lv)?;
+        let dev = self.activate(&lv)?;
         if self.mounted(&dev) {
-            return Err(berth_bdev::BdevError::InvalidSpec {
+            return Err(berth_bdev::BdevError::VolumeBusy {
                 spec: v.to_string(),
-                reason: "it is mounted; unmount it before a check".to_owned(),
+                state: "mounted",
+                hint: "unmount it before a check",
             });
         }
         fs::fsck(&*self.runner, fstype, &dev)

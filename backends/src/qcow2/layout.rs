@@ -8,19 +8,24 @@ use std::io::{ErrorKind, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use berth_bdev::names::validate_name;
-use berth_bdev::{BdevError, Result, VolumeSpec};
-use tracing::warn;
+use berth_bdev::{BdevError, Result, SpecForm, VolumeSpec};
+use tracing::{debug, warn};
 
-use super::{export, parse, Loc, Qcow2, EXT};
-use crate::lookup::{self, Entry};
+use super::{export, parse, Qcow2, Qcow2Spec, EXT, NAME};
+use crate::layout::Located;
+use crate::lookup;
 
 impl Qcow2 {
+    pub(super) fn root(&self) -> &Path {
+        self.dir.root()
+    }
+
     pub(super) fn image_of(&self, name: &str) -> PathBuf {
-        self.root.join(format!("{name}.{EXT}"))
+        self.dir.volume(name)
     }
 
     pub(super) fn snapshot_dir(&self, name: &str) -> PathBuf {
-        self.root.join(".snapshots").join(name)
+        self.dir.snapshots_of(name)
     }
 
     /// Where `snapshot` copies a snapshot before renaming it into place.
@@ -29,57 +34,43 @@ impl Qcow2 {
     }
 
     pub(super) fn run_root(&self) -> PathBuf {
-        self.root.join(".run")
+        self.root().join(".run")
     }
 
     pub(super) fn run_dir(&self, key: &str) -> PathBuf {
         self.run_root().join(key)
     }
 
-    pub(super) fn locate(&self, v: &VolumeSpec) -> Result<Loc> {
-        let bad = || BdevError::InvalidSpec {
-            spec: v.to_string(),
-            reason: format!("not a qcow2 image of the pool at {:?}", self.root),
-        };
-        let VolumeSpec::Qcow2 { image } = v else {
-            return Err(bad());
-        };
-        let stem = |p: &Path| -> Option<String> {
-            let n = p.file_name()?.to_str()?.strip_suffix(".qcow2")?;
-            validate_name(n).ok().map(|()| n.to_owned())
-        };
-        let loc = if image.parent() == Some(&self.root) {
-            Loc {
-                image: image.clone(),
-                name: stem(image).ok_or_else(bad)?,
-                snap: None,
-            }
-        } else {
-            let dir = image.parent().ok_or_else(bad)?;
-            if dir.parent() != Some(&self.root.join(".snapshots")) {
-                return Err(bad());
-            }
-            let name = dir.file_name().and_then(OsStr::to_str).ok_or_else(bad)?;
-            validate_name(name).map_err(|_| bad())?;
-            Loc {
-                image: image.clone(),
-                name: name.to_owned(),
-                snap: Some(stem(image).ok_or_else(bad)?),
-            }
-        };
-        Ok(loc)
+    /// The image of this pool that `v` names: a volume or a snapshot.
+    pub(super) fn locate(&self, v: &VolumeSpec) -> Result<Located<PathBuf>> {
+        if v.backend() != NAME {
+            let owner = format!("the {NAME} pool at {}", self.root().display());
+            return Err(BdevError::foreign(v, owner));
+        }
+        self.dir.locate_spec(v, &Qcow2Spec::from_spec(v)?.image)
     }
 
-    /// Refuses while `loc` is mounted (writable only, if `writable_only`).
-    pub(super) fn refuse_if_mounted(&self, loc: &Loc, op: &str, writable_only: bool) -> Result<()> {
+    /// Refuses while `loc` is mounted (writable only, if `writable_only`);
+    /// `hint` says what to do.
+    pub(super) fn refuse_if_mounted(
+        &self,
+        v: &VolumeSpec,
+        loc: &Located<PathBuf>,
+        hint: &'static str,
+        writable_only: bool,
+    ) -> Result<()> {
         let run = self.run_dir(&loc.key());
         if let Some(pid) = export::live_daemon(&run) {
             if !writable_only || export::is_writable(&run) {
-                return Err(BdevError::DeleteRefused {
-                    path: loc.image.clone(),
-                    reason: format!(
-                        "it is mounted (qemu-storage-daemon pid {pid}); unmount it before {op}"
-                    ),
+                debug!(volume = %v, pid, "mounted through this qemu-storage-daemon");
+                return Err(BdevError::VolumeBusy {
+                    spec: v.to_string(),
+                    state: if writable_only {
+                        "mounted read-write"
+                    } else {
+                        "mounted"
+                    },
+                    hint,
                 });
             }
         }
@@ -103,8 +94,8 @@ impl Qcow2 {
             }
             Ok(())
         };
-        scan(&self.root)?;
-        let snaps = self.root.join(".snapshots");
+        scan(self.root())?;
+        let snaps = self.dir.snapshots_root();
         if let Ok(rd) = fs::read_dir(&snaps) {
             for e in rd.flatten() {
                 scan(&e.path())?;
@@ -155,20 +146,17 @@ impl Qcow2 {
 
 impl Qcow2 {
     pub(super) fn list_volumes(&self) -> Result<Vec<String>> {
-        lookup::names_in(&self.root, Entry::File, &format!(".{EXT}"))
+        self.dir.volume_names()
     }
 
     pub(super) fn find_volume(&self, name: &str) -> Result<Option<VolumeSpec>> {
-        validate_name(name)?;
-        let image = self.image_of(name);
-        Ok(lookup::is_entry(&image, Entry::File)?.then_some(VolumeSpec::Qcow2 { image }))
+        Ok(self.dir.volume_named(name)?.map(Qcow2Spec::spec))
     }
 
     /// Snapshots of `name`, including one whose copy a crash cut short.
     pub(super) fn list_snapshots(&self, name: &str) -> Result<Vec<String>> {
-        validate_name(name)?;
+        let mut names = self.dir.snapshot_names(name)?;
         let dir = self.snapshot_dir(name);
-        let mut names = lookup::names_in(&dir, Entry::File, &format!(".{EXT}"))?;
         // Temporary copies are dot-files, which `names_in` skips.
         let tmp_suffix = format!(".{EXT}.tmp");
         for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
@@ -188,35 +176,32 @@ impl Qcow2 {
     /// Snapshot `snap` of `name`; a copy cut short is found under the name it
     /// would have had, so that `destroy_snapshot` removes it.
     pub(super) fn find_snapshot(&self, name: &str, snap: &str) -> Result<Option<VolumeSpec>> {
-        validate_name(name)?;
-        validate_name(snap)?;
-        let image = self.snapshot_dir(name).join(format!("{snap}.{EXT}"));
-        let found = lookup::is_entry(&image, Entry::File)?
-            || lookup::is_entry(&self.snapshot_tmp(name, snap), Entry::File)?;
-        Ok(found.then_some(VolumeSpec::Qcow2 { image }))
+        let found = self.dir.snapshot_named(name, snap)?.is_some()
+            || lookup::is_entry(&self.snapshot_tmp(name, snap), lookup::Entry::File)?;
+        Ok(found.then(|| Qcow2Spec::spec(self.dir.snapshot(name, snap))))
     }
 
     /// Removes the image of `v` with whatever its mounts left (a stopped daemon's
     /// export, or a live daemon nobody uses), and a snapshot's unfinished copy.
     /// Refuses while it is mounted or other images back on it; an image already
     /// gone is a warning.
-    pub(super) fn remove_loc(&self, v: &VolumeSpec, loc: &Loc) -> Result<()> {
+    pub(super) fn remove_loc(&self, v: &VolumeSpec, loc: &Located<PathBuf>) -> Result<()> {
         let run = self.run_dir(&loc.key());
         if lookup::exists(&run)? && !export::clean_if_stale(&run)? {
             let pid = export::live_daemon(&run).unwrap_or_default();
-            return Err(BdevError::DeleteRefused {
-                path: loc.image.clone(),
-                reason: format!(
-                    "it is mounted (qemu-storage-daemon pid {pid}); unmount it before destroying it"
-                ),
+            debug!(volume = %v, pid, "mounted through this qemu-storage-daemon");
+            return Err(BdevError::VolumeBusy {
+                spec: v.to_string(),
+                state: "mounted",
+                hint: "unmount it before destroying it",
             });
         }
         if let Some(snap) = &loc.snap {
             remove_image(&self.snapshot_tmp(&loc.name, snap))?;
         }
-        if lookup::exists(&loc.image)? {
-            self.refuse_if_depended_on(&loc.image, std::slice::from_ref(&loc.image))?;
-            remove_image(&loc.image)?;
+        if lookup::exists(&loc.at)? {
+            self.refuse_if_depended_on(&loc.at, std::slice::from_ref(&loc.at))?;
+            remove_image(&loc.at)?;
         } else {
             lookup::already_gone(v);
         }
@@ -273,16 +258,16 @@ pub(super) fn remove_image(p: &Path) -> Result<()> {
 mod tests {
     use super::*;
     use berth_bdev::cmd::ScriptedRunner;
-    use berth_bdev::{BackendKind, PoolConfig};
+    use berth_bdev::PoolConfig;
     use std::sync::Arc;
 
     fn q() -> Qcow2 {
-        let pool = PoolConfig::new("t", BackendKind::Qcow2).with_path("/p");
+        let pool = PoolConfig::new("t", NAME).with_path("/p");
         Qcow2::new(&pool, Arc::new(ScriptedRunner::new())).unwrap()
     }
 
     fn spec(p: &str) -> VolumeSpec {
-        VolumeSpec::Qcow2 { image: p.into() }
+        Qcow2Spec::spec(p)
     }
 
     #[test]
@@ -306,13 +291,11 @@ mod tests {
             "/p/.run/c1.qcow2",
             "/p/.hidden.qcow2",
         ] {
-            assert!(q.locate(&spec(bad)).is_err(), "{bad}");
+            let e = q.locate(&spec(bad)).unwrap_err();
+            assert!(matches!(e, BdevError::ForeignVolume { .. }), "{bad}: {e}");
         }
-        assert!(q
-            .locate(&VolumeSpec::Dir {
-                path: "/p/c1".into()
-            })
-            .is_err());
+        let e = q.locate(&"dir:/p/c1".parse().unwrap()).unwrap_err();
+        assert!(matches!(e, BdevError::ForeignVolume { .. }), "{e}");
     }
 
     #[test]

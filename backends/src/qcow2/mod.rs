@@ -24,6 +24,7 @@ mod export;
 mod layout;
 mod parse;
 mod space;
+mod spec;
 
 use std::ffi::OsStr;
 use std::fs;
@@ -32,49 +33,67 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use berth_bdev::cmd::{self, Runner};
-use berth_bdev::fsutil::{create_dir_all, require_kernel_fs, require_tool};
+use berth_bdev::fsutil::{create_dir_all, require_host};
 use berth_bdev::loopdev::LoopDevice;
 use berth_bdev::mount::{self, MountGuard};
 use berth_bdev::names::validate_name;
+use berth_bdev::registry::PathUse;
 use berth_bdev::{
-    Backend, BackendKind, BdevError, Caps, CreateOpts, FsType, PoolConfig, Result, Revert, Usage,
-    UsageKind, VolumeSpec, DEFAULT_SIZE,
+    Backend, BdevError, Caps, CreateOpts, FsType, PoolConfig, Registration, Result, Revert,
+    SpecForm, Tool, Usage, UsageKind, VolumeSpec, DEFAULT_SIZE,
 };
 use tracing::warn;
 
+use crate::blockfs as bfs;
+use crate::layout::{Located, PoolDir};
+use crate::lookup::{Entry, NoOptions};
 use export::Export;
 use layout::{remove_image, run_dir_for};
+pub use spec::Qcow2Spec;
 
-const NAME: &str = "qcow2";
+pub const NAME: &str = "qcow2";
 const EXT: &str = "qcow2";
 const QSD_PACKAGE: &str = "qemu-utils (Debian 12: qemu-system-common)";
 
+pub const REGISTRATION: Registration = Registration {
+    name: NAME,
+    aliases: &[],
+    summary: "qcow2 images holding a filesystem (qemu-storage-daemon FUSE export + loop); O(1) backing-file clones",
+    path: PathUse::Volumes,
+    pool_options: &[],
+    open,
+    check_spec: <Qcow2Spec as SpecForm>::canonical,
+    stacks_on_trees: false,
+};
+
+/// What the probe checks besides the filesystem's tools.
+const QEMU_TOOLS: &[Tool] = &[
+    Tool::new("qemu-img", "qemu-utils"),
+    Tool::new("qemu-storage-daemon", QSD_PACKAGE),
+];
+
+/// The programs a pool whose images hold `fs` runs: qemu's, then the filesystem's.
+fn tools(fs: FsType) -> &'static [Tool] {
+    const EXT4: [Tool; 6] = bfs::backend_tools(QEMU_TOOLS, FsType::Ext4);
+    const XFS: [Tool; 5] = bfs::backend_tools(QEMU_TOOLS, FsType::Xfs);
+    const BTRFS: [Tool; 5] = bfs::backend_tools(QEMU_TOOLS, FsType::Btrfs);
+    match fs {
+        FsType::Ext4 => &EXT4,
+        FsType::Xfs => &XFS,
+        FsType::Btrfs => &BTRFS,
+    }
+}
+
 pub fn open(pool: &PoolConfig, runner: Arc<dyn Runner>) -> Result<Box<dyn Backend>> {
     Ok(Box::new(Qcow2::new(pool, runner)?))
-}
-
-/// An image of this pool: a volume, or a snapshot of one.
-struct Loc {
-    image: PathBuf,
-    name: String,
-    snap: Option<String>,
-}
-
-impl Loc {
-    /// The `.run` entry of this image.
-    fn key(&self) -> String {
-        match &self.snap {
-            Some(s) => format!("{}@{s}", self.name),
-            None => self.name.clone(),
-        }
-    }
 }
 
 #[derive(Clone)]
 pub struct Qcow2 {
     /// The pool's name, for errors that are about the pool.
     pool: String,
-    root: PathBuf,
+    /// `ROOT/NAME.qcow2` and `ROOT/.snapshots/NAME/SNAP.qcow2`.
+    dir: PoolDir,
     size: u64,
     fstype: FsType,
     runner: Arc<dyn Runner>,
@@ -82,31 +101,25 @@ pub struct Qcow2 {
 
 impl std::fmt::Debug for Qcow2 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Qcow2").field("root", &self.root).finish()
-    }
-}
-
-fn mkfs_tool(fs: FsType) -> (&'static str, &'static str) {
-    match fs {
-        FsType::Ext4 => ("mkfs.ext4", "e2fsprogs"),
-        FsType::Xfs => ("mkfs.xfs", "xfsprogs"),
-        FsType::Btrfs => ("mkfs.btrfs", "btrfs-progs"),
+        f.debug_struct("Qcow2").field("root", &self.root()).finish()
     }
 }
 
 impl Qcow2 {
     pub fn new(pool: &PoolConfig, runner: Arc<dyn Runner>) -> Result<Self> {
-        let root = crate::pool_path(pool)?.to_path_buf();
+        pool.options::<NoOptions>()?;
+        let root = pool.dir()?;
         // Image paths travel inside qemu's JSON options and qcow2 headers.
         if root.to_str().is_none() {
-            return Err(BdevError::InvalidSpec {
-                spec: root.display().to_string(),
-                reason: "a qcow2 pool path must be valid UTF-8".to_owned(),
+            return Err(BdevError::PoolSetting {
+                pool: pool.name.clone(),
+                reason: format!("path {root:?} is not valid UTF-8"),
+                hint: "qemu takes image paths as strings; give a UTF-8 --path".to_owned(),
             });
         }
         Ok(Qcow2 {
             pool: pool.name.clone(),
-            root,
+            dir: PoolDir::new(root, Entry::File, ".qcow2"),
             size: pool.size.unwrap_or(DEFAULT_SIZE),
             fstype: pool.fstype.unwrap_or_default(),
             runner,
@@ -143,71 +156,21 @@ impl Qcow2 {
         Ok(out)
     }
 
-    /// The same mkfs as every block-backed backend (`blockfs`).
-    fn mkfs(&self, fs: FsType, dev: &Path, size: u64) -> Result<()> {
-        let (prog, args) = crate::blockfs::mkfs_command(fs, dev, size);
-        crate::blockfs::run(&*self.runner, prog, &args)?;
-        Ok(())
-    }
-
-    fn detect_fs(&self, dev: &Path) -> Result<FsType> {
-        let out = self.runner.run(
-            "blkid",
-            &["-p", "-o", "value", "-s", "TYPE"]
-                .map(OsStr::new)
-                .into_iter()
-                .chain([dev.as_os_str()])
-                .collect::<Vec<_>>(),
-        )?;
-        parse::blkid_type(&out.stdout)
-    }
-
-    /// Grows the filesystem of the (unmounted) volume to fill its image.
-    fn grow_fs(&self, v: &VolumeSpec, loc: &Loc) -> Result<()> {
-        let fstype = self.with_export(&loc.key(), &loc.image, |export| {
-            let fstype = self.detect_fs(export)?;
-            if fstype == FsType::Ext4 {
-                // Offline, on the export file: an online ext4 grow needs
-                // CAP_SYS_RESOURCE, which containers (this host's too) lack.
-                match self.runner.run(
-                    "e2fsck",
-                    &["-f".as_ref(), "-p".as_ref(), export.as_os_str()],
-                ) {
-                    // 1: errors were corrected, the filesystem is fine now.
-                    Err(cmd::CmdError::Failed { status, .. }) if status == "exit status: 1" => {}
-                    r => drop(r?),
-                }
-                self.runner.run("resize2fs", &[export.as_os_str()])?;
-            }
-            Ok(fstype)
-        })?;
-        if fstype == FsType::Ext4 {
-            return Ok(());
-        }
-        // xfs and btrfs grow only while mounted.
+    /// Grows the filesystem of the (unmounted) volume to fill its image, all on
+    /// one read-write export (`blockfs::grow`).
+    fn grow_fs(&self, v: &VolumeSpec, loc: &Located<PathBuf>) -> Result<()> {
+        // Where xfs and btrfs, which grow only while mounted, are mounted for it.
         let at = self.run_root().join(format!("{}:grow", loc.name));
-        create_dir_all(&at)?;
-        let result = (|| {
-            let guard = self.mount(v, &at, false)?;
-            let at_s = at.as_os_str();
-            let grown = match fstype {
-                FsType::Xfs => self.runner.run("xfs_growfs", &[at_s]),
-                _ => self.runner.run(
-                    "btrfs",
-                    &[
-                        "filesystem".as_ref(),
-                        "resize".as_ref(),
-                        "max".as_ref(),
-                        at_s,
-                    ],
-                ),
-            };
-            let released = guard.release();
-            grown?;
-            released
-        })();
-        let _ = fs::remove_dir(&at);
-        result
+        self.with_export(&loc.key(), &loc.at, |export| {
+            let fstype = bfs::detect_path(export, || v.to_string())?;
+            // ext4 grows offline, on the export file: an online ext4 grow needs
+            // CAP_SYS_RESOURCE, which containers (this host's too) lack.
+            bfs::grow(&*self.runner, fstype, export, false, &at, |at| {
+                let dev = LoopDevice::attach(export, false)?;
+                mount::mount_fs(fstype.as_str(), dev.path().as_os_str(), at, &[], false)?;
+                Ok(MountGuard::mounted(at))
+            })
+        })
     }
 
     /// Removes the leftovers of dead qemu-storage-daemons (their FUSE exports,
@@ -250,8 +213,8 @@ fn size_arg(size: u64) -> String {
 }
 
 impl Backend for Qcow2 {
-    fn kind(&self) -> BackendKind {
-        BackendKind::Qcow2
+    fn name(&self) -> &'static str {
+        NAME
     }
 
     fn cleanup_stale(&self) -> Result<()> {
@@ -268,6 +231,10 @@ impl Backend for Qcow2 {
             clone_reads_live_origin: true,
             promote: false,
             stacks_on_trees: false,
+            plain_tree: false,
+            // A clone names its origin's image by path, wherever its pool is.
+            clones_span_pools: true,
+            snapshot_clone_refusal: None,
             lacks_xattrs: false,
             coarse_timestamps: false,
             size_limit: true,
@@ -278,22 +245,12 @@ impl Backend for Qcow2 {
                 FsType::Xfs => &["fuse", "xfs"],
                 FsType::Btrfs => &["fuse", "btrfs"],
             },
-            tools: match self.fstype {
-                FsType::Ext4 => &["qemu-img", "qemu-storage-daemon", "blkid", "mkfs.ext4"],
-                FsType::Xfs => &["qemu-img", "qemu-storage-daemon", "blkid", "mkfs.xfs"],
-                FsType::Btrfs => &["qemu-img", "qemu-storage-daemon", "blkid", "mkfs.btrfs"],
-            },
+            tools: tools(self.fstype),
         }
     }
 
     fn probe(&self) -> Result<()> {
-        require_tool(NAME, "qemu-img", "qemu-utils")?;
-        require_tool(NAME, "qemu-storage-daemon", QSD_PACKAGE)?;
-        require_tool(NAME, "blkid", "util-linux")?;
-        let (mkfs, package) = mkfs_tool(self.fstype);
-        require_tool(NAME, mkfs, package)?;
-        require_kernel_fs(NAME, "fuse")?;
-        require_kernel_fs(NAME, self.fstype.as_str())?;
+        require_host(NAME, &self.caps())?;
         if !Path::new("/dev/fuse").exists() {
             return Err(BdevError::Unavailable {
                 backend: NAME,
@@ -301,7 +258,7 @@ impl Backend for Qcow2 {
                 hint: "`modprobe fuse`, or give the container /dev/fuse".to_owned(),
             });
         }
-        create_dir_all(&self.root)
+        create_dir_all(self.root())
     }
 
     fn describe(&self) -> Vec<(&'static str, String)> {
@@ -321,9 +278,8 @@ impl Backend for Qcow2 {
     fn create(&self, name: &str, opts: &CreateOpts, rv: &mut Revert) -> Result<VolumeSpec> {
         validate_name(name)?;
         let fstype = opts.fstype.unwrap_or(self.fstype);
-        let (mkfs, package) = mkfs_tool(fstype);
-        require_tool(NAME, mkfs, package)?;
-        create_dir_all(&self.root)?;
+        bfs::require_tools(NAME, fstype)?;
+        create_dir_all(self.root())?;
         let image = self.image_of(name);
         if image.exists() {
             return Err(BdevError::Exists {
@@ -332,7 +288,7 @@ impl Backend for Qcow2 {
             });
         }
         let bytes = opts.size.unwrap_or(self.size);
-        crate::blockfs::check_size(fstype, bytes, || format!("qcow2:{}", image.display()))?;
+        bfs::check_size(fstype, bytes, || Qcow2Spec::spec(&image).to_string())?;
         let size = size_arg(bytes);
         self.qemu_img(&[
             "create".as_ref(),
@@ -346,24 +302,18 @@ impl Backend for Qcow2 {
         rv.add(format!("remove {}", image.display()), move || {
             remove_image(&img)
         });
-        self.with_export(name, &image, |export| self.mkfs(fstype, export, bytes))?;
-        Ok(VolumeSpec::Qcow2 { image })
+        self.with_export(name, &image, |export| {
+            bfs::mkfs(&*self.runner, fstype, export, bytes)
+        })?;
+        Ok(Qcow2Spec::spec(image))
     }
 
     fn mount(&self, v: &VolumeSpec, at: &Path, read_only: bool) -> Result<MountGuard> {
         let loc = self.locate(v)?;
-        if loc.snap.is_some() && !read_only {
-            return Err(BdevError::InvalidSpec {
-                spec: v.to_string(),
-                reason: "a snapshot mounts read-only; clone it for a writable copy".to_owned(),
-            });
+        if !read_only {
+            loc.refuse_snapshot(v, "mounted writable", "clone it for a writable copy")?;
         }
-        let ex = Export::start(
-            &*self.runner,
-            &self.run_dir(&loc.key()),
-            &loc.image,
-            read_only,
-        )?;
+        let ex = Export::start(&*self.runner, &self.run_dir(&loc.key()), &loc.at, read_only)?;
         let file = ex.file();
         let mut guard = MountGuard::unmounted(at);
         // The step owns only the path: a persisted guard drops it without stopping.
@@ -372,7 +322,7 @@ impl Backend for Qcow2 {
         // Declared after the guard so that on an error it closes first and the
         // guard's teardown finds the loop device gone.
         let dev = LoopDevice::attach(&file, read_only)?;
-        let fstype = self.detect_fs(dev.path())?;
+        let fstype = bfs::detect_path(dev.path(), || v.to_string())?;
         mount::mount_fs(fstype.as_str(), dev.path().as_os_str(), at, &[], read_only)?;
         guard.set_mounted();
         Ok(guard)
@@ -391,7 +341,7 @@ impl Backend for Qcow2 {
 
     fn destroy(&self, v: &VolumeSpec) -> Result<()> {
         let loc = self.locate(v)?;
-        if loc.snap.is_some() {
+        if loc.is_snapshot() {
             return self.destroy_snapshot(v);
         }
         // Snapshots are files of their own and stay: a restore replaces the volume
@@ -417,7 +367,7 @@ impl Backend for Qcow2 {
 
     fn usage(&self, v: &VolumeSpec) -> Result<Usage> {
         let loc = self.locate(v)?;
-        let info = self.info(&loc.image)?;
+        let info = self.info(&loc.at)?;
         let note = info.backing.map(|b| {
             format!(
                 "the image file only; data it still reads from its backing file {} is not counted",
@@ -441,17 +391,11 @@ impl Backend for Qcow2 {
     ) -> Result<VolumeSpec> {
         let loc = self.locate(v)?;
         validate_name(snap)?;
-        if loc.snap.is_some() {
-            return Err(BdevError::InvalidSpec {
-                spec: v.to_string(),
-                reason: "cannot snapshot a snapshot".to_owned(),
-            });
-        }
+        loc.refuse_snapshot(v, "snapshotted", "snapshot the volume it was taken of")?;
         // A copy of an image being written would be torn.
-        self.refuse_if_mounted(&loc, "taking a snapshot", true)?;
-        let dir = self.snapshot_dir(&loc.name);
-        create_dir_all(&dir)?;
-        let dst = dir.join(format!("{snap}.{EXT}"));
+        self.refuse_if_mounted(v, &loc, "unmount it before taking a snapshot", true)?;
+        create_dir_all(&self.snapshot_dir(&loc.name))?;
+        let dst = self.dir.snapshot(&loc.name, snap);
         if dst.exists() {
             return Err(BdevError::Exists {
                 what: "qcow2 snapshot",
@@ -460,7 +404,7 @@ impl Backend for Qcow2 {
         }
         // Copied beside, then renamed: a crash never leaves a torn snapshot.
         let tmp = self.snapshot_tmp(&loc.name, snap);
-        berth_bdev::copy::copy_file(&loc.image, &tmp)?;
+        berth_bdev::copy::copy_file(&loc.at, &tmp)?;
         fs::rename(&tmp, &dst).map_err(|e| {
             let _ = fs::remove_file(&tmp);
             BdevError::io("rename", &dst)(e)
@@ -469,12 +413,12 @@ impl Backend for Qcow2 {
         rv.add(format!("remove {}", dst.display()), move || {
             remove_image(&d)
         });
-        Ok(VolumeSpec::Qcow2 { image: dst })
+        Ok(Qcow2Spec::spec(dst))
     }
 
     fn destroy_snapshot(&self, snap: &VolumeSpec) -> Result<()> {
         let loc = self.locate(snap)?;
-        if loc.snap.is_none() {
+        if !loc.is_snapshot() {
             return Err(BdevError::InvalidSpec {
                 spec: snap.to_string(),
                 reason: "not a snapshot".to_owned(),
@@ -487,18 +431,15 @@ impl Backend for Qcow2 {
 
     fn snapshot_clone(&self, src: &VolumeSpec, name: &str, rv: &mut Revert) -> Result<VolumeSpec> {
         validate_name(name)?;
-        let VolumeSpec::Qcow2 { image: origin } = src else {
-            return Err(BdevError::InvalidSpec {
-                spec: src.to_string(),
-                reason: "a qcow2 clone needs a qcow2 source".to_owned(),
-            });
-        };
+        // The origin may be in another pool: it is reached by path.
+        let origin = &Qcow2Spec::from_spec(src)?.image;
         // Writes to a live origin would show through the clone and corrupt it.
         let run = run_dir_for(origin);
         if export::live_daemon(&run).is_some() && export::is_writable(&run) {
-            return Err(BdevError::InvalidSpec {
+            return Err(BdevError::VolumeBusy {
                 spec: src.to_string(),
-                reason: "it is mounted read-write; unmount it before a snapshot clone".to_owned(),
+                state: "mounted read-write",
+                hint: "unmount it before a snapshot clone",
             });
         }
         if !origin.is_file() {
@@ -507,7 +448,7 @@ impl Backend for Qcow2 {
                 name: origin.display().to_string(),
             });
         }
-        create_dir_all(&self.root)?;
+        create_dir_all(self.root())?;
         let image = self.image_of(name);
         if image.exists() {
             return Err(BdevError::Exists {
@@ -530,7 +471,7 @@ impl Backend for Qcow2 {
         rv.add(format!("remove {}", image.display()), move || {
             remove_image(&img)
         });
-        Ok(VolumeSpec::Qcow2 { image })
+        Ok(Qcow2Spec::spec(image))
     }
 
     fn copy_clone(
@@ -541,13 +482,14 @@ impl Backend for Qcow2 {
         rv: &mut Revert,
     ) -> Result<VolumeSpec> {
         validate_name(name)?;
-        let VolumeSpec::Qcow2 { image: origin } = src else {
+        if src.backend() != NAME {
             return Err(BdevError::unsupported(
                 NAME,
                 "native copy from another backend",
             ));
-        };
-        create_dir_all(&self.root)?;
+        }
+        let origin = &Qcow2Spec::from_spec(src)?.image;
+        create_dir_all(self.root())?;
         let image = self.image_of(name);
         if image.exists() {
             return Err(BdevError::Exists {
@@ -570,7 +512,7 @@ impl Backend for Qcow2 {
             origin.as_os_str(),
             image.as_os_str(),
         ])?;
-        let v = VolumeSpec::Qcow2 { image };
+        let v = Qcow2Spec::spec(image);
         self.sync_image(&v)?;
         if let Some(size) = opts.size {
             if size > self.info(origin)?.virtual_size {
@@ -594,14 +536,9 @@ impl Backend for Qcow2 {
 
     fn resize(&self, v: &VolumeSpec, size: u64) -> Result<()> {
         let loc = self.locate(v)?;
-        if loc.snap.is_some() {
-            return Err(BdevError::InvalidSpec {
-                spec: v.to_string(),
-                reason: "a snapshot cannot be resized".to_owned(),
-            });
-        }
-        self.refuse_if_mounted(&loc, "resizing it", false)?;
-        let current = self.info(&loc.image)?.virtual_size;
+        loc.refuse_snapshot(v, "resized", "clone it and resize the clone")?;
+        self.refuse_if_mounted(v, &loc, "unmount it before resizing it", false)?;
+        let current = self.info(&loc.at)?.virtual_size;
         if size < current {
             return Err(BdevError::InvalidSpec {
                 spec: v.to_string(),
@@ -617,7 +554,7 @@ impl Backend for Qcow2 {
                 "-q".as_ref(),
                 "-f".as_ref(),
                 "qcow2".as_ref(),
-                loc.image.as_os_str(),
+                loc.at.as_os_str(),
                 s.as_ref(),
             ])?;
         }
@@ -626,47 +563,4 @@ impl Backend for Qcow2 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use berth_bdev::cmd::ScriptedRunner;
-
-    fn q() -> Qcow2 {
-        let pool = PoolConfig::new("t", BackendKind::Qcow2).with_path("/p");
-        Qcow2::new(&pool, Arc::new(ScriptedRunner::new())).unwrap()
-    }
-
-    fn spec(p: &str) -> VolumeSpec {
-        VolumeSpec::Qcow2 { image: p.into() }
-    }
-
-    #[test]
-    fn a_snapshot_clone_is_a_new_image_backed_by_its_origin() {
-        let d = tempfile::tempdir().unwrap();
-        let origin = d.path().join("o.qcow2");
-        fs::write(&origin, b"QFI\xfb").unwrap();
-        let clone = d.path().join("c.qcow2");
-        let line = format!(
-            "qemu-img create -q -f qcow2 -b {} -F qcow2 {}",
-            origin.display(),
-            clone.display()
-        );
-        let r = Arc::new(ScriptedRunner::new().expect(&line, ""));
-        let pool = PoolConfig::new("t", BackendKind::Qcow2).with_path(d.path());
-        let q = Qcow2::new(&pool, r.clone()).unwrap();
-        let mut rv = Revert::new();
-        let c = q
-            .snapshot_clone(&VolumeSpec::Qcow2 { image: origin }, "c", &mut rv)
-            .unwrap();
-        rv.commit();
-        assert_eq!(c, VolumeSpec::Qcow2 { image: clone });
-        assert_eq!(r.calls(), vec![line]);
-    }
-
-    #[test]
-    fn a_snapshot_cannot_mount_writable() {
-        let e = q()
-            .mount(&spec("/p/.snapshots/c1/s1.qcow2"), Path::new("/mnt"), false)
-            .unwrap_err();
-        assert!(matches!(e, BdevError::InvalidSpec { .. }), "{e}");
-    }
-}
+mod tests;

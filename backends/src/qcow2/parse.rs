@@ -1,9 +1,9 @@
 //! Pure parsers for the qcow2 backend: `qemu-img info --output=json`, the qcow2
-//! header's backing-file field, `blkid` output and `/proc/PID/cmdline`.
+//! header's backing-file field and `/proc/PID/cmdline`.
 
 use std::path::{Path, PathBuf};
 
-use berth_bdev::{BdevError, FsType, Result};
+use berth_bdev::{BdevError, Result};
 
 /// What `qemu-img info --output=json` says about one image.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,15 +88,6 @@ pub fn backing_path(image: &Path, name: &[u8]) -> PathBuf {
     } else {
         image.parent().unwrap_or(Path::new("/")).join(p)
     }
-}
-
-/// The filesystem `blkid -p -o value -s TYPE DEV` found.
-pub fn blkid_type(stdout: &str) -> Result<FsType> {
-    let t = stdout.trim();
-    t.parse().map_err(|_| BdevError::Parse {
-        what: "blkid output",
-        reason: format!("filesystem {t:?} is not one of ext4, xfs, btrfs"),
-    })
 }
 
 /// Whether `/proc/PID/cmdline` is a qemu-storage-daemon started with `pidfile`
@@ -197,10 +188,7 @@ mod tests {
     }
 
     #[test]
-    fn blkid_and_proc_are_parsed() {
-        assert_eq!(blkid_type("ext4\n").unwrap(), FsType::Ext4);
-        assert_eq!(blkid_type("xfs").unwrap(), FsType::Xfs);
-        assert!(blkid_type("vfat\n").is_err());
+    fn proc_cmdline_is_parsed() {
         let pf = Path::new("/p/.run/c1/qsd.pid");
         let cmdline =
             b"qemu-storage-daemon\0--blockdev\0{}\0--pidfile\0/p/.run/c1/qsd.pid\0--daemonize\0";

@@ -29,29 +29,29 @@ impl Qcow2 {
             origin.as_os_str(),
         ])?;
         let needed = parse::measure_required(&out.stdout)?;
-        check_room(&self.pool, needed, free_bytes(&self.root)?)
+        check_room(&self.pool, needed, free_bytes(self.root())?)
     }
 
     pub(super) fn room_for(&self, opts: &CreateOpts, data: u64) -> Result<()> {
         let size = opts.size.unwrap_or(self.size);
         let fs = opts.fstype.unwrap_or(self.fstype);
         let needed = fill_estimate(fs, size, data) + qcow2_metadata(size);
-        check_room(&self.pool, needed, free_bytes(&self.root)?)
+        check_room(&self.pool, needed, free_bytes(self.root())?)
     }
 
     /// Flushes the (unmounted) image file: the daemon that wrote it is gone, so
     /// what it wrote is in the page cache at most, and a late error shows here.
     pub(super) fn sync_image(&self, v: &VolumeSpec) -> Result<()> {
         let loc = self.locate(v)?;
-        blockfs::sync_path(&loc.image, || v.to_string())
+        blockfs::sync_path(&loc.at, || v.to_string())
     }
 
     /// Checks the image's filesystem read-only through a read-only export.
     pub(super) fn check_image(&self, v: &VolumeSpec) -> Result<()> {
         let loc = self.locate(v)?;
-        self.refuse_if_mounted(&loc, "checking it", false)?;
-        self.with_export(&loc.key(), &loc.image, |export| {
-            let fs = self.detect_fs(export)?;
+        self.refuse_if_mounted(v, &loc, "unmount it before checking it", false)?;
+        self.with_export(&loc.key(), &loc.at, |export| {
+            let fs = blockfs::detect_path(export, || v.to_string())?;
             blockfs::fsck(&*self.runner, fs, export)
         })
     }

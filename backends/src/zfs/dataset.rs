@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use berth_bdev::cmd::{self, CmdError, CmdOutput};
 use berth_bdev::mount;
-use berth_bdev::{BdevError, Result, Revert, VolumeSpec};
+use berth_bdev::{BdevError, Result, Revert};
 use tracing::{debug, warn};
 
-use super::{parse, Target, Zfs, BUSY_ATTEMPTS, CLONE_SNAP_PREFIX};
+use super::spec::{Target, VolumeDataset};
+use super::{parse, Zfs, BUSY_ATTEMPTS, CLONE_SNAP_PREFIX};
 
 impl Zfs {
     pub(super) fn zfs(&self, args: &[&str]) -> std::result::Result<CmdOutput, CmdError> {
@@ -71,36 +72,6 @@ impl Zfs {
             .into_owned()
     }
 
-    pub(super) fn target(&self, v: &VolumeSpec) -> Result<Target> {
-        let bad = || BdevError::InvalidSpec {
-            spec: v.to_string(),
-            reason: format!("not a zfs volume of the pool under {}", self.parent),
-        };
-        let VolumeSpec::Zfs { dataset } = v else {
-            return Err(bad());
-        };
-        let rest = dataset
-            .strip_prefix(&self.parent)
-            .and_then(|r| r.strip_prefix('/'))
-            .ok_or_else(bad)?;
-        let (name, snap) = match rest.split_once('@') {
-            Some((n, s)) => (n, Some(s.to_owned())),
-            None => (rest, None),
-        };
-        if name.is_empty() || name.contains('/') || name.contains(':') {
-            return Err(bad());
-        }
-        Ok(Target {
-            name: name.to_owned(),
-            dataset: format!("{}/{name}", self.parent),
-            snap,
-        })
-    }
-
-    pub(super) fn spec(dataset: String) -> VolumeSpec {
-        VolumeSpec::Zfs { dataset }
-    }
-
     /// Destroys `what` (retrying "busy"), turning "dependent clones" into a clear
     /// refusal that names them.
     pub(super) fn destroy_dataset(&self, what: &str, recursive: bool) -> Result<()> {
@@ -142,12 +113,12 @@ impl Zfs {
         let props = self.get(dataset, "mounted,mountpoint")?;
         let actual = props.get("mountpoint").map(String::as_str).unwrap_or("-");
         if actual != mp {
-            return Err(BdevError::InvalidSpec {
-                spec: dataset.to_owned(),
+            return Err(BdevError::PoolSetting {
+                pool: self.pool.clone(),
                 reason: format!(
-                    "its mountpoint is {actual:?}, not {mp:?} under this pool's path; \
-                     `zfs set mountpoint={mp} {dataset}` or give the pool that path"
+                    "the mountpoint of {dataset} is {actual:?}, not {mp:?} under this pool's path"
                 ),
+                hint: format!("`zfs set mountpoint={mp} {dataset}` or give the pool that path"),
             });
         }
         Ok(props.get("mounted").map(String::as_str) == Some("yes"))
@@ -213,7 +184,7 @@ impl Zfs {
     /// bind of it is still in use.
     pub(super) fn release(&self, t: &Target) -> Result<()> {
         if let Some(snap) = &t.snap {
-            let tmp = format!("{}:{snap}", t.dataset);
+            let tmp = format!("{}:{snap}", t.dataset());
             if self.exists(&tmp)? {
                 self.destroy_dataset(&tmp, false)?;
             }
@@ -229,12 +200,12 @@ impl Zfs {
         let own = self.mountpoint(&t.name);
         let in_use = mount::mounts()
             .iter()
-            .any(|m| m.source == t.dataset && m.fstype.contains("zfs") && m.mount_point != own);
+            .any(|m| m.source == t.dataset() && m.fstype.contains("zfs") && m.mount_point != own);
         if in_use {
-            debug!(dataset = %t.dataset, "still bind-mounted elsewhere; leaving it mounted");
+            debug!(dataset = %t.dataset(), "still bind-mounted elsewhere; leaving it mounted");
             return Ok(());
         }
-        self.zfs_unmount(&t.dataset)
+        self.zfs_unmount(t.dataset())
     }
 
     /// Names (after `@`) of the snapshots of `dataset`.
@@ -252,8 +223,8 @@ impl Zfs {
     /// Destroys a volume with its snapshots (zfs refuses if a clone depends on any),
     /// then the hidden snapshot it was cloned from.
     pub(super) fn destroy_now(&self, t: &Target) -> Result<()> {
-        let origin = parse::origin(&self.get(&t.dataset, "origin")?);
-        self.destroy_dataset(&t.dataset, true)?;
+        let origin = parse::origin(&self.get(t.dataset(), "origin")?);
+        self.destroy_dataset(t.dataset(), true)?;
         self.drop_hidden_origin(origin);
         let _ = std::fs::remove_dir(self.mountpoint(&t.name));
         Ok(())

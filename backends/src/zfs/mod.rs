@@ -21,23 +21,49 @@
 mod dataset;
 mod names;
 mod parse;
+mod spec;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use berth_bdev::cmd::{self, Runner};
-use berth_bdev::fsutil::{create_dir_all, kernel_has_fs, require_tool};
+use berth_bdev::fsutil::{create_dir_all, kernel_has_fs, require_host};
 use berth_bdev::mount::{self, MountGuard};
 use berth_bdev::names::validate_name;
+use berth_bdev::pool::PoolOption;
+use berth_bdev::registry::PathUse;
 use berth_bdev::{
-    Backend, BackendKind, BdevError, Caps, CreateOpts, PoolConfig, Result, Revert, Usage,
-    UsageKind, VolumeSpec,
+    Backend, BdevError, Caps, CreateOpts, PoolConfig, Registration, Result, Revert, SpecForm, Tool,
+    Usage, UsageKind, VolumeSpec,
 };
 use tracing::{debug, warn};
 
+use crate::layout::Located;
 use crate::lookup;
+pub use spec::ZfsSpec;
+use spec::{VolumeDataset, ZfsOptions};
 
-const NAME: &str = "zfs";
+pub const NAME: &str = "zfs";
+
+pub const REGISTRATION: Registration = Registration {
+    name: NAME,
+    aliases: &[],
+    summary: "ZFS datasets driven through zfs/zpool (kernel ZFS or zfs-fuse); O(1) clones",
+    path: PathUse::MountPoints,
+    pool_options: &[PoolOption {
+        key: "dataset",
+        value_name: "POOL/PARENT",
+        help: "Parent dataset, e.g. tank/berth",
+        required: true,
+        example: "tank/berth",
+    }],
+    open,
+    check_spec: <ZfsSpec as SpecForm>::canonical,
+    stacks_on_trees: false,
+};
+
+/// What the probe checks besides a kernel filesystem.
+const ZFS_TOOLS: &[Tool] = &[Tool::new("zfs", "zfs-fuse"), Tool::new("zpool", "zfs-fuse")];
 /// Prefix of the hidden snapshot a clone of a live volume is made from.
 const CLONE_SNAP_PREFIX: &str = "berth-clone-";
 /// Prefix of the temporary snapshot `copy_clone` sends.
@@ -50,31 +76,16 @@ const DESTROYED_PROP: &str = "berth:destroyed";
 /// User property `usage` clears to wait for pending space accounting.
 const SYNC_PROP: &str = "berth:sync";
 
-/// Opens a zfs pool: `pool.dataset` is the parent dataset, `pool.path` the
+/// Opens a zfs pool: its `dataset` option is the parent dataset, `pool.path` the
 /// directory holding the volumes' mountpoints.
 pub fn open(pool: &PoolConfig, runner: Arc<dyn Runner>) -> Result<Box<dyn Backend>> {
     Ok(Box::new(Zfs::new(pool, runner)?))
 }
 
-/// A dataset named by a spec of this pool: the volume's dataset and, for a
-/// snapshot, the snapshot name.
-struct Target {
-    pub(super) name: String,
-    pub(super) dataset: String,
-    pub(super) snap: Option<String>,
-}
-
-impl Target {
-    fn full(&self) -> String {
-        match &self.snap {
-            Some(s) => format!("{}@{s}", self.dataset),
-            None => self.dataset.clone(),
-        }
-    }
-}
-
 #[derive(Clone)]
 pub struct Zfs {
+    /// The pool's name, for errors that are about the pool.
+    pub(super) pool: String,
     pub(super) parent: String,
     pub(super) root: PathBuf,
     pub(super) runner: Arc<dyn Runner>,
@@ -91,26 +102,19 @@ impl std::fmt::Debug for Zfs {
 
 impl Zfs {
     pub fn new(pool: &PoolConfig, runner: Arc<dyn Runner>) -> Result<Self> {
-        let parent = pool.dataset.clone().ok_or_else(|| BdevError::InvalidSpec {
-            spec: pool.name.clone(),
-            reason: "a zfs pool needs --dataset POOL/PARENT, e.g. tank/berth".to_owned(),
-        })?;
-        if parent.is_empty() || parent.contains('@') || parent.split('/').any(str::is_empty) {
-            return Err(BdevError::InvalidSpec {
-                spec: parent,
-                reason: "expected a dataset like tank/berth".to_owned(),
-            });
-        }
+        let parent = ZfsOptions::parent(pool)?;
         // No default here: where mount points go is the store's to say.
-        let root = crate::pool_path(pool)?.to_path_buf();
+        let root = pool.dir()?.to_path_buf();
         // Mountpoints are zfs property strings.
         if root.to_str().is_none() {
-            return Err(BdevError::InvalidSpec {
-                spec: root.display().to_string(),
-                reason: "a zfs pool path must be valid UTF-8".to_owned(),
+            return Err(BdevError::PoolSetting {
+                pool: pool.name.clone(),
+                reason: format!("path {root:?} is not valid UTF-8"),
+                hint: "zfs mountpoints are strings; give a UTF-8 --path".to_owned(),
             });
         }
         Ok(Zfs {
+            pool: pool.name.clone(),
             parent,
             root,
             runner,
@@ -119,21 +123,16 @@ impl Zfs {
 }
 
 impl Backend for Zfs {
-    fn kind(&self) -> BackendKind {
-        BackendKind::Zfs
+    fn name(&self) -> &'static str {
+        NAME
     }
 
     /// `zfs promote`: makes the clone `v` independent of its origin, which becomes a
     /// clone of it instead, so the old origin can be destroyed while `v` is kept.
     fn promote(&self, v: &VolumeSpec) -> Result<()> {
         let t = self.target(v)?;
-        if t.snap.is_some() {
-            return Err(BdevError::InvalidSpec {
-                spec: v.to_string(),
-                reason: "only a clone volume can be promoted, not a snapshot".to_owned(),
-            });
-        }
-        self.zfs(&["promote", &t.dataset])?;
+        t.refuse_snapshot(v, "promoted", "promote a clone volume instead")?;
+        self.zfs(&["promote", t.dataset()])?;
         Ok(())
     }
 
@@ -148,6 +147,9 @@ impl Backend for Zfs {
             clone_reads_live_origin: false,
             promote: true,
             stacks_on_trees: false,
+            plain_tree: false,
+            clones_span_pools: false,
+            snapshot_clone_refusal: None,
             lacks_xattrs: false,
             // zfs-fuse keeps whole seconds; the kernel module keeps nanoseconds.
             coarse_timestamps: !kernel_has_fs("zfs"),
@@ -156,13 +158,12 @@ impl Backend for Zfs {
             resize: true,
             // Either the zfs module or fuse (zfs-fuse); `probe` checks for one.
             kernel_fs: &[],
-            tools: &["zfs", "zpool"],
+            tools: ZFS_TOOLS,
         }
     }
 
     fn probe(&self) -> Result<()> {
-        require_tool(NAME, "zfs", "zfs-fuse")?;
-        require_tool(NAME, "zpool", "zfs-fuse")?;
+        require_host(NAME, &self.caps())?;
         if !kernel_has_fs("zfs") && !kernel_has_fs("fuse") {
             return Err(BdevError::Unavailable {
                 backend: NAME,
@@ -252,22 +253,19 @@ impl Backend for Zfs {
         rv.add(format!("destroy {dataset}"), move || {
             this.destroy_dataset(&ds, true)
         });
-        Ok(Self::spec(dataset))
+        Ok(ZfsSpec::spec(dataset))
     }
 
     fn mount(&self, v: &VolumeSpec, at: &Path, read_only: bool) -> Result<MountGuard> {
         let t = self.target(v)?;
-        if t.snap.is_some() && !read_only {
-            return Err(BdevError::InvalidSpec {
-                spec: v.to_string(),
-                reason: "a snapshot mounts read-only; clone it for a writable copy".to_owned(),
-            });
+        if !read_only {
+            t.refuse_snapshot(v, "mounted writable", "clone it for a writable copy")?;
         }
         let mut guard = MountGuard::unmounted(at);
         let (dataset, mp) = match &t.snap {
-            None => (t.dataset.clone(), self.mountpoint_str(&t.name)),
+            None => (t.dataset().to_owned(), self.mountpoint_str(&t.name)),
             Some(snap) => {
-                let tmp = format!("{}:{snap}", t.dataset);
+                let tmp = format!("{}:{snap}", t.dataset());
                 let mp = self.snap_mountpoint(&t.name, snap);
                 if self.exists(&tmp)? {
                     if mount::mounts()
@@ -276,14 +274,14 @@ impl Backend for Zfs {
                     {
                         return Err(BdevError::Exists {
                             what: "mount of zfs snapshot",
-                            name: t.full(),
+                            name: t.at.clone(),
                         });
                     }
                     // Left by a crash: nothing uses it.
                     self.destroy_dataset(&tmp, false)?;
                 }
                 let mut rv = Revert::new();
-                self.clone_snapshot(&t.full(), &tmp, &mp, None, true, &mut rv)?;
+                self.clone_snapshot(&t.at, &tmp, &mp, None, true, &mut rv)?;
                 rv.commit();
                 (tmp, mp)
             }
@@ -311,10 +309,10 @@ impl Backend for Zfs {
 
     fn destroy(&self, v: &VolumeSpec) -> Result<()> {
         let t = self.target(v)?;
-        if t.snap.is_some() {
+        if t.is_snapshot() {
             return self.destroy_snapshot(v);
         }
-        let snaps = match self.snapshots(&t.dataset) {
+        let snaps = match self.snapshots(t.dataset()) {
             Err(BdevError::NotFound { .. }) => {
                 lookup::already_gone(v);
                 let _ = std::fs::remove_dir(self.mountpoint(&t.name));
@@ -331,11 +329,11 @@ impl Backend for Zfs {
         // them), but zfs keeps them inside the dataset: the dataset lingers,
         // unmounted and marked, and goes with its last snapshot.
         for s in own {
-            self.destroy_dataset(&format!("{}@{s}", t.dataset), false)?;
+            self.destroy_dataset(&format!("{}@{s}", t.dataset()), false)?;
         }
-        self.zfs_unmount(&t.dataset)?;
-        self.zfs(&["set", &format!("{DESTROYED_PROP}=on"), &t.dataset])?;
-        debug!(dataset = %t.dataset, snapshots = ?user, "destroyed volume kept for its snapshots");
+        self.zfs_unmount(t.dataset())?;
+        self.zfs(&["set", &format!("{DESTROYED_PROP}=on"), t.dataset()])?;
+        debug!(dataset = %t.dataset(), snapshots = ?user, "destroyed volume kept for its snapshots");
         Ok(())
     }
 
@@ -360,8 +358,8 @@ impl Backend for Zfs {
         // Space is accounted when a transaction group syncs, seconds after a write;
         // any property change is a sync task that waits for that, so clearing a
         // (never set) user property makes the figures current.
-        self.zfs(&["inherit", SYNC_PROP, &t.dataset])?;
-        let p = self.get(&t.full(), "used,referenced,refquota")?;
+        self.zfs(&["inherit", SYNC_PROP, t.dataset()])?;
+        let p = self.get(&t.at, "used,referenced,refquota")?;
         let referenced = parse::bytes(&p, "referenced")?;
         Ok(Usage {
             used_bytes: parse::bytes(&p, "used")?,
@@ -390,13 +388,8 @@ impl Backend for Zfs {
                 reason: format!("snapshot names starting with {RESERVED_PREFIX:?} are berth's own"),
             });
         }
-        if t.snap.is_some() {
-            return Err(BdevError::InvalidSpec {
-                spec: v.to_string(),
-                reason: "cannot snapshot a snapshot".to_owned(),
-            });
-        }
-        let full = format!("{}@{snap}", t.dataset);
+        t.refuse_snapshot(v, "snapshotted", "snapshot the volume it was taken of")?;
+        let full = format!("{}@{snap}", t.dataset());
         if self.exists(&full)? {
             return Err(BdevError::Exists {
                 what: "zfs snapshot",
@@ -408,21 +401,21 @@ impl Backend for Zfs {
         rv.add(format!("destroy {full}"), move || {
             this.destroy_dataset(&f, false)
         });
-        Ok(Self::spec(full))
+        Ok(ZfsSpec::spec(full))
     }
 
     fn destroy_snapshot(&self, snap: &VolumeSpec) -> Result<()> {
         let t = self.target(snap)?;
-        if t.snap.is_none() {
+        if !t.is_snapshot() {
             return Err(BdevError::InvalidSpec {
                 spec: snap.to_string(),
                 reason: "not a snapshot".to_owned(),
             });
         }
-        let destroyed = match self.destroy_dataset(&t.full(), false) {
+        let destroyed = match self.destroy_dataset(&t.at, false) {
             // The only dependent clone may be a crashed mount's temporary one.
             Err(BdevError::DeleteRefused { .. }) if self.drop_unused_snapshot_mount(&t)? => {
-                self.destroy_dataset(&t.full(), false)
+                self.destroy_dataset(&t.at, false)
             }
             r => r,
         };
@@ -431,29 +424,28 @@ impl Backend for Zfs {
             r => r?,
         }
         // A volume destroyed while it had snapshots goes with the last of them.
-        let marked = match self.get(&t.dataset, DESTROYED_PROP) {
+        let marked = match self.get(t.dataset(), DESTROYED_PROP) {
             Err(BdevError::NotFound { .. }) => return Ok(()),
             r => r?,
         };
         if marked.get(DESTROYED_PROP).map(String::as_str) == Some("on")
             && !self
-                .snapshots(&t.dataset)?
+                .snapshots(t.dataset())?
                 .iter()
                 .any(|s| !s.starts_with(RESERVED_PREFIX))
         {
-            self.destroy_now(&Target { snap: None, ..t })?;
+            self.destroy_now(&Located {
+                at: t.dataset().to_owned(),
+                name: t.name,
+                snap: None,
+            })?;
         }
         Ok(())
     }
 
     fn snapshot_clone(&self, src: &VolumeSpec, name: &str, rv: &mut Revert) -> Result<VolumeSpec> {
         validate_name(name)?;
-        let VolumeSpec::Zfs { dataset: src_ds } = src else {
-            return Err(BdevError::InvalidSpec {
-                spec: src.to_string(),
-                reason: "a zfs clone needs a zfs source".to_owned(),
-            });
-        };
+        let src_ds = ZfsSpec::from_spec(src)?.dataset;
         let dataset = format!("{}/{name}", self.parent);
         if self.exists(&dataset)? {
             return Err(BdevError::Exists {
@@ -487,7 +479,7 @@ impl Backend for Zfs {
             false,
             rv,
         )?;
-        Ok(Self::spec(dataset))
+        Ok(ZfsSpec::spec(dataset))
     }
 
     fn copy_clone(
@@ -498,12 +490,13 @@ impl Backend for Zfs {
         rv: &mut Revert,
     ) -> Result<VolumeSpec> {
         validate_name(name)?;
-        let VolumeSpec::Zfs { dataset: src_ds } = src else {
+        if src.backend() != NAME {
             return Err(BdevError::unsupported(
                 NAME,
                 "native copy from another backend",
             ));
-        };
+        }
+        let src_ds = ZfsSpec::from_spec(src)?.dataset;
         let dataset = format!("{}/{name}", self.parent);
         if self.exists(&dataset)? {
             return Err(BdevError::Exists {
@@ -559,18 +552,13 @@ impl Backend for Zfs {
             }
         }
         result?;
-        Ok(Self::spec(dataset))
+        Ok(ZfsSpec::spec(dataset))
     }
 
     fn resize(&self, v: &VolumeSpec, size: u64) -> Result<()> {
         let t = self.target(v)?;
-        if t.snap.is_some() {
-            return Err(BdevError::InvalidSpec {
-                spec: v.to_string(),
-                reason: "a snapshot cannot be resized".to_owned(),
-            });
-        }
-        if let Some(current) = self.refquota_of(&t.dataset)? {
+        t.refuse_snapshot(v, "resized", "clone it and resize the clone")?;
+        if let Some(current) = self.refquota_of(t.dataset())? {
             if size < current {
                 return Err(BdevError::InvalidSpec {
                     spec: v.to_string(),
@@ -580,201 +568,10 @@ impl Backend for Zfs {
                 });
             }
         }
-        self.zfs(&["set", &format!("refquota={size}"), &t.dataset])?;
+        self.zfs(&["set", &format!("refquota={size}"), t.dataset()])?;
         Ok(())
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use berth_bdev::cmd::ScriptedRunner;
-
-    fn zfs_with(r: ScriptedRunner) -> (Zfs, Arc<ScriptedRunner>) {
-        let r = Arc::new(r);
-        let pool = PoolConfig::new("t", BackendKind::Zfs)
-            .with_dataset("tank/berth")
-            .with_path("/srv/z");
-        (Zfs::new(&pool, r.clone()).unwrap(), r)
-    }
-
-    fn ds(s: &str) -> VolumeSpec {
-        VolumeSpec::Zfs {
-            dataset: s.to_owned(),
-        }
-    }
-
-    #[test]
-    fn specs_outside_the_parent_are_refused() {
-        let (z, _) = zfs_with(ScriptedRunner::new());
-        assert!(z.target(&ds("tank/other/c1")).is_err());
-        assert!(z.target(&ds("tank/berth/a/b")).is_err());
-        assert!(z.target(&ds("tank/berth/c1:s1")).is_err());
-        let t = z.target(&ds("tank/berth/c1@s1")).unwrap();
-        assert_eq!((t.name.as_str(), t.snap.as_deref()), ("c1", Some("s1")));
-        assert_eq!(t.full(), "tank/berth/c1@s1");
-    }
-
-    #[test]
-    fn clone_of_a_live_volume_goes_through_a_hidden_snapshot() {
-        let (z, r) = zfs_with(
-            ScriptedRunner::new()
-                .fail("zfs get -Hp -o property,value type tank/berth/c1", "cannot open 'tank/berth/c1': dataset does not exist")
-                .fail("zfs get -Hp -o property,value type tank/berth/v1@berth-clone-c1", "dataset does not exist")
-                .expect("zfs snapshot tank/berth/v1@berth-clone-c1", "")
-                .expect("zfs get -Hp -o property,value refquota tank/berth/v1", "refquota\t268435456\n")
-                .expect(
-                    "zfs clone -o canmount=noauto -o mountpoint=/srv/z/c1 -o refquota=268435456 tank/berth/v1@berth-clone-c1 tank/berth/c1",
-                    "",
-                )
-                .expect("zfs get -Hp -o property,value mounted tank/berth/c1", "mounted\tyes\n")
-                .expect("zfs unmount tank/berth/c1", ""),
-        );
-        let mut rv = Revert::new();
-        let c = z
-            .snapshot_clone(&ds("tank/berth/v1"), "c1", &mut rv)
-            .unwrap();
-        rv.commit();
-        assert_eq!(c, ds("tank/berth/c1"));
-        assert_eq!(r.calls().len(), 7);
-    }
-
-    #[test]
-    fn destroying_a_clone_destroys_its_hidden_origin() {
-        let (z, r) = zfs_with(
-            ScriptedRunner::new()
-                .expect("zfs list -H -o name -t snapshot -r tank/berth/c1", "")
-                .expect(
-                    "zfs get -Hp -o property,value origin tank/berth/c1",
-                    "origin\ttank/berth/v1@berth-clone-c1\n",
-                )
-                .fail(
-                    "zfs destroy -r tank/berth/c1",
-                    "cannot destroy 'tank/berth/c1': dataset is busy",
-                )
-                .expect("zfs destroy -r tank/berth/c1", "")
-                .expect("zfs destroy tank/berth/v1@berth-clone-c1", ""),
-        );
-        z.destroy(&ds("tank/berth/c1")).unwrap();
-        assert_eq!(r.calls().len(), 5);
-    }
-
-    #[test]
-    fn a_user_snapshot_origin_is_kept() {
-        let (z, r) = zfs_with(
-            ScriptedRunner::new()
-                .expect(
-                    "zfs list -H -o name -t snapshot -r tank/berth/c1",
-                    "tank/berth/c1@berth-copy-x\n",
-                )
-                .expect(
-                    "zfs get -Hp -o property,value origin tank/berth/c1",
-                    "origin\ttank/berth/v1@s1\n",
-                )
-                .expect("zfs destroy -r tank/berth/c1", ""),
-        );
-        z.destroy(&ds("tank/berth/c1")).unwrap();
-        assert_eq!(r.calls().len(), 3);
-    }
-
-    #[test]
-    fn a_volume_with_snapshots_lingers_until_its_last_snapshot_goes() {
-        let (z, r) = zfs_with(
-            ScriptedRunner::new()
-                .expect(
-                    "zfs list -H -o name -t snapshot -r tank/berth/v1",
-                    "tank/berth/v1@s1\n",
-                )
-                .expect("zfs unmount tank/berth/v1", "")
-                .expect("zfs set berth:destroyed=on tank/berth/v1", "")
-                .expect("zfs destroy tank/berth/v1@s1", "")
-                .expect(
-                    "zfs get -Hp -o property,value berth:destroyed tank/berth/v1",
-                    "berth:destroyed\ton\n",
-                )
-                .expect("zfs list -H -o name -t snapshot -r tank/berth/v1", "")
-                .expect(
-                    "zfs get -Hp -o property,value origin tank/berth/v1",
-                    "origin\t-\n",
-                )
-                .expect("zfs destroy -r tank/berth/v1", ""),
-        );
-        z.destroy(&ds("tank/berth/v1")).unwrap();
-        z.destroy_snapshot(&ds("tank/berth/v1@s1")).unwrap();
-        assert_eq!(r.calls().len(), 8);
-    }
-
-    #[test]
-    fn destroying_an_origin_with_clones_is_refused_by_name() {
-        let (z, _) = zfs_with(
-            ScriptedRunner::new()
-                .expect("zfs list -H -o name -t snapshot -r tank/berth/v1", "tank/berth/v1@berth-clone-c1\n")
-                .expect("zfs get -Hp -o property,value origin tank/berth/v1", "origin\t-\n")
-                .fail(
-                    "zfs destroy -r tank/berth/v1",
-                    "cannot destroy 'tank/berth/v1': filesystem has dependent clones\nuse '-R' to destroy the following datasets:\ntank/berth/c1",
-                ),
-        );
-        let e = z.destroy(&ds("tank/berth/v1")).unwrap_err();
-        assert!(matches!(e, BdevError::DeleteRefused { .. }), "{e}");
-        assert!(e.to_string().contains("tank/berth/c1"), "{e}");
-    }
-
-    #[test]
-    fn a_pool_needs_a_path_for_its_mount_points() {
-        let pool = PoolConfig::new("t", BackendKind::Zfs).with_dataset("tank/berth");
-        let e = Zfs::new(&pool, Arc::new(ScriptedRunner::new())).unwrap_err();
-        assert!(e.to_string().contains("--path"), "{e}");
-    }
-
-    #[test]
-    fn destroying_what_is_gone_succeeds() {
-        let missing = "cannot open 'tank/berth/gone': dataset does not exist";
-        let (z, r) = zfs_with(
-            ScriptedRunner::new()
-                .fail(
-                    "zfs list -H -o name -t snapshot -r tank/berth/gone",
-                    missing,
-                )
-                .fail(
-                    "zfs destroy tank/berth/v1@s1",
-                    "cannot open 'tank/berth/v1@s1': dataset does not exist",
-                )
-                .expect(
-                    "zfs get -Hp -o property,value berth:destroyed tank/berth/v1",
-                    "berth:destroyed\t-\n",
-                )
-                .fail(
-                    "zfs destroy tank/berth/gone@s1",
-                    "cannot open 'tank/berth/gone@s1': dataset does not exist",
-                )
-                .fail(
-                    "zfs get -Hp -o property,value berth:destroyed tank/berth/gone",
-                    missing,
-                ),
-        );
-        z.destroy(&ds("tank/berth/gone")).unwrap();
-        z.destroy_snapshot(&ds("tank/berth/v1@s1")).unwrap();
-        z.destroy_snapshot(&ds("tank/berth/gone@s1")).unwrap();
-        assert_eq!(r.calls().len(), 5);
-    }
-
-    #[test]
-    fn reserved_snapshot_names_are_refused() {
-        let (z, _) = zfs_with(ScriptedRunner::new());
-        let mut rv = Revert::new();
-        let e = z
-            .snapshot(&ds("tank/berth/v1"), "v1", "berth-clone-x", &mut rv)
-            .unwrap_err();
-        assert!(matches!(e, BdevError::InvalidName { .. }), "{e}");
-    }
-
-    #[test]
-    fn resize_only_grows() {
-        let (z, _) = zfs_with(ScriptedRunner::new().expect(
-            "zfs get -Hp -o property,value refquota tank/berth/v1",
-            "refquota\t1000\n",
-        ));
-        assert!(z.resize(&ds("tank/berth/v1"), 10).is_err());
-    }
-}
+mod tests;

@@ -8,7 +8,8 @@ use berth_bdev::names::validate_name;
 use berth_bdev::{BdevError, Result, VolumeSpec};
 use tracing::warn;
 
-use super::{parse, Target, Zfs, DESTROYED_PROP, RESERVED_PREFIX};
+use super::spec::{Target, VolumeDataset, ZfsSpec};
+use super::{parse, Zfs, DESTROYED_PROP, RESERVED_PREFIX};
 
 impl Zfs {
     pub(super) fn list_volumes(&self) -> Result<Vec<String>> {
@@ -38,7 +39,7 @@ impl Zfs {
         if props.get(DESTROYED_PROP).map(String::as_str) == Some("on") {
             return Ok(None);
         }
-        Ok(Some(Self::spec(dataset)))
+        Ok(Some(ZfsSpec::spec(dataset)))
     }
 
     pub(super) fn list_snapshots(&self, name: &str) -> Result<Vec<String>> {
@@ -59,7 +60,7 @@ impl Zfs {
             return Ok(None);
         }
         let full = format!("{}/{name}@{snap}", self.parent);
-        Ok(self.exists(&full)?.then(|| Self::spec(full)))
+        Ok(self.exists(&full)?.then(|| ZfsSpec::spec(full)))
     }
 
     /// Removes the temporary clone that mounts snapshot `t` when nothing uses it
@@ -68,7 +69,7 @@ impl Zfs {
         let Some(snap) = &t.snap else {
             return Ok(false);
         };
-        let tmp = format!("{}:{snap}", t.dataset);
+        let tmp = format!("{}:{snap}", t.dataset());
         if !self.exists(&tmp)? {
             return Ok(false);
         }

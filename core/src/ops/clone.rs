@@ -1,10 +1,12 @@
 //! `berth clone`: snapshot clones and copies, within a pool or across backends.
 
+use std::path::PathBuf;
+
 use berth_bdev::copy::Progress;
 use berth_bdev::generic::refuse_xattrs;
 use berth_bdev::names::validate_name;
-use berth_bdev::plan::{plan_clone, CloneMode, ClonePlan};
-use berth_bdev::{BackendKind, BdevError, CreateOpts, Revert};
+use berth_bdev::plan::{self, CloneMode, ClonePlan, Side};
+use berth_bdev::{Backend, BdevError, CreateOpts, Revert};
 
 use super::{split_snapshot_ref, Berth, CopyTo};
 use crate::error::{BerthError, Result};
@@ -15,7 +17,8 @@ use crate::store::{now, Container, Origin};
 pub struct CloneRequest {
     pub mode: CloneMode,
     pub pool: Option<String>,
-    pub backend: Option<BackendKind>,
+    /// A backend's registry name (`-B`).
+    pub backend: Option<String>,
     /// Destroy the clone when it stops (lxc-copy -e).
     pub ephemeral: bool,
     /// A copy into a pool whose backend cannot store xattrs leaves them out
@@ -24,6 +27,32 @@ pub struct CloneRequest {
     /// Size of a copy into a block-backed pool (`--size`); by default it is sized
     /// from the data the source holds.
     pub size: Option<u64>,
+}
+
+/// How a clone from `src_b`'s pool into `dst_b`'s is carried out, decided by
+/// the contract's planner from the two pools' capabilities.
+pub fn plan_clone(
+    src_b: &dyn Backend,
+    dst_b: &dyn Backend,
+    same_pool: bool,
+    from_snapshot: bool,
+    mode: CloneMode,
+) -> Result<ClonePlan> {
+    let stackers = berth_backends::stackers();
+    Ok(plan::plan_clone(&plan::CloneRequest {
+        src: Side {
+            backend: src_b.name(),
+            caps: src_b.caps(),
+        },
+        dst: Side {
+            backend: dst_b.name(),
+            caps: dst_b.caps(),
+        },
+        same_pool,
+        from_snapshot,
+        mode,
+        stackers: &stackers,
+    })?)
 }
 
 impl Berth {
@@ -48,29 +77,27 @@ impl Berth {
             None => origin.volume.clone(),
         };
         let src_pool = self.store().pool(&origin.pool)?;
-        let dst_pool = self.resolve_pool(req.pool.as_deref(), req.backend, &origin.pool)?;
+        let dst_pool =
+            self.resolve_pool(req.pool.as_deref(), req.backend.as_deref(), &origin.pool)?;
         let src_b = self.backend(&src_pool)?;
         let dst_b = self.backend(&dst_pool)?;
         let caps = dst_b.caps();
         let same_pool = src_pool.name == dst_pool.name;
-        let plan = plan_clone(source.kind(), dst_pool.backend, &caps, same_pool, req.mode)?;
-        if req.size.is_some() && matches!(plan, ClonePlan::SnapshotClone { .. }) {
+        let plan = plan_clone(
+            src_b.as_ref(),
+            dst_b.as_ref(),
+            same_pool,
+            snap.is_some(),
+            req.mode,
+        )?;
+        if req.size.is_some() && plan.shares_data() {
             return Err(BerthError::Invalid(
                 "--size applies to copies (--copy); a snapshot clone keeps its origin's size"
                     .to_owned(),
             ));
         }
 
-        if let ClonePlan::SnapshotClone { .. } = plan {
-            if snap.is_some() && source.kind() == dst_pool.backend && !caps.clone_from_snapshot {
-                return Err(BdevError::CloneRefused {
-                    src: source.kind(),
-                    dst: dst_pool.backend,
-                    reason: "this pool cannot clone from a snapshot without copying".to_owned(),
-                    alternatives: vec!["make an independent copy (--copy)".to_owned()],
-                }
-                .into());
-            }
+        if plan.shares_data() {
             // A clone that reads the origin's live data must not start from a
             // volume that is being written.
             if snap.is_none() && caps.clone_reads_live_origin {
@@ -80,7 +107,11 @@ impl Berth {
             // as `create` refuses such a tree.
             refuse_xattrs(
                 dst_b.as_ref(),
-                &source.branch_dirs(),
+                &src_b
+                    .branch_dirs(&source)
+                    .iter()
+                    .map(PathBuf::as_path)
+                    .collect::<Vec<_>>(),
                 &[
                     "copy without them (--copy --drop-xattrs)",
                     "clone into a pool whose backend keeps xattrs",
@@ -103,6 +134,12 @@ impl Berth {
                     ClonePlan::SnapshotClone { .. } => {
                         dst_b.snapshot_clone(&source, dst, &mut rv)?
                     }
+                    ClonePlan::StackOnTree { .. } => {
+                        let tree = src_b.tree_path(&source).ok_or_else(|| {
+                            BdevError::foreign(&source, format!("a {} pool", src_b.name()))
+                        })?;
+                        dst_b.stack_on_tree(&tree, dst, &mut rv)?
+                    }
                     ClonePlan::NativeCopy | ClonePlan::GenericCopy => {
                         let to = CopyTo {
                             backend: dst_b.as_ref(),
@@ -119,7 +156,7 @@ impl Berth {
                 })
             })?;
             journal::crash_point("clone", "made");
-            let pinned = matches!(plan, ClonePlan::SnapshotClone { pins_origin: true });
+            let pinned = plan.pins_origin();
             let c = Container {
                 name: dst.to_owned(),
                 pool: dst_pool.name.clone(),

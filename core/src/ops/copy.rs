@@ -5,7 +5,7 @@
 use berth_bdev::copy::{CopyOpts, Progress};
 use berth_bdev::fsutil::allocated_bytes;
 use berth_bdev::generic::{copy_tree_into, with_mounted};
-use berth_bdev::space::{copy_size, fill_estimate, human};
+use berth_bdev::space::{copy_size, fill_estimate};
 use berth_bdev::{Backend, BdevError, CreateOpts, Revert, VolumeSpec};
 
 use super::{Berth, CopyTo};
@@ -58,15 +58,12 @@ fn sized(opts: &CreateOpts, used: u64, name: &str) -> Result<CreateOpts, BdevErr
         Some(size) => {
             let needs = fill_estimate(fs, size, used);
             if needs > size {
-                return Err(BdevError::InvalidSpec {
-                    spec: name.to_owned(),
-                    reason: format!(
-                        "a size of {} is too small for the copy: its {} of data and the \
-                         {fs} filesystem need {}; leave --size out to have it sized",
-                        human(size),
-                        human(used),
-                        human(needs)
-                    ),
+                return Err(BdevError::SizeTooSmall {
+                    name: name.to_owned(),
+                    size,
+                    used,
+                    needs,
+                    fs,
                 });
             }
             size

@@ -1,10 +1,10 @@
 //! `berth create`: a new volume, populated from a template.
 
+use crate::templates::{self, Cache, CacheMode, Template};
 use berth_bdev::copy::{CopyOpts, Progress};
 use berth_bdev::generic::{refuse_xattrs, with_mounted};
 use berth_bdev::names::validate_name;
-use berth_bdev::{BackendKind, CreateOpts, FsType, Revert};
-use berth_fixtures::templates::{self, Cache, CacheMode, Template};
+use berth_bdev::{CreateOpts, FsType, Revert};
 
 use super::Berth;
 use crate::error::{BerthError, Result};
@@ -14,7 +14,8 @@ use crate::store::{now, Container, DEFAULT_POOL};
 #[derive(Debug, Clone, Default)]
 pub struct CreateRequest {
     pub pool: Option<String>,
-    pub backend: Option<BackendKind>,
+    /// A backend's registry name (`-B`).
+    pub backend: Option<String>,
     pub template: Option<Template>,
     pub size: Option<u64>,
     pub fstype: Option<FsType>,
@@ -35,7 +36,7 @@ impl Berth {
         if self.store().exists(name) {
             return Err(BerthError::ContainerExists(name.to_owned()));
         }
-        let pool = self.resolve_pool(req.pool.as_deref(), req.backend, DEFAULT_POOL)?;
+        let pool = self.resolve_pool(req.pool.as_deref(), req.backend.as_deref(), DEFAULT_POOL)?;
         let backend = self.backend(&pool)?;
         let template = req.template.clone().unwrap_or(Template::Minimal);
         templates::probe(&template)?;

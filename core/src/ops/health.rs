@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use berth_bdev::plan::{plan_clone, CloneMode, ClonePlan};
+use berth_bdev::plan::CloneMode;
 use berth_bdev::{Backend, BdevError, VolumeSpec};
 use serde::Serialize;
 use tracing::debug;
@@ -121,7 +121,7 @@ impl Berth {
             out.push(Listed {
                 name: b.name,
                 pool: b.salvage.pool,
-                backend: b.salvage.volume.as_ref().map(|v| v.kind().to_string()),
+                backend: b.salvage.volume.as_ref().map(|v| v.backend().to_owned()),
                 state: State::Broken,
                 origin: None,
                 snapshots: None,
@@ -210,28 +210,37 @@ impl Berth {
                 Some(pool) => vec![pool],
                 None => return true,
             },
-            (None, Some(v)) => pools.ok.iter().filter(|p| p.backend == v.kind()).collect(),
+            (None, Some(v)) => pools
+                .ok
+                .iter()
+                .filter(|p| p.backend == v.backend())
+                .collect(),
             (None, None) if !pools.broken.is_empty() => return true,
             (None, None) => pools.ok.iter().collect(),
         };
         if candidates.is_empty() {
             return true;
         }
+        let Ok(src_b) = self
+            .store()
+            .pool(&origin.pool)
+            .and_then(|p| self.backend(&p))
+        else {
+            return true;
+        };
         candidates.into_iter().any(|pool| {
             let Ok(b) = self.backend(pool) else {
                 return true;
             };
             let same_pool = pool.name == origin.pool;
-            matches!(
-                plan_clone(
-                    origin.volume.kind(),
-                    pool.backend,
-                    &b.caps(),
-                    same_pool,
-                    CloneMode::Snapshot
-                ),
-                Ok(ClonePlan::SnapshotClone { pins_origin: true })
+            super::clone::plan_clone(
+                src_b.as_ref(),
+                b.as_ref(),
+                same_pool,
+                false,
+                CloneMode::Snapshot,
             )
+            .is_ok_and(|p| p.pins_origin())
         })
     }
 }
@@ -248,7 +257,7 @@ pub(crate) fn pool_damage(pool: &str, d: &Damage) -> Damage {
 
 fn listed(c: Container, state: State, broken: Option<Damage>) -> Listed {
     Listed {
-        backend: Some(c.volume.kind().to_string()),
+        backend: Some(c.volume.backend().to_owned()),
         state,
         origin: c.origin.as_ref().map(|o| match &o.snapshot {
             Some(s) => format!("{}@{s}", o.container),

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use berth_bdev::cmd::{HostRunner, Runner};
 use berth_bdev::copy::Progress;
 use berth_bdev::generic::copy_opts;
-use berth_bdev::{Backend, BackendKind, BdevError, CreateOpts, PoolConfig, Revert, VolumeSpec};
+use berth_bdev::registry::PathUse;
+use berth_bdev::{Backend, BdevError, CreateOpts, PoolConfig, Revert, VolumeSpec};
 use tracing::warn;
 
 use crate::error::{BerthError, Result};
@@ -26,7 +27,7 @@ mod recover;
 pub mod run;
 mod snapshot;
 
-pub use clone::CloneRequest;
+pub use clone::{plan_clone, CloneRequest};
 pub use create::CreateRequest;
 pub use destroy::{DestroyRequest, Destroyed};
 pub use health::{Listed, State};
@@ -76,18 +77,19 @@ impl Berth {
         self.backend(&self.store.pool(&c.pool)?)
     }
 
-    /// Picks the target pool: `--pool`, else the only pool of kind `-B`, else
-    /// `fallback`. `-B KIND` with no such pool makes one under the state root for
-    /// backends that only need a directory.
+    /// Picks the target pool: `--pool`, else the only pool of backend `-B`, else
+    /// `fallback`. `-B BACKEND` with no such pool makes one under the state root
+    /// for backends that need no settings.
     pub fn resolve_pool(
         &self,
         pool: Option<&str>,
-        kind: Option<BackendKind>,
+        backend: Option<&str>,
         fallback: &str,
     ) -> Result<PoolConfig> {
+        let reg = backend.map(berth_backends::lookup).transpose()?;
         if let Some(name) = pool {
             let p = self.store.pool(name)?;
-            if let Some(k) = kind {
+            if let Some(k) = reg.map(|r| r.name) {
                 if p.backend != k {
                     return Err(BerthError::Invalid(format!(
                         "pool {name:?} uses the {} backend, not {k}",
@@ -97,9 +99,10 @@ impl Berth {
             }
             return Ok(p);
         }
-        let Some(kind) = kind else {
+        let Some(reg) = reg else {
             return self.store.pool(fallback);
         };
+        let kind = reg.name;
         let matching: Vec<PoolConfig> = self
             .store
             .pools()?
@@ -117,14 +120,16 @@ impl Berth {
                 )));
             }
         }
-        if matches!(kind, BackendKind::Zfs | BackendKind::Lvm) {
+        if reg.needs_settings() {
             return Err(BerthError::Invalid(format!(
                 "there is no {kind} pool yet; add one first, e.g. `berth pool add NAME --backend {kind} {}`",
-                if kind == BackendKind::Zfs { "--dataset tank/berth" } else { "--vg VG" }
+                reg.example_settings()
             )));
         }
-        let pool = PoolConfig::new(kind.as_str(), kind)
-            .with_path(self.store.root().join("storage").join(kind.as_str()));
+        let mut pool = PoolConfig::new(kind, kind);
+        if reg.path == PathUse::Volumes {
+            pool.path = Some(self.store.root().join("storage").join(kind));
+        }
         self.backend(&pool)?;
         self.store.add_pool(&pool)?;
         Ok(pool)
@@ -232,7 +237,7 @@ impl Berth {
                     .and_then(|u| u.limit_bytes)
                     .is_some_and(|have| want < have)
             });
-        if source.kind() == to.backend.kind() && !shrinks {
+        if source.backend() == to.backend.name() && !shrinks {
             match to.backend.copy_clone(source, to.name, &to.opts, rv) {
                 Err(BdevError::Unsupported { .. }) => {}
                 other => return Ok(other.map_err(|e| berth_bdev::space::in_pool(e, to.pool))?),

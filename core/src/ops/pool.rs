@@ -3,7 +3,8 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use berth_bdev::{BackendKind, PoolConfig};
+use berth_bdev::registry::PathUse;
+use berth_bdev::PoolConfig;
 use serde::Serialize;
 
 use super::Berth;
@@ -37,13 +38,16 @@ impl Berth {
     }
 
     /// `pool` with the place the store gives it when its config names none: a
-    /// zfs pool's mount points go to `ROOT/zfs/NAME`, under the state root. (Under
-    /// the default root that is where berth always put them, so pools recorded
-    /// without a path keep working.)
+    /// backend that mounts its volumes from elsewhere (`PathUse::MountPoints`)
+    /// gets `ROOT/BACKEND/NAME`, under the state root. (Under the default root
+    /// that is where berth always put them, so pools recorded without a path keep
+    /// working.)
     pub(super) fn with_default_path(&self, pool: &PoolConfig) -> PoolConfig {
         let mut p = pool.clone();
-        if p.backend == BackendKind::Zfs && p.path.is_none() {
-            p.path = Some(self.store().root().join("zfs").join(&p.name));
+        let mounts =
+            berth_backends::lookup(&p.backend).is_ok_and(|r| r.path == PathUse::MountPoints);
+        if mounts && p.path.is_none() {
+            p.path = Some(self.store().root().join(&p.backend).join(&p.name));
         }
         p
     }
@@ -162,16 +166,17 @@ mod tests {
     }
 
     #[test]
-    fn zfs_mount_points_default_to_the_state_root() {
+    fn mount_points_default_to_the_state_root() {
         let d = tempfile::tempdir().unwrap();
         let root = d.path().join("state");
         let b = Berth::open(&root, true).unwrap();
-        let z = PoolConfig::new("z", berth_bdev::BackendKind::Zfs).with_dataset("tank/b");
-        assert_eq!(b.with_default_path(&z).path, Some(root.join("zfs/z")));
-        let given = z.clone().with_path("/srv/z");
-        assert_eq!(b.with_default_path(&given), given);
-        let dir = PoolConfig::new("d", berth_bdev::BackendKind::Dir);
-        assert_eq!(b.with_default_path(&dir).path, None);
+        for reg in berth_backends::REGISTRY {
+            let p = PoolConfig::new("z", reg.name);
+            let want = (reg.path == PathUse::MountPoints).then(|| root.join(reg.name).join("z"));
+            assert_eq!(b.with_default_path(&p).path, want, "{}", reg.name);
+            let given = p.clone().with_path("/srv/z");
+            assert_eq!(b.with_default_path(&given), given);
+        }
     }
 
     #[test]
@@ -180,7 +185,7 @@ mod tests {
         let root = d.path().join("state");
         let b = Berth::open(&root, true).unwrap();
         let refused = |p: PathBuf| {
-            b.pool_add(&PoolConfig::new("p", berth_bdev::BackendKind::Dir).with_path(&p))
+            b.pool_add(&PoolConfig::new("p", berth_backends::dir::NAME).with_path(&p))
                 .unwrap_err()
                 .to_string()
         };
@@ -195,7 +200,7 @@ mod tests {
         let e = refused(root.clone());
         assert!(e.contains("storage/p"), "{e}");
         b.pool_add(
-            &PoolConfig::new("p", berth_bdev::BackendKind::Dir).with_path(root.join("storage/p")),
+            &PoolConfig::new("p", berth_backends::dir::NAME).with_path(root.join("storage/p")),
         )
         .unwrap();
         assert!(refused(root.join("storage/p")).contains("\"p\""));

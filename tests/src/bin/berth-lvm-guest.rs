@@ -149,7 +149,7 @@ fn file_len(h: &Harness, v: &VolumeSpec, file: &str) -> Option<u64> {
 
 /// Bytes the thin pool `VG/pool` has mapped.
 fn pool_used(h: &Harness) -> u64 {
-    let vg = h.pool.vg.clone().unwrap_or_default();
+    let vg = h.pool.options.get("vg").cloned().unwrap_or_default();
     let out = berth_bdev::cmd::run(
         &berth_bdev::cmd::HostRunner,
         "lvs",

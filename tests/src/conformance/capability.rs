@@ -16,7 +16,7 @@ fn pool_used(h: &Harness) -> u64 {
     let read = || -> u64 {
         rustix::fs::sync();
         let p = &h.pool;
-        if let Some(ds) = &p.dataset {
+        if let Some(ds) = p.options.get("dataset") {
             let zpool = ds.split('/').next().unwrap_or(ds);
             let out = berth_bdev::cmd::run(
                 &berth_bdev::cmd::HostRunner,
@@ -26,7 +26,7 @@ fn pool_used(h: &Harness) -> u64 {
             .expect("zfs get used");
             return out.stdout.trim().parse().expect("zfs used");
         }
-        if let (Some(vg), Some(tp)) = (&p.vg, &p.thinpool) {
+        if let (Some(vg), Some(tp)) = (p.options.get("vg"), p.options.get("thinpool")) {
             let out = berth_bdev::cmd::run(
                 &berth_bdev::cmd::HostRunner,
                 "lvs",
@@ -150,12 +150,12 @@ pub fn tools(h: &Harness) -> Outcome {
     };
     let links = |name: &str, without: Option<&str>| {
         let dir = h.scratch(name);
-        for t in declared.iter().filter(|t| Some(**t) != without) {
-            std::os::unix::fs::symlink(find(t), dir.join(t)).expect("link a tool");
+        for t in declared.iter().filter(|t| Some(t.prog) != without) {
+            std::os::unix::fs::symlink(find(t.prog), dir.join(t.prog)).expect("link a tool");
         }
         dir
     };
-    for missing in declared {
+    for missing in declared.iter().map(|t| t.prog) {
         let path = links(&format!("path-without-{missing}"), Some(missing));
         let e = probe_with_path(&h.pool, &path)
             .expect_err(&format!("probe passed without {missing} on PATH"));

@@ -1,6 +1,6 @@
 use std::path::Path;
 
-use berth_bdev::{BackendKind, PoolConfig};
+use berth_bdev::PoolConfig;
 
 use crate::harness::{ScratchFs, Setup};
 
@@ -9,7 +9,7 @@ const SCRATCH_SIZE: u64 = 4 << 30;
 
 fn on_scratch(tmp: &Path, fstype: &str) -> Result<Setup, String> {
     let fs = ScratchFs::new(tmp, fstype, SCRATCH_SIZE)?;
-    let pool = PoolConfig::new("test", BackendKind::Loop).with_path(fs.mnt.join("pool"));
+    let pool = PoolConfig::new("test", "loop").with_path(fs.mnt.join("pool"));
     Ok(Setup {
         pool,
         keep: vec![Box::new(fs)],

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use berth_bdev::cmd::{self, HostRunner};
 use berth_bdev::loopdev::LoopDevice;
-use berth_bdev::{BackendKind, PoolConfig};
+use berth_bdev::PoolConfig;
 
 use crate::harness::Setup;
 
@@ -86,9 +86,10 @@ fn setup(tmp: &Path, thin: bool) -> Result<Setup, String> {
         .unwrap_or_default();
     let name = format!("berth{suffix}");
     let vg = volume_group(tmp, &name, thin.then_some("pool"))?;
-    let mut pool = PoolConfig::new("test", BackendKind::Lvm);
-    pool.vg = Some(name);
-    pool.thinpool = thin.then(|| "pool".to_owned());
+    let mut pool = PoolConfig::new("test", "lvm").with_option("vg", &name);
+    if thin {
+        pool = pool.with_option("thinpool", "pool");
+    }
     Ok(Setup {
         pool,
         keep: vec![Box::new(vg)],

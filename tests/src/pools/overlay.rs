@@ -1,6 +1,6 @@
 use std::path::Path;
 
-use berth_bdev::{BackendKind, PoolConfig};
+use berth_bdev::PoolConfig;
 
 use crate::harness::{ScratchFs, Setup};
 
@@ -13,7 +13,7 @@ pub fn setup(tmp: &Path) -> Result<Setup, String> {
     }
     let fs = ScratchFs::new(tmp, "ext4", 2 << 30)?;
     Ok(Setup {
-        pool: PoolConfig::new("test", BackendKind::Overlay).with_path(fs.mnt.join("pool")),
+        pool: PoolConfig::new("test", "overlay").with_path(fs.mnt.join("pool")),
         keep: vec![Box::new(fs)],
     })
 }

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use berth_bdev::cmd::{self, HostRunner};
-use berth_bdev::{BackendKind, PoolConfig};
+use berth_bdev::PoolConfig;
 
 use crate::harness::{wait_for, ScratchFs, Setup};
 
@@ -72,7 +72,7 @@ impl Drop for NoDaemonsLeft {
 /// A qcow2 pool in `tmp/btrfs-mnt/pool`.
 pub fn setup(tmp: &Path) -> Result<Setup, String> {
     let scratch = ScratchFs::new(tmp, "btrfs", 4 << 30)?;
-    let pool = PoolConfig::new("qtest", BackendKind::Qcow2).with_path(scratch.mnt.join("pool"));
+    let pool = PoolConfig::new("qtest", "qcow2").with_path(scratch.mnt.join("pool"));
     Ok(Setup {
         pool,
         // Dropped last-first: the daemon check before the scratch filesystem.

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use berth_bdev::cmd::{self, have_program, HostRunner};
 use berth_bdev::process::{wait_until, Process, Stopped};
-use berth_bdev::{BackendKind, PoolConfig};
+use berth_bdev::PoolConfig;
 
 use crate::harness::Setup;
 
@@ -201,8 +201,8 @@ pub fn setup_sized(tmp: &Path, size: u64) -> Result<Setup, String> {
     zpool(&["create", "-o", "cachefile=none", "-m", "none", &name, &img])?;
     pool.created = true;
     Ok(Setup {
-        pool: PoolConfig::new("ztest", BackendKind::Zfs)
-            .with_dataset(&format!("{name}/berth"))
+        pool: PoolConfig::new("ztest", "zfs")
+            .with_option("dataset", &format!("{name}/berth"))
             .with_path(tmp.join("pool")),
         // Dropped last-first: the pool (and daemon) before the lock.
         keep: vec![Box::new(serial), Box::new(pool)],
