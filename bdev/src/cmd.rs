@@ -277,6 +277,44 @@ pub fn have_program(prog: &str) -> bool {
     })
 }
 
+/// A program started to run on its own (a container's monitor).
+#[derive(Debug)]
+pub struct Detached {
+    pub pid: u32,
+    /// The read end of its stdout, on which it reports that it is ready.
+    pub stdout: std::os::fd::OwnedFd,
+}
+
+/// Starts `prog` without waiting for it: stdin from /dev/null, stdout a pipe
+/// the caller reads its readiness report from, stderr into `stderr` (its log).
+/// Nothing reaps it: it outlives the caller, whose exit hands it to init.
+pub fn spawn_detached(
+    prog: &OsStr,
+    args: &[&OsStr],
+    stderr: std::fs::File,
+) -> Result<Detached, CmdError> {
+    let shown = prog.to_string_lossy().into_owned();
+    debug!(prog = %shown, args = %join_args(args), "spawn detached");
+    let mut child = Command::new(prog)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .map_err(|source| CmdError::Spawn {
+            prog: shown.clone(),
+            source,
+        })?;
+    let stdout = child.stdout.take().ok_or_else(|| CmdError::Spawn {
+        prog: shown,
+        source: std::io::Error::other("no stdout pipe"),
+    })?;
+    Ok(Detached {
+        pid: child.id(),
+        stdout: stdout.into(),
+    })
+}
+
 /// Builds an owned argument list from mixed strings and paths.
 pub fn args<I, S>(items: I) -> Vec<OsString>
 where

@@ -156,6 +156,7 @@ fn bench_clone(cli: &Cli, a: &CloneArgs) -> anyhow::Result<()> {
                 ephemeral: false,
                 drop_xattrs: false,
                 size: None,
+                freeze: false,
             };
             let mut times = Vec::new();
             let mut error = None;

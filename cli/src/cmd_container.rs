@@ -73,6 +73,10 @@ pub struct CloneArgs {
     /// Destroy the clone when it stops (implies --snapshot unless --copy).
     #[arg(short, long)]
     pub ephemeral: bool,
+    /// Copy a running container frozen for the whole copy (a snapshot clone of
+    /// one freezes it only for the snapshot).
+    #[arg(long)]
+    pub freeze: bool,
     /// Where the target pool's backend cannot store extended attributes (aufs via
     /// unionfs-fuse), copy without them instead of refusing (with --copy;
     /// snapshot clones onto such a backend are refused when the source has any):
@@ -172,6 +176,7 @@ pub fn clone(cli: &Cli, a: &CloneArgs) -> anyhow::Result<ExitCode> {
         ephemeral: a.ephemeral,
         drop_xattrs: a.drop_xattrs,
         size: a.size,
+        freeze: a.freeze,
     };
     let b = Berth::open(&cli.root, true)?;
     let bar = CopyBar::new(format!("copying {}", a.src));
@@ -221,12 +226,21 @@ pub fn ls(cli: &Cli) -> anyhow::Result<ExitCode> {
                 e.pool.clone().unwrap_or_else(unknown),
                 e.origin.clone().unwrap_or_else(|| "-".to_owned()),
                 e.snapshots.map_or_else(unknown, |n| n.to_string()),
+                e.pid.map_or_else(|| "-".to_owned(), |p| p.to_string()),
             ]
         })
         .collect();
     print_list(
         cli.format,
-        &["NAME", "STATE", "BACKEND", "POOL", "ORIGIN", "SNAPSHOTS"],
+        &[
+            "NAME",
+            "STATE",
+            "BACKEND",
+            "POOL",
+            "ORIGIN",
+            "SNAPSHOTS",
+            "PID",
+        ],
         rows,
         &entries,
     )?;
@@ -266,6 +280,7 @@ struct Info {
     /// Broken records that may be clones of it: they keep it from being destroyed.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     broken_dependents: Vec<String>,
+    run: berth_core::ops::lifecycle::RunInfo,
 }
 
 pub fn info(cli: &Cli, name: &str) -> anyhow::Result<ExitCode> {
@@ -296,6 +311,7 @@ pub fn info(cli: &Cli, name: &str) -> anyhow::Result<ExitCode> {
         usage,
         dependents,
         broken_dependents,
+        run: b.run_info(name)?,
         container: c,
     };
     if cli.format == crate::Format::Json {
@@ -367,6 +383,23 @@ pub fn info(cli: &Cli, name: &str) -> anyhow::Result<ExitCode> {
     }
     for line in crate::cmd_config::describe(&c.run) {
         say(line)?;
+    }
+    let r = &info.run;
+    match (r.pid, r.uptime_secs) {
+        (Some(pid), Some(up)) => say(format!(
+            "state:      {} (init pid {pid}, up {up} s)",
+            r.state
+        ))?,
+        _ => say(format!("state:      {}", r.state))?,
+    }
+    if let Some(e) = &r.last_exit {
+        say(format!("last run:   {e}"))?;
+    }
+    for dir in &r.cgroup {
+        say(format!("cgroup:     {}", dir.display()))?;
+    }
+    if let Some(log) = &r.log {
+        say(format!("log:        {}", log.display()))?;
     }
     Ok(ExitCode::SUCCESS)
 }

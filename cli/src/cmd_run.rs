@@ -20,18 +20,10 @@ pub enum Net {
     Host,
 }
 
-#[derive(Args, Debug)]
-pub struct RunArgs {
-    pub name: String,
-    /// Network: none (private, loopback only) or host.
-    #[arg(long, value_enum, default_value_t = Net::None)]
-    pub net: Net,
-    /// Working directory inside the container.
-    #[arg(long, default_value = "/")]
-    pub cwd: PathBuf,
-    /// Extra environment variables, KEY=VALUE (repeatable).
-    #[arg(short, long = "env")]
-    pub env: Vec<String>,
+/// The confinement flags `berth run` and `berth start` share: each overrides
+/// the container's config key of the same name for this run.
+#[derive(Args, Debug, Default)]
+pub struct ConfineArgs {
     /// Turn off the confinement: every capability, writable /proc, all
     /// devices, no seccomp. The container can then take over the host.
     #[arg(long)]
@@ -63,6 +55,22 @@ pub struct RunArgs {
     /// Map container root to an unprivileged host id (from /etc/subuid).
     #[arg(long)]
     pub userns: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    pub name: String,
+    /// Network: none (private, loopback only) or host.
+    #[arg(long, value_enum, default_value_t = Net::None)]
+    pub net: Net,
+    /// Working directory inside the container.
+    #[arg(long, default_value = "/")]
+    pub cwd: PathBuf,
+    /// Extra environment variables, KEY=VALUE (repeatable).
+    #[arg(short, long = "env")]
+    pub env: Vec<String>,
+    #[command(flatten)]
+    pub confine: ConfineArgs,
     /// Give the command a pseudo-terminal of the container's own (the default when stdin is a terminal).
     #[arg(short, long, conflicts_with = "no_tty")]
     pub tty: bool,
@@ -74,9 +82,9 @@ pub struct RunArgs {
     pub command: Vec<OsString>,
 }
 
-impl RunArgs {
+impl ConfineArgs {
     /// The flags that override the container's config, as config keys.
-    fn overrides(&self) -> Vec<(String, String)> {
+    pub fn overrides(&self) -> Vec<(String, String)> {
         let flags = RunConfig {
             memory: self.memory.clone(),
             memory_swap: self.memory_swap.clone(),
@@ -89,6 +97,7 @@ impl RunArgs {
             privileged: self.privileged,
             userns: self.userns,
             shifted: None,
+            ..RunConfig::default()
         };
         flags
             .entries()
@@ -99,13 +108,10 @@ impl RunArgs {
 }
 
 pub fn run(cli: &Cli, a: &RunArgs) -> anyhow::Result<ExitCode> {
-    let mut env = Vec::new();
-    for kv in &a.env {
-        let Some((k, v)) = kv.split_once('=') else {
-            anyhow::bail!("--env {kv:?}: expected KEY=VALUE");
-        };
-        env.push((OsString::from(k), OsString::from(v)));
-    }
+    let env = parse_env(&a.env)?
+        .into_iter()
+        .map(|(k, v)| (OsString::from(k), OsString::from(v)))
+        .collect();
     let req = RunRequest {
         argv: a.command.clone(),
         env,
@@ -115,8 +121,19 @@ pub fn run(cli: &Cli, a: &RunArgs) -> anyhow::Result<ExitCode> {
             Net::Host => NetMode::Host,
         },
         tty: a.tty || (!a.no_tty && std::io::stdin().is_terminal()),
-        overrides: a.overrides(),
+        overrides: a.confine.overrides(),
     };
     let status = run_container(&cli.root, &a.name, req)?;
     Ok(ExitCode::from(u8::try_from(status.code()).unwrap_or(255)))
+}
+
+/// `--env KEY=VALUE` flags.
+pub fn parse_env(flags: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    flags
+        .iter()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+            _ => anyhow::bail!("--env {kv:?}: expected KEY=VALUE"),
+        })
+        .collect()
 }

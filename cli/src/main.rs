@@ -13,6 +13,7 @@ mod cmd_config;
 mod cmd_container;
 mod cmd_docs;
 mod cmd_doctor;
+mod cmd_life;
 mod cmd_pool;
 mod cmd_run;
 mod cmd_snapshot;
@@ -80,6 +81,28 @@ pub enum Command {
     Resize(cmd_container::ResizeArgs),
     /// Run a command in a container.
     Run(cmd_run::RunArgs),
+    /// Start a container detached, its output kept as a log (`berth logs`).
+    Start(cmd_life::StartArgs),
+    /// Stop a detached container: SIGTERM (SIGPWR for systemd/sysvinit) to its
+    /// init, SIGKILL after the timeout.
+    Stop(cmd_life::StopArgs),
+    /// Stop a detached container and start it again as it was last started.
+    Restart(cmd_life::StopArgs),
+    /// Run a command inside a running detached container (its namespaces,
+    /// cgroup and confinement); its exit status is berth's.
+    Exec(cmd_life::ExecArgs),
+    /// Send a signal to a detached container's init.
+    Kill(cmd_life::KillArgs),
+    /// Wait until a detached container stops; its exit status is berth's.
+    Wait(NameArg),
+    /// Print a detached container's output.
+    Logs(cmd_life::LogsArgs),
+    /// Freeze every process of a detached container (cgroup freezer).
+    Freeze(NameArg),
+    /// Thaw a frozen container.
+    Unfreeze(NameArg),
+    #[command(name = "__monitor", hide = true)]
+    Monitor(cmd_life::MonitorArgs),
     /// Find, and with --fix repair, what does not add up: volumes without a
     /// record, records without a volume, interrupted operations, stray mounts.
     Doctor(cmd_doctor::DoctorArgs),
@@ -138,6 +161,16 @@ fn main() -> ExitCode {
         Command::Flatten(a) => cmd_container::flatten(&cli, &a.name),
         Command::Resize(a) => cmd_container::resize(&cli, a),
         Command::Run(a) => cmd_run::run(&cli, a),
+        Command::Start(a) => cmd_life::start(&cli, a),
+        Command::Stop(a) => cmd_life::stop(&cli, a),
+        Command::Restart(a) => cmd_life::restart(&cli, a),
+        Command::Kill(a) => cmd_life::kill(&cli, a),
+        Command::Exec(a) => cmd_life::exec(&cli, a),
+        Command::Wait(a) => cmd_life::wait(&cli, &a.name),
+        Command::Logs(a) => cmd_life::logs(&cli, a),
+        Command::Freeze(a) => cmd_life::freeze(&cli, &a.name, true),
+        Command::Unfreeze(a) => cmd_life::freeze(&cli, &a.name, false),
+        Command::Monitor(a) => cmd_life::monitor(a),
         Command::Config(c) => cmd_config::run(&cli, c),
         Command::Doctor(a) => cmd_doctor::run(&cli, a),
         Command::Snapshot(a) => cmd_snapshot::run(&cli, a),

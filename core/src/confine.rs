@@ -15,7 +15,7 @@ use crate::error::{BerthError, Result};
 pub const DEFAULT_PIDS: u64 = 4096;
 
 /// The keys `berth config set` takes, in the order `berth info` shows them.
-pub const KEYS: [&str; 10] = [
+pub const KEYS: [&str; 14] = [
     "memory",
     "memory_swap",
     "pids",
@@ -26,6 +26,10 @@ pub const KEYS: [&str; 10] = [
     "seccomp",
     "privileged",
     "userns",
+    "init.cmd",
+    "autostart",
+    "start.order",
+    "start.delay",
 ];
 
 /// A container's run settings, as stored in its config. Absent values take
@@ -59,6 +63,19 @@ pub struct RunConfig {
     /// because its filesystem cannot be idmapped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shifted: Option<IdShift>,
+    /// What `berth start` runs when no command is given (split on spaces);
+    /// empty: `/sbin/init` if the rootfs has it, else `/bin/sh`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub init_cmd: Vec<String>,
+    /// `berth start --all-auto` starts it (what a boot unit runs).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub autostart: bool,
+    /// Lower starts first among autostarted containers (`lxc.start.order`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_order: Option<i32>,
+    /// Seconds to wait after starting it before the next one (`lxc.start.delay`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_delay: Option<u64>,
 }
 
 /// Host ids that container ids 0..count map to.
@@ -145,6 +162,23 @@ impl RunConfig {
             }
             "privileged" => self.privileged = v.is_some() && parse_bool(key, value)?,
             "userns" => self.userns = v.is_some() && parse_bool(key, value)?,
+            "autostart" => self.autostart = v.is_some() && parse_bool(key, value)?,
+            "start.order" => {
+                self.start_order = v
+                    .map(|s| s.parse().map_err(|_| bad(key, &s, "a whole number")))
+                    .transpose()?;
+            }
+            "start.delay" => {
+                self.start_delay = v
+                    .map(|s| s.parse().map_err(|_| bad(key, &s, "whole seconds")))
+                    .transpose()?;
+            }
+            "init.cmd" => {
+                self.init_cmd = value.split_whitespace().map(str::to_owned).collect();
+                if self.init_cmd.first().is_some_and(|c| !c.starts_with('/')) {
+                    return Err(bad(key, value, "an absolute path, then its arguments"));
+                }
+            }
             _ => {
                 return Err(BerthError::Invalid(format!(
                     "unknown config key {key:?}; known keys: {}",
@@ -176,6 +210,13 @@ impl RunConfig {
         put("seccomp", self.seccomp.clone());
         put("privileged", self.privileged.then(|| "true".to_owned()));
         put("userns", self.userns.then(|| "true".to_owned()));
+        put(
+            "init.cmd",
+            (!self.init_cmd.is_empty()).then(|| self.init_cmd.join(" ")),
+        );
+        put("autostart", self.autostart.then(|| "true".to_owned()));
+        put("start.order", self.start_order.map(|o| o.to_string()));
+        put("start.delay", self.start_delay.map(|d| d.to_string()));
         out
     }
 

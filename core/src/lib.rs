@@ -9,6 +9,7 @@ pub mod error;
 pub mod interrupt;
 pub mod journal;
 pub mod locks;
+pub mod logs;
 pub mod ops;
 pub mod store;
 pub mod templates;

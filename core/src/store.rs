@@ -104,6 +104,37 @@ pub struct RunState {
     pub starttime: Option<u64>,
     pub mountpoint: PathBuf,
     pub volume: VolumeSpec,
+    /// Set for a container `berth start` runs detached: the process above is
+    /// its monitor, and these say what it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detached: Option<Detached>,
+}
+
+/// A detached container's init, as its monitor recorded it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Detached {
+    /// The init's host pid and start time (None until it runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_starttime: Option<u64>,
+    /// Its cgroup directories, one per hierarchy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cgroup: Vec<PathBuf>,
+    /// When it started, in seconds since the epoch.
+    pub started: u64,
+}
+
+impl Detached {
+    /// The init process while it still runs.
+    pub fn init_process(&self) -> Option<Process> {
+        let pid = i32::try_from(self.init?).ok()?;
+        let p = Process {
+            pid,
+            starttime: self.init_starttime?,
+        };
+        p.alive().then_some(p)
+    }
 }
 
 impl RunState {

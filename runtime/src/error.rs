@@ -115,6 +115,12 @@ pub enum RuntimeError {
         source: crate::cgroup::CgroupError,
     },
 
+    #[error("enter the running container")]
+    Enter {
+        #[from]
+        source: crate::enter::EnterError,
+    },
+
     #[error("exec {}", .cmd.to_string_lossy())]
     Exec { cmd: OsString, source: Errno },
 }

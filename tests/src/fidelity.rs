@@ -217,6 +217,7 @@ impl World {
             ephemeral: false,
             drop_xattrs,
             size: None,
+            freeze: false,
         };
         self.b().clone_container(src, dst, &req, progress)
     }

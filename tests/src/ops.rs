@@ -57,6 +57,7 @@ fn snap_clone(b: &Berth, h: &Harness, src: &str, dst: &str) -> Result<(), BerthE
         ephemeral: false,
         drop_xattrs: false,
         size: None,
+        freeze: false,
     };
     b.clone_container(src, dst, &req, &NoProgress).map(drop)
 }
@@ -167,6 +168,7 @@ pub fn ops_run_and_ephemeral(h: &Harness) -> Outcome {
             ephemeral: true,
             drop_xattrs: false,
             size: None,
+            freeze: false,
         };
         b.clone_container("r1", "eph", &req, &NoProgress)
             .expect("ephemeral clone");

@@ -116,6 +116,7 @@ fn copy_req(size: Option<u64>) -> CloneRequest {
         ephemeral: false,
         drop_xattrs: false,
         size,
+        freeze: false,
     }
 }
 

@@ -151,6 +151,7 @@ fn every_backend_to_every_other() {
                         ephemeral: false,
                         drop_xattrs: false,
                         size: None,
+                        freeze: false,
                     };
                     let want = expected(&src.backend, &dst.backend, mode);
                     let got = b.clone_container(&src_name, &dst_name, &req, &NoProgress);

@@ -78,7 +78,29 @@ pub fn using(dir: &Path, writable_only: bool) -> Option<i32> {
                 .iter()
                 .any(|(b, rw)| b == dir && (*rw || !writable_only))
             && Process::of(*pid).is_some()
+            && still_serving(*pid, &c)
     })
+}
+
+/// Whether daemon `pid` still has its mount. One whose mount is gone (unmounted
+/// by the cleanup after a crash) is on its way out: it is reaped here, so that
+/// it no longer holds its branches.
+fn still_serving(pid: i32, cmdline: &[u8]) -> bool {
+    let args: Vec<&[u8]> = cmdline
+        .strip_suffix(b"\0")
+        .unwrap_or(cmdline)
+        .split(|b| *b == 0)
+        .collect();
+    let Some(at) = args.last().map(|a| Path::new(OsStr::from_bytes(a))) else {
+        return true;
+    };
+    if berth_bdev::mount::is_mountpoint(at) {
+        return true;
+    }
+    match Process::of(pid) {
+        Some(d) => reap(&d, at).is_err(),
+        None => false,
+    }
 }
 
 /// The live unionfs daemons serving `at`, oldest first.

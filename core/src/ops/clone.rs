@@ -8,6 +8,7 @@ use berth_bdev::names::validate_name;
 use berth_bdev::plan::{self, CloneMode, ClonePlan, Side};
 use berth_bdev::{Backend, BdevError, CreateOpts, Revert};
 
+use super::lifecycle::Frozen;
 use super::{split_snapshot_ref, Berth, CopyTo};
 use crate::error::{BerthError, Result};
 use crate::journal::{self, Commit, Intent, Planned};
@@ -27,6 +28,9 @@ pub struct CloneRequest {
     /// Size of a copy into a block-backed pool (`--size`); by default it is sized
     /// from the data the source holds.
     pub size: Option<u64>,
+    /// A copy of a running detached container freezes it for the whole copy
+    /// (`--freeze`); without it, such a copy is refused.
+    pub freeze: bool,
 }
 
 /// How a clone from `src_b`'s pool into `dst_b`'s is carried out, decided by
@@ -97,6 +101,20 @@ impl Berth {
             ));
         }
 
+        // A detached container that runs is frozen, its filesystem synced,
+        // while the clone is taken: the clone holds one consistent moment.
+        let running = match snap {
+            None => self.running_detached(src_name)?,
+            Some(_) => None,
+        };
+        if running.is_some() && !plan.shares_data() && !req.freeze {
+            return Err(BerthError::Busy {
+                name: src_name.to_owned(),
+                state: "running",
+                hint: "a copy takes long and would see its files change; stop it, clone it with \
+                       --snapshot, or pass --freeze to freeze it for the whole copy",
+            });
+        }
         if plan.shares_data() {
             // A clone that reads the origin's live data must not start from a
             // volume that is being written.
@@ -130,6 +148,7 @@ impl Berth {
             let mut rv = Revert::new();
             // Copies take long: other commands may use the store meanwhile.
             let volume = self.store().unlocked(|| {
+                let _frozen = running.as_ref().map(Frozen::new).transpose()?;
                 Ok(match plan {
                     ClonePlan::SnapshotClone { .. } => {
                         dst_b.snapshot_clone(&source, dst, &mut rv)?

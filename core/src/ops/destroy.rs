@@ -124,13 +124,25 @@ impl Berth {
             })?;
             self.store().remove(name)
         })?;
+        self.remove_leftovers(name);
+        report.destroyed.push(name.to_owned());
+        Ok(())
+    }
+
+    /// Removes what a destroyed container leaves outside its record: its mount
+    /// point and its logs (a detached run's output and exit status).
+    fn remove_leftovers(&self, name: &str) {
         if let Err(e) = std::fs::remove_dir(self.store().mountpoint(name)) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 warn!(name, error = %e, "could not remove the container's mount point");
             }
         }
-        report.destroyed.push(name.to_owned());
-        Ok(())
+        let logs = super::lifecycle::log_dir(self.store().root(), name);
+        if let Err(e) = std::fs::remove_dir_all(&logs) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                warn!(name, error = %e, "could not remove the container's logs");
+            }
+        }
     }
 
     /// Makes every clone that depends on `name` independent of it: one clone in
@@ -277,11 +289,7 @@ impl Berth {
         }
         self.store().clear_run_state(name)?;
         self.store().remove(name)?;
-        if let Err(e) = std::fs::remove_dir(self.store().mountpoint(name)) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                warn!(name, error = %e, "could not remove the container's mount point");
-            }
-        }
+        self.remove_leftovers(name);
         let left = if t.volumes.is_empty() {
             "no volume could be read from it; `berth doctor` finds volumes that no record names"
                 .to_owned()

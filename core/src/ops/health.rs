@@ -18,6 +18,8 @@ use crate::store::Container;
 #[serde(rename_all = "lowercase")]
 pub enum State {
     Running,
+    /// A detached container whose processes are frozen (`berth freeze`).
+    Frozen,
     Mounted,
     Stopped,
     /// Its volume is gone; `berth destroy` removes the record.
@@ -30,6 +32,7 @@ impl State {
     pub fn as_str(self) -> &'static str {
         match self {
             State::Running => "running",
+            State::Frozen => "frozen",
             State::Mounted => "mounted",
             State::Stopped => "stopped",
             State::Missing => "missing",
@@ -50,6 +53,12 @@ pub struct Listed {
     pub snapshots: Option<usize>,
     pub ephemeral: bool,
     pub volume: Option<VolumeSpec>,
+    /// The host pid of a detached container's init while it runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// When a detached container started, in seconds since the epoch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started: Option<u64>,
     /// Why it is broken: the file, line and reason.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub broken: Option<Damage>,
@@ -84,9 +93,17 @@ impl Berth {
             let look = looks
                 .entry(c.pool.clone())
                 .or_insert_with(|| self.look_at_pool(&c.pool, &pools));
-            let mut state = match self.store().run_state(&c.name) {
+            let run = self.store().run_state(&c.name);
+            let detached = match &run {
+                Ok(Some(s)) if s.process_alive() => s.detached.clone(),
+                _ => None,
+            };
+            let mut state = match run {
                 Ok(Some(s)) if s.pid.is_none() => State::Mounted,
-                Ok(Some(s)) if s.process_alive() => State::Running,
+                Ok(Some(s)) if s.process_alive() => match &s.detached {
+                    Some(d) if berth_runtime::cgroup::is_frozen(&d.cgroup) => State::Frozen,
+                    _ => State::Running,
+                },
                 Ok(_) => State::Stopped,
                 Err(e) => {
                     debug!(name = %c.name, error = %e, "unreadable run state");
@@ -115,7 +132,12 @@ impl Berth {
                 }
                 PoolLook::Usable(_) | PoolLook::Unusable => {}
             }
-            out.push(listed(c, state, broken));
+            let mut entry = listed(c, state, broken);
+            if let Some(d) = detached {
+                entry.pid = d.init;
+                entry.started = Some(d.started);
+            }
+            out.push(entry);
         }
         for b in scan.broken {
             out.push(Listed {
@@ -127,6 +149,8 @@ impl Berth {
                 snapshots: None,
                 ephemeral: false,
                 volume: b.salvage.volume,
+                pid: None,
+                started: None,
                 broken: Some(b.damage),
             });
         }
@@ -268,6 +292,8 @@ fn listed(c: Container, state: State, broken: Option<Damage>) -> Listed {
         name: c.name,
         pool: Some(c.pool),
         volume: Some(c.volume),
+        pid: None,
+        started: None,
         broken,
     }
 }

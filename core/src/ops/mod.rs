@@ -21,6 +21,7 @@ mod create;
 mod destroy;
 mod flatten;
 mod health;
+pub mod lifecycle;
 mod mount;
 mod pool;
 mod recover;

@@ -84,6 +84,7 @@ impl Berth {
                 starttime: None,
                 mountpoint: at.clone(),
                 volume: c.volume.clone(),
+                detached: None,
             },
         )?;
         let _ = guard.persist();
@@ -134,6 +135,7 @@ impl Berth {
                 starttime: proc_starttime(pid),
                 mountpoint: rootfs.clone(),
                 volume: c.volume.clone(),
+                detached: None,
             },
         )?;
         Ok(Mounted {
@@ -213,6 +215,22 @@ impl Berth {
             }
             stale_runs = true;
             info!(name, "cleaning up after a berth that died while running it");
+            // A detached container outlives a killed monitor: kill its init,
+            // which takes every process of its pid namespace along.
+            if let Some(init) = state.detached.as_ref().and_then(|d| d.init_process()) {
+                info!(
+                    name,
+                    pid = init.pid,
+                    "killing the container its monitor left"
+                );
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(init.pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                if !init.wait_exit(std::time::Duration::from_secs(10)) {
+                    warn!(name, pid = init.pid, "the container's init did not die");
+                }
+            }
             let Ok(c) = self.store().container(&name) else {
                 self.store().clear_run_state(&name)?;
                 continue;

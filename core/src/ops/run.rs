@@ -5,7 +5,7 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use berth_runtime::{ExitStatus, LinuxSys, NetMode, RunSpec, RuntimeError, UserNs};
+use berth_runtime::{ExitStatus, LinuxSys, NetMode, RunSpec, RuntimeError, Started, Stdio, UserNs};
 use tracing::{info, warn};
 
 use super::{Berth, Mounted};
@@ -30,14 +30,22 @@ pub struct RunRequest {
 /// command's exit status.
 pub fn run(root: &Path, name: &str, req: RunRequest) -> Result<ExitStatus> {
     let mounted = Berth::open(root, true)?.start_run(name)?;
-    let result = confined_run(root, &mounted, &req);
+    let result = confined_run(root, &mounted, &req, Stdio::default(), &mut |_| {});
     let finished = Berth::open(root, true).and_then(|b| b.finish_run(mounted));
     let status = result?;
     finished?;
     Ok(status)
 }
 
-fn confined_run(root: &Path, m: &Mounted, req: &RunRequest) -> Result<ExitStatus> {
+/// Runs `req` in the mounted container `m` with `stdio`, calling `started` once
+/// its command runs.
+pub(super) fn confined_run(
+    root: &Path,
+    m: &Mounted,
+    req: &RunRequest,
+    stdio: Stdio,
+    started: &mut dyn FnMut(&Started),
+) -> Result<ExitStatus> {
     if m.read_only {
         warn!(name = %m.container.name, "clones depend on this container: its rootfs is mounted read-only");
     }
@@ -52,6 +60,7 @@ fn confined_run(root: &Path, m: &Mounted, req: &RunRequest) -> Result<ExitStatus
     }
     spec.env.extend(req.env.iter().cloned());
     spec.tty = req.tty;
+    spec.stdio = stdio;
     spec.security = cfg.security()?;
     spec = spec.with_cgroup(cfg.cgroup_parent.clone(), cfg.limits()?);
     let on_disk = m.container.run.shifted;
@@ -60,7 +69,7 @@ fn confined_run(root: &Path, m: &Mounted, req: &RunRequest) -> Result<ExitStatus
             // Owners were shifted for a user namespace: put them back first.
             unshift(root, m, shift)?;
         }
-        return Ok(berth_runtime::run(&spec, &LinuxSys)?);
+        return Ok(berth_runtime::run_observed(&spec, &LinuxSys, started)?);
     }
     let ids = match on_disk {
         Some(shift) => shift,
@@ -69,9 +78,9 @@ fn confined_run(root: &Path, m: &Mounted, req: &RunRequest) -> Result<ExitStatus
     spec.userns = Some(UserNs::root_at(ids.uid, ids.gid, ids.count));
     if on_disk.is_some() {
         set_idmapped(&mut spec, false);
-        return Ok(berth_runtime::run(&spec, &LinuxSys)?);
+        return Ok(berth_runtime::run_observed(&spec, &LinuxSys, started)?);
     }
-    match berth_runtime::run(&spec, &LinuxSys) {
+    match berth_runtime::run_observed(&spec, &LinuxSys, started) {
         Err(RuntimeError::UserNs { step, source }) if step.starts_with("idmap the rootfs") => {
             // This filesystem cannot be idmapped (FUSE, overlay): shift the
             // owners on disk once, and remember it.
@@ -80,7 +89,7 @@ fn confined_run(root: &Path, m: &Mounted, req: &RunRequest) -> Result<ExitStatus
             info!(name = %m.container.name, entries = n, "owners shifted");
             record_shift(root, &m.container.name, Some(ids))?;
             set_idmapped(&mut spec, false);
-            Ok(berth_runtime::run(&spec, &LinuxSys)?)
+            Ok(berth_runtime::run_observed(&spec, &LinuxSys, started)?)
         }
         other => Ok(other?),
     }

@@ -79,6 +79,12 @@ pub enum CgroupError {
         source: std::io::Error,
     },
 
+    #[error("cgroup {path:?} did not {} in time", if *.frozen { "freeze" } else { "thaw" })]
+    Freeze { path: PathBuf, frozen: bool },
+
+    #[error("the container's cgroup has no freezer (no v1 freezer hierarchy, no cgroup.freeze)")]
+    NoFreezer,
+
     #[error("no cgroup hierarchy that shows this process's cgroup is mounted")]
     NoHierarchy,
 
@@ -311,6 +317,31 @@ impl Cgroup {
         }
         first.and(rest)
     }
+}
+
+/// How long a freeze or thaw may take to settle: a task in an uninterruptible
+/// sleep (I/O) holds it up.
+const FREEZE_WITHIN: Duration = Duration::from_secs(10);
+
+/// Freezes (or thaws) a running container's cgroup, given its directories
+/// (`Cgroup::paths`, as recorded), and waits until it has settled. One freezer
+/// does it: the v1 freezer where there is one (on a hybrid host its frozen
+/// tasks would keep a v2 freeze from ever settling), else v2's `cgroup.freeze`.
+pub fn set_frozen(dirs: &[PathBuf], frozen: bool) -> Result<(), CgroupError> {
+    let dir = freezer_of(dirs).ok_or(CgroupError::NoFreezer)?;
+    ops::set_frozen(dir, frozen, FREEZE_WITHIN)?;
+    Ok(())
+}
+
+/// Whether the container whose cgroup directories are `dirs` is frozen.
+pub fn is_frozen(dirs: &[PathBuf]) -> bool {
+    freezer_of(dirs).is_some_and(|d| ops::frozen(d) == Some(true))
+}
+
+fn freezer_of(dirs: &[PathBuf]) -> Option<&PathBuf> {
+    dirs.iter()
+        .find(|d| d.join("freezer.state").exists())
+        .or_else(|| dirs.iter().find(|d| d.join("cgroup.freeze").exists()))
 }
 
 /// Crash cleanup: removes `PARENT/NAME` in every hierarchy if no process is

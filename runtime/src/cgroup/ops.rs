@@ -298,3 +298,56 @@ pub(super) fn attach_device_filter(dir: &Path) -> Result<(), CgroupError> {
     debug!(?dir, "device program attached");
     Ok(())
 }
+
+/// The freezer files of cgroup `dir`: what to write to freeze and thaw, and
+/// where the settled state shows. `None` if `dir` has no freezer.
+fn freezer(
+    dir: &Path,
+) -> Option<(
+    std::path::PathBuf,
+    std::path::PathBuf,
+    &'static str,
+    &'static str,
+    &'static str,
+)> {
+    if dir.join("freezer.state").exists() {
+        let f = dir.join("freezer.state");
+        return Some((f.clone(), f, "FROZEN", "THAWED", "FROZEN"));
+    }
+    if dir.join("cgroup.freeze").exists() {
+        return Some((
+            dir.join("cgroup.freeze"),
+            dir.join("cgroup.events"),
+            "1",
+            "0",
+            "frozen 1",
+        ));
+    }
+    None
+}
+
+/// Freezes (or thaws) cgroup `dir` and waits, up to `limit`, until the kernel
+/// reports it settled. `Ok(false)` if `dir` has no freezer.
+pub(super) fn set_frozen(dir: &Path, frozen: bool, limit: Duration) -> Result<bool, CgroupError> {
+    let Some((file, state, freeze, thaw, settled)) = freezer(dir) else {
+        return Ok(false);
+    };
+    write_value(&file, if frozen { freeze } else { thaw })?;
+    let until = Instant::now() + limit;
+    while read(&state)?.contains(settled) != frozen {
+        if Instant::now() > until {
+            return Err(CgroupError::Freeze {
+                path: dir.to_path_buf(),
+                frozen,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(true)
+}
+
+/// Whether cgroup `dir` is frozen; `None` if it has no freezer.
+pub(super) fn frozen(dir: &Path) -> Option<bool> {
+    let (_, state, _, _, settled) = freezer(dir)?;
+    read(&state).ok().map(|s| s.contains(settled))
+}

@@ -16,6 +16,7 @@ use crate::cgroup::Cgroup;
 use crate::error::{Result, RuntimeError};
 use crate::exec::{self, ExecPlan};
 use crate::pty::{receive_master, PtyChild, Session};
+use crate::report::{read_message, write_message};
 use crate::rootfs::{setup_steps, ChildContext};
 use crate::spec::{ExitStatus, NetMode, RunSpec, UserNs};
 use crate::step::Step;
@@ -23,13 +24,30 @@ use crate::sys::Sys;
 
 /// The step index the child reports when exec itself failed.
 const EXEC_STEP: u32 = u32::MAX;
-const REPORT_LEN: usize = 8;
 
 /// Runs `spec.argv` in a new container built on `spec.rootfs` and returns how
 /// it ended. Setup failures, exec failures included, come back as the
 /// [`RuntimeError`] of the failed step; the container's mounts never reach
 /// the host's mount namespace.
 pub fn run(spec: &RunSpec, sys: &dyn Sys) -> Result<ExitStatus> {
+    run_observed(spec, sys, &mut |_| {})
+}
+
+/// What a running container is, for whoever watches it: its init's host pid
+/// and its cgroup directories (one per hierarchy; empty without a cgroup).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Started {
+    pub pid: i32,
+    pub cgroup: Vec<std::path::PathBuf>,
+}
+
+/// [`run`], calling `started` once the container's command runs (its exec
+/// succeeded, so setup is over) and before waiting for it.
+pub fn run_observed(
+    spec: &RunSpec,
+    sys: &dyn Sys,
+    started: &mut dyn FnMut(&Started),
+) -> Result<ExitStatus> {
     spec.validate()?;
     let exec_plan = ExecPlan::new(spec)?;
     // Compiled here: the child may not allocate or call libseccomp.
@@ -102,12 +120,19 @@ pub fn run(spec: &RunSpec, sys: &dyn Sys) -> Result<ExitStatus> {
         let _ = sys.wait(pid);
         return Err(e);
     }
+
     let (stdin, stdout) = (std::io::stdin(), std::io::stdout());
     let session = match &parent_sock {
         Some(sock) => start_session(sys, sock, spec, stdin.as_fd(), stdout.as_fd()),
         None => Ok(None),
     };
     let report = read_report(&rd);
+    if let Ok(None) = report {
+        started(&Started {
+            pid: pid.as_raw(),
+            cgroup: cgroup.0.as_ref().map(Cgroup::paths).unwrap_or_default(),
+        });
+    }
     let relayed = match (&report, &session) {
         (Ok(None), Ok(Some(s))) => s.relay(),
         (Ok(None), Ok(None)) if spec.tty => Err(RuntimeError::Protocol {
@@ -235,42 +260,12 @@ fn child_main(steps: &[Step<'_>], exec_plan: &ExecPlan, sys: &dyn Sys, wr: &Owne
 }
 
 fn report(wr: &OwnedFd, step: u32, errno: Errno) {
-    let mut buf = [0u8; REPORT_LEN];
-    buf[..4].copy_from_slice(&step.to_le_bytes());
-    buf[4..].copy_from_slice(&errno.raw_os_error().to_le_bytes());
-    // 8 bytes into an empty pipe is one atomic write; if it fails anyway the
-    // parent sees a short report and says so.
-    while let Err(Errno::INTR) = rustix::io::write(wr, &buf) {}
+    write_message(wr, step, errno.raw_os_error());
 }
 
 /// `None` if the child exec'd; `Some((step, errno))` if it reported a failure.
 fn read_report(rd: &OwnedFd) -> Result<Option<(u32, Errno)>> {
-    let mut buf = [0u8; REPORT_LEN];
-    let mut got = 0;
-    while got < REPORT_LEN {
-        match rustix::io::read(rd, &mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(Errno::INTR) => {}
-            Err(e) => {
-                return Err(RuntimeError::Protocol {
-                    reason: format!("read failed: {e}"),
-                })
-            }
-        }
-    }
-    match got {
-        0 => Ok(None),
-        REPORT_LEN => {
-            let [s0, s1, s2, s3, e0, e1, e2, e3] = buf;
-            let step = u32::from_le_bytes([s0, s1, s2, s3]);
-            let errno = Errno::from_raw_os_error(i32::from_le_bytes([e0, e1, e2, e3]));
-            Ok(Some((step, errno)))
-        }
-        n => Err(RuntimeError::Protocol {
-            reason: format!("short report of {n} bytes"),
-        }),
-    }
+    Ok(read_message(rd)?.map(|(step, errno)| (step, Errno::from_raw_os_error(errno))))
 }
 
 fn step_error(steps: &[Step<'_>], exec_plan: &ExecPlan, step: u32, errno: Errno) -> RuntimeError {

@@ -19,7 +19,7 @@ use rustix::event::PollFd;
 use rustix::io::Errno;
 use rustix::thread::CapabilitySet;
 
-use super::{CArgs, Sys, TermMode};
+use super::{CArgs, Namespace, Sys, TermMode};
 use crate::seccomp::BpfProgram;
 use crate::spec::ExitStatus;
 
@@ -47,8 +47,26 @@ pub enum Call {
         pid: Pid,
     },
     ReleaseChild,
+    OpenProc {
+        pid: Pid,
+    },
+    OpenNamespace {
+        ns: Namespace,
+    },
     AwaitParent,
     BecomeRoot,
+    SetUser {
+        uid: u32,
+        gid: u32,
+    },
+    ForgetChildren,
+    DieWithParent,
+    JoinCgroup {
+        procs: PathBuf,
+    },
+    Setns {
+        ns: Namespace,
+    },
     Unshare {
         flags: CloneFlags,
     },
@@ -192,6 +210,8 @@ pub struct FakeSys {
     pty: RefCell<Option<(OwnedFd, OwnedFd)>>,
     sent: Cell<bool>,
     winches: Cell<u64>,
+    /// Namespaces [`Sys::open_namespace`] calls the caller's own.
+    shared: RefCell<Vec<Namespace>>,
 }
 
 impl FakeSys {
@@ -229,6 +249,13 @@ impl FakeSys {
     /// What the container "writes" to its pty before closing it.
     pub fn pty_output(self, bytes: &[u8]) -> Self {
         *self.pty_output.borrow_mut() = bytes.to_vec();
+        self
+    }
+
+    /// Makes [`Sys::open_namespace`] find these namespaces shared with the
+    /// caller (`None`); the others get a descriptor.
+    pub fn sharing(self, namespaces: &[Namespace]) -> Self {
+        self.shared.borrow_mut().extend_from_slice(namespaces);
         self
     }
 
@@ -327,12 +354,54 @@ impl Sys for FakeSys {
         self.record(Call::ReleaseChild)
     }
 
+    fn open_proc(&self, pid: Pid) -> Result<OwnedFd, Errno> {
+        self.record(Call::OpenProc { pid })?;
+        // Any descriptor will do: the fake only passes it back.
+        let (a, _b) = super::LinuxSys.socketpair()?;
+        Ok(a)
+    }
+
+    fn open_namespace(
+        &self,
+        _proc: BorrowedFd<'_>,
+        ns: Namespace,
+    ) -> Result<Option<OwnedFd>, Errno> {
+        self.record(Call::OpenNamespace { ns })?;
+        if self.shared.borrow().contains(&ns) {
+            return Ok(None);
+        }
+        let (a, _b) = super::LinuxSys.socketpair()?;
+        Ok(Some(a))
+    }
+
     fn await_parent(&self, _fd: BorrowedFd<'_>) -> Result<(), Errno> {
         self.record(Call::AwaitParent)
     }
 
     fn become_root(&self) -> Result<(), Errno> {
         self.record(Call::BecomeRoot)
+    }
+
+    fn set_user(&self, uid: u32, gid: u32) -> Result<(), Errno> {
+        self.record(Call::SetUser { uid, gid })
+    }
+
+    fn forget_children(&self) {
+        let _ = self.record(Call::ForgetChildren);
+    }
+
+    fn die_with_parent(&self) -> Result<(), Errno> {
+        self.record(Call::DieWithParent)
+    }
+
+    fn join_cgroup(&self, procs: &Path) -> Result<(), Errno> {
+        self.record(Call::JoinCgroup {
+            procs: procs.to_path_buf(),
+        })
+    }
+
+    fn setns(&self, _fd: BorrowedFd<'_>, ns: Namespace) -> Result<(), Errno> {
+        self.record(Call::Setns { ns })
     }
 
     fn unshare(&self, flags: CloneFlags) -> Result<(), Errno> {

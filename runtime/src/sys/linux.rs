@@ -23,7 +23,7 @@ use rustix::termios::{self as rterm, OptionalActions};
 use rustix::thread::{self as rthread, CapabilitySet, CapabilitySets};
 
 use super::signals::{self, errno};
-use super::{CArgs, Sys, TermMode};
+use super::{CArgs, Namespace, Sys, TermMode};
 use crate::seccomp::BpfProgram;
 use crate::spec::ExitStatus;
 
@@ -116,6 +116,29 @@ impl Sys for LinuxSys {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    fn open_proc(&self, pid: Pid) -> Result<OwnedFd, Errno> {
+        let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        rfs::open(format!("/proc/{}", pid.as_raw()), flags, Mode::empty())
+    }
+
+    fn open_namespace(
+        &self,
+        proc: BorrowedFd<'_>,
+        ns: Namespace,
+    ) -> Result<Option<OwnedFd>, Errno> {
+        let flags = OFlags::RDONLY | OFlags::CLOEXEC;
+        let fd = rfs::openat(proc, format!("ns/{}", ns.name()), flags, Mode::empty())?;
+        let theirs = rfs::fstat(&fd)?;
+        // thread-self: namespaces are per thread.
+        let ours = rfs::statat(
+            CWD,
+            format!("/proc/thread-self/ns/{}", ns.name()),
+            AtFlags::empty(),
+        )?;
+        let same = (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino);
+        Ok((!same).then_some(fd))
     }
 
     fn socketpair(&self) -> Result<(OwnedFd, OwnedFd), Errno> {
@@ -233,6 +256,42 @@ impl Sys for LinuxSys {
         rthread::set_thread_res_gid(root_gid, root_gid, root_gid)?;
         let root = rustix::process::Uid::ROOT;
         rthread::set_thread_res_uid(root, root, root)
+    }
+
+    fn set_user(&self, uid: u32, gid: u32) -> Result<(), Errno> {
+        // -1 means "unchanged" to the kernel, never an id.
+        if uid == u32::MAX || gid == u32::MAX {
+            return Err(Errno::INVAL);
+        }
+        // Per-thread calls, as in `become_root`.
+        rthread::set_thread_groups(&[])?;
+        let gid = rustix::process::Gid::from_raw(gid);
+        rthread::set_thread_res_gid(gid, gid, gid)?;
+        let uid = rustix::process::Uid::from_raw(uid);
+        rthread::set_thread_res_uid(uid, uid, uid)
+    }
+
+    fn forget_children(&self) {
+        signals::untrack_all();
+    }
+
+    fn die_with_parent(&self) -> Result<(), Errno> {
+        rproc::set_parent_process_death_signal(Some(rproc::Signal::KILL))
+    }
+
+    fn join_cgroup(&self, procs: &Path) -> Result<(), Errno> {
+        let file = rfs::open(procs, OFlags::WRONLY | OFlags::CLOEXEC, Mode::empty())?;
+        loop {
+            match rustix::io::write(&file, b"0") {
+                Ok(_) => return Ok(()),
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn setns(&self, fd: BorrowedFd<'_>, ns: Namespace) -> Result<(), Errno> {
+        nix::sched::setns(fd, ns.clone_flag()).map_err(errno)
     }
 
     fn unshare(&self, flags: CloneFlags) -> Result<(), Errno> {

@@ -37,6 +37,52 @@ mod signals;
 pub use fake::{Call, FakeSys, FAKE_PID};
 pub use linux::LinuxSys;
 
+/// A namespace type, as `/proc/PID/ns` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Namespace {
+    User,
+    Mnt,
+    Uts,
+    Ipc,
+    Net,
+    Pid,
+    Cgroup,
+}
+
+impl Namespace {
+    /// Its file in `/proc/PID/ns`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Namespace::User => "user",
+            Namespace::Mnt => "mnt",
+            Namespace::Uts => "uts",
+            Namespace::Ipc => "ipc",
+            Namespace::Net => "net",
+            Namespace::Pid => "pid",
+            Namespace::Cgroup => "cgroup",
+        }
+    }
+
+    /// Its `CLONE_NEW*` flag, which setns(2) checks the descriptor against.
+    pub fn clone_flag(self) -> CloneFlags {
+        match self {
+            Namespace::User => CloneFlags::CLONE_NEWUSER,
+            Namespace::Mnt => CloneFlags::CLONE_NEWNS,
+            Namespace::Uts => CloneFlags::CLONE_NEWUTS,
+            Namespace::Ipc => CloneFlags::CLONE_NEWIPC,
+            Namespace::Net => CloneFlags::CLONE_NEWNET,
+            Namespace::Pid => CloneFlags::CLONE_NEWPID,
+            Namespace::Cgroup => CloneFlags::CLONE_NEWCGROUP,
+        }
+    }
+}
+
+impl fmt::Display for Namespace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// The calls the runtime makes, parent side and container side.
 pub trait Sys {
     // Parent side.
@@ -60,6 +106,16 @@ pub trait Sys {
     fn idmapped_tree(&self, path: &Path, pid: Pid) -> Result<OwnedFd, Errno>;
     /// Lets a child blocked in [`Sys::await_parent`] go on.
     fn release_child(&self, fd: BorrowedFd<'_>) -> Result<(), Errno>;
+
+    // Parent side, entering a running container.
+
+    /// Opens `/proc/PID` (`O_PATH`). Namespaces opened through it belong to
+    /// that very process: once it is gone they fail, even if its pid is reused.
+    fn open_proc(&self, pid: Pid) -> Result<OwnedFd, Errno>;
+    /// Opens namespace `ns` of the process whose `/proc` directory is `proc`
+    /// (CLOEXEC); `None` if it is the calling thread's own.
+    fn open_namespace(&self, proc: BorrowedFd<'_>, ns: Namespace)
+        -> Result<Option<OwnedFd>, Errno>;
 
     // Parent side, pty relay (only with `RunSpec::tty`).
 
@@ -99,6 +155,21 @@ pub trait Sys {
     /// In a new user namespace: drops supplementary groups and becomes its
     /// uid and gid 0.
     fn become_root(&self) -> Result<(), Errno>;
+    /// Drops supplementary groups, then sets the real, effective and saved
+    /// gid, then uid. Leaving uid 0 clears the effective and permitted
+    /// capabilities, as setresuid(2) does.
+    fn set_user(&self, uid: u32, gid: u32) -> Result<(), Errno>;
+    /// In a child that does not exec but spawns and waits (a relay): held
+    /// signals are forwarded only to the children it spawns itself, not to
+    /// those its parent had. Atomics only: fakes record it.
+    fn forget_children(&self);
+    /// Asks for SIGKILL if the parent dies; signal dispositions stay.
+    fn die_with_parent(&self) -> Result<(), Errno>;
+    /// Moves the calling process into the cgroup whose `cgroup.procs` file
+    /// is `procs` (it writes "0", which means the writer).
+    fn join_cgroup(&self, procs: &Path) -> Result<(), Errno>;
+    /// Joins the namespace `fd` refers to, which must be of type `ns`.
+    fn setns(&self, fd: BorrowedFd<'_>, ns: Namespace) -> Result<(), Errno>;
     fn unshare(&self, flags: CloneFlags) -> Result<(), Errno>;
     /// Receives a detached mount tree on `sock` and attaches it at `target`.
     fn attach_tree(&self, sock: BorrowedFd<'_>, target: &Path) -> Result<(), Errno>;

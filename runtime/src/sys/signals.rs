@@ -172,6 +172,14 @@ pub(crate) fn untrack(pid: Pid) {
     }
 }
 
+/// In a forked child that stays (a relay): forgets the children of the
+/// process it is a copy of, so signals go only to the ones it spawns itself.
+pub(crate) fn untrack_all() {
+    for slot in &CHILDREN {
+        slot.store(0, Ordering::Relaxed);
+    }
+}
+
 /// Child side, before exec: default dispositions for everything the parent
 /// (or Rust's runtime, which ignores SIGPIPE) changed, and an empty mask.
 pub(crate) fn reset_in_child() -> Result<(), Errno> {
