@@ -11,6 +11,17 @@ use crate::revert::Revert;
 /// Writes `data` to `path` atomically: a temp file beside it, fsync, rename, fsync
 /// the directory. Readers see the old content or the new, never a torn file.
 pub fn atomic_write(path: &Path, data: &[u8]) -> Result<()> {
+    write_replacing(path, data, true)
+}
+
+/// Like [`atomic_write`] but without the fsyncs, for state that a reboot makes
+/// meaningless anyway (what runs now): readers still see the old contents or
+/// the new, never a mix.
+pub fn replace_file(path: &Path, data: &[u8]) -> Result<()> {
+    write_replacing(path, data, false)
+}
+
+fn write_replacing(path: &Path, data: &[u8], durable: bool) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
@@ -24,9 +35,14 @@ pub fn atomic_write(path: &Path, data: &[u8]) -> Result<()> {
             .truncate(true)
             .open(&tmp)?;
         f.write_all(data)?;
-        f.sync_all()?;
+        if durable {
+            f.sync_all()?;
+        }
         fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
+        if durable {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     };
     write().map_err(|e| {
         let _ = fs::remove_file(&tmp);

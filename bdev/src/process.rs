@@ -58,11 +58,14 @@ pub fn pids() -> Vec<i32> {
 /// Polls `f` every 10 ms until it holds or `limit` has passed.
 pub fn wait_until(limit: Duration, f: impl Fn() -> bool) -> bool {
     let start = Instant::now();
+    // Short naps first: most waits end within milliseconds.
+    let mut nap = Duration::from_millis(1);
     while start.elapsed() < limit {
         if f() {
             return true;
         }
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(nap);
+        nap = (nap * 2).min(Duration::from_millis(10));
     }
     f()
 }

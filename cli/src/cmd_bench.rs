@@ -23,6 +23,20 @@ pub enum BenchCmd {
     Copy(CopyArgs),
     /// Snapshot clone and full copy of a container into each pool.
     Clone(CloneArgs),
+    /// start → exec /bin/true → stop of a detached container, with `--lxc` next
+    /// to LXC's lxc-start -d → lxc-attach → lxc-stop on a copy of its rootfs.
+    Lifecycle(LifecycleArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct LifecycleArgs {
+    /// A stopped container to start (its rootfs gets a small init script).
+    pub name: String,
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// Measure LXC too (needs Debian's lxc package).
+    #[arg(long)]
+    pub lxc: bool,
 }
 
 #[derive(Args, Debug)]
@@ -208,6 +222,54 @@ pub fn run(cli: &Cli, c: &BenchCmd) -> anyhow::Result<ExitCode> {
     match c {
         BenchCmd::Copy(a) => bench_copy(cli, a)?,
         BenchCmd::Clone(a) => bench_clone(cli, a)?,
+        BenchCmd::Lifecycle(a) => bench_lifecycle(cli, a)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn bench_lifecycle(cli: &Cli, a: &LifecycleArgs) -> anyhow::Result<()> {
+    use berth_core::ops::lifecycle::bench;
+    if a.lxc && !bench::have_lxc() {
+        anyhow::bail!("--lxc needs lxc-start, lxc-attach and lxc-stop (apt-get install lxc)");
+    }
+    let exe = std::env::current_exe()?;
+    let steps = bench::bench_lifecycle(&cli.root, &a.name, a.runs, &exe, a.lxc)?;
+    let lxc_median = |step: &str| {
+        steps
+            .iter()
+            .find(|s| s.tool == "lxc" && s.step == step)
+            .map(|s| s.median_ms)
+    };
+    let rows = steps
+        .iter()
+        .map(|s| {
+            let ratio = match (s.tool, lxc_median(s.step)) {
+                ("berth", Some(l)) if l > 0.0 => format!("{:.2}", s.median_ms / l),
+                _ => "-".to_owned(),
+            };
+            vec![
+                s.tool.to_owned(),
+                s.step.to_owned(),
+                format!("{:.1}", s.median_ms),
+                format!("{:.1}", s.min_ms),
+                format!("{:.1}", s.max_ms),
+                s.runs.to_string(),
+                ratio,
+            ]
+        })
+        .collect();
+    print_list(
+        cli.format,
+        &[
+            "TOOL",
+            "STEP",
+            "MEDIAN_MS",
+            "MIN_MS",
+            "MAX_MS",
+            "RUNS",
+            "BERTH/LXC",
+        ],
+        rows,
+        &steps,
+    )
 }

@@ -401,8 +401,17 @@ impl Store {
             .collect()
     }
 
+    /// Run states describe what runs now, which a reboot ends: replaced
+    /// atomically, not synced.
     pub fn save_run_state(&self, name: &str, s: &RunState) -> Result<()> {
-        write_toml(&self.run_file(name), s)
+        let text = toml::to_string_pretty(s).map_err(|e| BerthError::Corrupt {
+            path: self.run_file(name),
+            reason: e.to_string(),
+        })?;
+        Ok(berth_bdev::fsutil::replace_file(
+            &self.run_file(name),
+            text.as_bytes(),
+        )?)
     }
 
     pub fn clear_run_state(&self, name: &str) -> Result<()> {

@@ -405,3 +405,26 @@ fn monitors_killed_at_random_points_are_cleaned_up_after() {
         assert_gone(&s, &name);
     }
 }
+
+#[test]
+fn logs_follow_until_the_container_ends() {
+    if !root_or_skip() {
+        return;
+    }
+    let s = Store::new();
+    let name = unique_name("life-follow");
+    s.ok(&["create", &name]);
+    let script = "for i in 1 2 3 4 5; do echo line $i; sleep 0.1; done";
+    s.ok(&["start", &name, "--", "/bin/sh", "-c", script]);
+    // Started before the last lines are written; returns once it has ended.
+    let out = s.ok(&["logs", "-f", &name]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        ["line 1", "line 2", "line 3", "line 4", "line 5"],
+        "{out}"
+    );
+    let out = s.ok(&["wait", &name]);
+    assert!(out.contains("code 0"), "{out}");
+    assert_gone(&s, &name);
+}

@@ -59,6 +59,15 @@ impl Berth {
         Ok(b)
     }
 
+    /// Opens the state root exclusively without the cleanup `open` does: for a
+    /// monitor's record updates, which an earlier open of the same run cleaned for.
+    pub(crate) fn open_locked(root: &Path) -> Result<Berth> {
+        Ok(Berth {
+            store: Store::open(root, true)?,
+            runner: Arc::new(HostRunner),
+        })
+    }
+
     pub fn store(&self) -> &Store {
         &self.store
     }

@@ -23,6 +23,7 @@ use crate::error::{BerthError, Result};
 use crate::logs::{self, LogWriter, Stream};
 use crate::store::{proc_starttime, Detached};
 
+pub mod bench;
 mod control;
 pub(crate) use control::Frozen;
 pub use control::{exec, last_exit, stop, wait, ExecRequest, RunInfo, Stopped};
@@ -254,7 +255,7 @@ fn monitor_run(root: &Path, name: &str, req: &StartRequest, report: &mut Report)
     let mounted = Berth::open(root, true)?.start_run(name)?;
     let started_at = now_secs();
     let mark = |detached: Detached| -> Result<()> {
-        let b = Berth::open(root, true)?;
+        let b = Berth::open_locked(root)?;
         let mut s = b
             .store()
             .run_state(name)?
@@ -331,9 +332,10 @@ fn monitor_run(root: &Path, name: &str, req: &StartRequest, report: &mut Report)
     let exit = ran.map(Exit::of);
     if let Ok(exit) = &exit {
         let text = toml::to_string(exit).map_err(|e| BerthError::Invalid(e.to_string()))?;
-        berth_bdev::fsutil::atomic_write(&exit_file(root, name), text.as_bytes())?;
+        // Read back by `wait` right after; a reboot may lose it.
+        berth_bdev::fsutil::replace_file(&exit_file(root, name), text.as_bytes())?;
     }
-    let finished = Berth::open(root, true).and_then(|b| b.finish_run(mounted));
+    let finished = Berth::open_locked(root).and_then(|b| b.finish_run(mounted));
     let exit = exit?;
     finished?;
     Ok(exit)
