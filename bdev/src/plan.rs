@@ -118,8 +118,13 @@ pub fn plan_clone(req: &CloneRequest<'_>) -> Result<ClonePlan> {
     }
     for stacker in req.stackers {
         if (src.caps.plain_tree || src.backend == *stacker) && dst.backend != *stacker {
+            let a = if stacker.starts_with(['a', 'e', 'i', 'o', 'u']) {
+                "an"
+            } else {
+                "a"
+            };
             alternatives.push(format!(
-                "stack a {stacker} layer on it (-B {stacker} --snapshot)"
+                "stack {a} {stacker} layer on it (-B {stacker} --snapshot)"
             ));
         }
     }
