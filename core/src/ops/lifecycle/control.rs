@@ -34,7 +34,7 @@ impl Berth {
         let s = self.store().run_state(name)?.ok_or_else(not_running)?;
         let d = s.detached.clone().ok_or_else(|| {
             BerthError::Invalid(format!(
-                "container {name:?} runs in the foreground (`berth run`), not detached"
+                "container {name:?} is still starting, or runs in the foreground (`berth run`) rather than detached"
             ))
         })?;
         let monitor = match (s.pid.and_then(|p| i32::try_from(p).ok()), s.starttime) {

@@ -151,7 +151,8 @@ pub fn start(root: &Path, name: &str, req: &StartRequest, monitor_exe: &Path) ->
         .open(&monitor_log)
         .map_err(BerthError::io("open", &monitor_log))?;
     let json = serde_json::to_string(req).map_err(|e| BerthError::Invalid(e.to_string()))?;
-    berth_bdev::fsutil::atomic_write(&request_file(root, name), json.as_bytes())?;
+    // For `restart`; losing it to a crash only means restart asks for a start.
+    berth_bdev::fsutil::replace_file(&request_file(root, name), json.as_bytes())?;
     let args: [&OsStr; 4] = [
         OsStr::new(MONITOR_COMMAND),
         root.as_os_str(),
@@ -263,13 +264,7 @@ fn monitor_run(root: &Path, name: &str, req: &StartRequest, report: &mut Report)
         s.detached = Some(detached);
         b.store().save_run_state(name, &s)
     };
-    let ran = mark(Detached {
-        init: None,
-        init_starttime: None,
-        cgroup: Vec::new(),
-        started: started_at,
-    })
-    .and_then(|()| {
+    let ran = (|| -> Result<ExitStatus> {
         let run_req = RunRequest {
             argv: command_of(
                 &mounted.rootfs,
@@ -315,7 +310,17 @@ fn monitor_run(root: &Path, name: &str, req: &StartRequest, report: &mut Report)
             });
             match recorded {
                 Ok(()) => report.send(&format!("started {pid}")),
-                Err(e) => warn!(name, error = %e, "could not record the container's init"),
+                // Unrecorded, nothing could stop it: end it and say why.
+                Err(e) => {
+                    report.send(&format!(
+                        "error could not record its init: {}",
+                        one_line(&e.to_string())
+                    ));
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(s.pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
             }
         };
         let status = confined_run(root, &mounted, &run_req, stdio, &mut on_start);
@@ -328,13 +333,14 @@ fn monitor_run(root: &Path, name: &str, req: &StartRequest, report: &mut Report)
             }
         }
         status
-    });
-    let exit = ran.map(Exit::of);
-    if let Ok(exit) = &exit {
-        let text = toml::to_string(exit).map_err(|e| BerthError::Invalid(e.to_string()))?;
-        // Read back by `wait` right after; a reboot may lose it.
+    })();
+    // Recorded before the cleanup, whose failure must not lose it; read back
+    // by `wait` right after, so a reboot may lose it.
+    let exit = ran.map(Exit::of).and_then(|exit| {
+        let text = toml::to_string(&exit).map_err(|e| BerthError::Invalid(e.to_string()))?;
         berth_bdev::fsutil::replace_file(&exit_file(root, name), text.as_bytes())?;
-    }
+        Ok(exit)
+    });
     let finished = Berth::open_locked(root).and_then(|b| b.finish_run(mounted));
     let exit = exit?;
     finished?;
