@@ -13,7 +13,6 @@ use berth_bdev::delete::remove_tree;
 use berth_bdev::fsutil::{allocated_bytes, claim_dir, create_dir_all, require_host};
 use berth_bdev::mount::{self, MountGuard};
 use berth_bdev::registry::PathUse;
-use berth_bdev::spec::{abs_path, one_field, path_field};
 use berth_bdev::{
     Backend, BdevError, Caps, CreateOpts, PoolConfig, Registration, Result, Revert, SpecForm,
     Usage, UsageKind, VolumeSpec,
@@ -35,32 +34,11 @@ pub const REGISTRATION: Registration = Registration {
     stacks_on_trees: false,
 };
 
-/// A dir volume or snapshot: `dir:PATH`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DirSpec {
-    pub path: PathBuf,
-}
-
-impl DirSpec {
-    /// The spec of the directory `path`.
-    pub fn spec(path: impl Into<PathBuf>) -> VolumeSpec {
-        DirSpec { path: path.into() }.to_spec()
-    }
-}
-
-impl SpecForm for DirSpec {
-    const BACKEND: &'static str = NAME;
-
-    fn from_fields(fields: &[String]) -> std::result::Result<Self, String> {
-        Ok(DirSpec {
-            path: abs_path(one_field(fields)?)?,
-        })
-    }
-
-    fn to_fields(&self) -> Vec<String> {
-        vec![path_field(&self.path)]
-    }
-}
+crate::spec_shapes::path_spec!(
+    /// A dir volume or snapshot: `dir:PATH`.
+    DirSpec { path },
+    NAME
+);
 
 pub fn open(pool: &PoolConfig, _runner: Arc<dyn Runner>) -> Result<Box<dyn Backend>> {
     Ok(Box::new(Dir::new(pool)?))

@@ -18,6 +18,7 @@ pub mod r#loop;
 pub mod lvm;
 pub mod overlay;
 pub mod qcow2;
+mod spec_shapes;
 pub mod zfs;
 
 /// Every backend berth knows, in the order help texts list them.

@@ -48,6 +48,9 @@ pub trait SpecForm: Sized {
     /// The backend name written before the first colon.
     const BACKEND: &'static str;
 
+    /// Other names the backend's specs are read under (LXC's spellings).
+    const ALIASES: &'static [&'static str] = &[];
+
     /// Reads the fields; the error says what is wrong with them.
     fn from_fields(fields: &[String]) -> std::result::Result<Self, String>;
 
@@ -59,7 +62,7 @@ pub trait SpecForm: Sized {
 
     /// The typed form of `v`, which must be this backend's.
     fn from_spec(v: &VolumeSpec) -> Result<Self> {
-        if v.backend != Self::BACKEND {
+        if v.backend != Self::BACKEND && !Self::ALIASES.contains(&v.backend.as_str()) {
             return Err(BdevError::foreign(
                 v,
                 format!("the {} backend", Self::BACKEND),

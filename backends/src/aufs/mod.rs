@@ -28,7 +28,6 @@ use berth_bdev::fsutil::{allocated_bytes, claim_dir, create_dir_all, kernel_has_
 use berth_bdev::mount::{self, FsOpt, MountGuard};
 use berth_bdev::names::validate_name;
 use berth_bdev::registry::PathUse;
-use berth_bdev::spec::abs_path;
 use berth_bdev::{
     Backend, BdevError, Caps, CreateOpts, PoolConfig, Registration, Result, Revert, SpecForm, Tool,
     Usage, UsageKind, VolumeSpec,
@@ -63,18 +62,14 @@ pub fn open(pool: &PoolConfig, runner: Arc<dyn Runner>) -> Result<Box<dyn Backen
     Ok(Box::new(Aufs::open(pool, runner)?))
 }
 
-/// An aufs spec: `aufs:LOWER[:LOWER…]:UPPER`, topmost lower first.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AufsSpec {
-    pub lowers: Vec<PathBuf>,
-    pub upper: PathBuf,
-}
+crate::spec_shapes::union_spec!(
+    /// An aufs spec: `aufs:LOWER[:LOWER…]:UPPER`, topmost lower first.
+    AufsSpec,
+    NAME,
+    aliases: &[]
+);
 
 impl AufsSpec {
-    pub fn new(lowers: Vec<PathBuf>, upper: PathBuf) -> Self {
-        AufsSpec { lowers, upper }
-    }
-
     /// Every branch, lowers (topmost first) then the upper.
     fn branches(&self) -> impl Iterator<Item = &Path> {
         self.lowers
@@ -87,44 +82,6 @@ impl AufsSpec {
 /// The spec of an aufs volume with `lowers` (topmost first) under `upper`.
 pub fn spec(lowers: Vec<PathBuf>, upper: PathBuf) -> VolumeSpec {
     AufsSpec::new(lowers, upper).to_spec()
-}
-
-impl AufsSpec {
-    /// Reads `v` as this pool's own operations do: also as an upper alone, the
-    /// form `volume_named` gives a volume whose lowers were never recorded (made
-    /// before the record, or partly made), so that `destroy` still takes it.
-    fn read_own(v: &VolumeSpec) -> Result<Self> {
-        match (Self::from_spec(v), v.fields()) {
-            (Err(BdevError::InvalidSpec { spec, .. }), [upper]) => Ok(AufsSpec {
-                lowers: Vec::new(),
-                upper: abs_path(upper).map_err(|reason| BdevError::InvalidSpec { spec, reason })?,
-            }),
-            (r, _) => r,
-        }
-    }
-}
-
-impl SpecForm for AufsSpec {
-    const BACKEND: &'static str = NAME;
-
-    fn from_fields(fields: &[String]) -> std::result::Result<Self, String> {
-        let (lowers, upper) = lookup::union_from_fields(NAME, fields)?;
-        Ok(AufsSpec { lowers, upper })
-    }
-
-    fn to_fields(&self) -> Vec<String> {
-        lookup::union_to_fields(&self.lowers, &self.upper)
-    }
-
-    fn from_spec(v: &VolumeSpec) -> Result<Self> {
-        if v.backend() != NAME {
-            return Err(BdevError::foreign(v, "an aufs pool"));
-        }
-        Self::from_fields(v.fields()).map_err(|reason| BdevError::InvalidSpec {
-            spec: v.to_string(),
-            reason,
-        })
-    }
 }
 
 /// What mounts the branches.

@@ -20,7 +20,6 @@ use berth_bdev::fsutil::{allocated_bytes, create_dir_all, require_host};
 use berth_bdev::mount::{self, MountGuard};
 use berth_bdev::names::validate_name;
 use berth_bdev::registry::PathUse;
-use berth_bdev::spec::{abs_path, one_field, path_field};
 use berth_bdev::{
     Backend, BdevError, Caps, CreateOpts, PoolConfig, Registration, Result, Revert, SpecForm, Tool,
     Usage, UsageKind, VolumeSpec,
@@ -44,32 +43,11 @@ pub const REGISTRATION: Registration = Registration {
     stacks_on_trees: false,
 };
 
-/// A btrfs subvolume (a volume) or read-only snapshot: `btrfs:PATH`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BtrfsSpec {
-    pub path: PathBuf,
-}
-
-impl BtrfsSpec {
-    /// The spec of the subvolume at `path`.
-    pub fn spec(path: impl Into<PathBuf>) -> VolumeSpec {
-        BtrfsSpec { path: path.into() }.to_spec()
-    }
-}
-
-impl SpecForm for BtrfsSpec {
-    const BACKEND: &'static str = NAME;
-
-    fn from_fields(fields: &[String]) -> std::result::Result<Self, String> {
-        Ok(BtrfsSpec {
-            path: abs_path(one_field(fields)?)?,
-        })
-    }
-
-    fn to_fields(&self) -> Vec<String> {
-        vec![path_field(&self.path)]
-    }
-}
+crate::spec_shapes::path_spec!(
+    /// A btrfs subvolume (a volume) or read-only snapshot: `btrfs:PATH`.
+    BtrfsSpec { path },
+    NAME
+);
 
 /// Only for `btrfs qgroup show`: subvolumes go through libbtrfsutil.
 const TOOLS: &[Tool] = &[Tool::new("btrfs", "btrfs-progs")];

@@ -1,46 +1,18 @@
 //! The string form of loop specs: `loop:IMAGE`.
 
-use std::path::PathBuf;
-
-use berth_bdev::spec::{abs_path, one_field, path_field};
-use berth_bdev::{SpecForm, VolumeSpec};
-
 use super::NAME;
 
-/// A loop volume or snapshot: `loop:IMAGE`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LoopSpec {
-    pub image: PathBuf,
-}
-
-impl LoopSpec {
-    /// The spec of the image file `image`.
-    pub fn spec(image: impl Into<PathBuf>) -> VolumeSpec {
-        LoopSpec {
-            image: image.into(),
-        }
-        .to_spec()
-    }
-}
-
-impl SpecForm for LoopSpec {
-    const BACKEND: &'static str = NAME;
-
-    fn from_fields(fields: &[String]) -> std::result::Result<Self, String> {
-        Ok(LoopSpec {
-            image: abs_path(one_field(fields)?)?,
-        })
-    }
-
-    fn to_fields(&self) -> Vec<String> {
-        vec![path_field(&self.image)]
-    }
-}
+crate::spec_shapes::path_spec!(
+    /// A loop volume or snapshot: its image file, `loop:IMAGE`.
+    LoopSpec { image },
+    NAME
+);
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use berth_bdev::BdevError;
+    use berth_bdev::SpecForm;
     use std::path::Path;
 
     #[test]

@@ -29,7 +29,6 @@ use berth_bdev::fsutil::{allocated_bytes, claim_dir, create_dir_all, require_hos
 use berth_bdev::mount::{self, FsOpt, MountGuard};
 use berth_bdev::names::validate_name;
 use berth_bdev::registry::PathUse;
-use berth_bdev::spec::abs_path;
 use berth_bdev::{
     Backend, BdevError, Caps, CreateOpts, PoolConfig, Registration, Result, Revert, SpecForm,
     Usage, UsageKind, VolumeSpec,
@@ -86,18 +85,15 @@ pub fn open(pool: &PoolConfig, _runner: Arc<dyn Runner>) -> Result<Box<dyn Backe
     Ok(Box::new(Overlay::open(pool)?))
 }
 
-/// An overlay spec: `overlay:LOWER[:LOWER…]:UPPER`, topmost lower first.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OverlaySpec {
-    pub lowers: Vec<PathBuf>,
-    pub upper: PathBuf,
-}
+crate::spec_shapes::union_spec!(
+    /// An overlay spec: `overlay:LOWER[:LOWER…]:UPPER`, topmost lower first;
+    /// LXC's `overlayfs:` is read too.
+    OverlaySpec,
+    NAME,
+    aliases: &["overlayfs"]
+);
 
 impl OverlaySpec {
-    pub fn new(lowers: Vec<PathBuf>, upper: PathBuf) -> Self {
-        OverlaySpec { lowers, upper }
-    }
-
     /// The work directory overlayfs needs beside a writable upper: its sibling
     /// `work`, on the same filesystem as the kernel requires.
     pub fn workdir(&self) -> PathBuf {
@@ -119,45 +115,6 @@ impl OverlaySpec {
 /// The spec of an overlay volume with `lowers` (topmost first) under `upper`.
 pub fn spec(lowers: Vec<PathBuf>, upper: PathBuf) -> VolumeSpec {
     OverlaySpec::new(lowers, upper).to_spec()
-}
-
-impl OverlaySpec {
-    /// Reads `v` as this pool's own operations do: also as an upper alone, the
-    /// form `volume_named` gives a volume whose lowers were never recorded (made
-    /// before the record, or partly made), so that `destroy` still takes it.
-    fn read_own(v: &VolumeSpec) -> Result<Self> {
-        match (Self::from_spec(v), v.fields()) {
-            (Err(BdevError::InvalidSpec { spec, .. }), [upper]) => Ok(OverlaySpec {
-                lowers: Vec::new(),
-                upper: abs_path(upper).map_err(|reason| BdevError::InvalidSpec { spec, reason })?,
-            }),
-            (r, _) => r,
-        }
-    }
-}
-
-impl SpecForm for OverlaySpec {
-    const BACKEND: &'static str = NAME;
-
-    fn from_fields(fields: &[String]) -> std::result::Result<Self, String> {
-        let (lowers, upper) = lookup::union_from_fields(NAME, fields)?;
-        Ok(OverlaySpec { lowers, upper })
-    }
-
-    fn to_fields(&self) -> Vec<String> {
-        lookup::union_to_fields(&self.lowers, &self.upper)
-    }
-
-    /// Takes LXC's spelling `overlayfs:` too, as the registry does.
-    fn from_spec(v: &VolumeSpec) -> Result<Self> {
-        if v.backend() != NAME && !REGISTRATION.aliases.contains(&v.backend()) {
-            return Err(BdevError::foreign(v, "an overlay pool"));
-        }
-        Self::from_fields(v.fields()).map_err(|reason| BdevError::InvalidSpec {
-            spec: v.to_string(),
-            reason,
-        })
-    }
 }
 
 #[derive(Debug, Clone)]

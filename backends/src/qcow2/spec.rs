@@ -1,46 +1,18 @@
 //! The qcow2 spec form: `qcow2:IMAGE`, an absolute path.
 
-use std::path::PathBuf;
-
-use berth_bdev::spec::{abs_path, one_field, path_field};
-use berth_bdev::{SpecForm, VolumeSpec};
-
 use super::NAME;
 
-/// A qcow2 volume or snapshot: the image file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Qcow2Spec {
-    pub image: PathBuf,
-}
-
-impl Qcow2Spec {
-    /// The spec of the image at `image`.
-    pub fn spec(image: impl Into<PathBuf>) -> VolumeSpec {
-        Qcow2Spec {
-            image: image.into(),
-        }
-        .to_spec()
-    }
-}
-
-impl SpecForm for Qcow2Spec {
-    const BACKEND: &'static str = NAME;
-
-    fn from_fields(fields: &[String]) -> std::result::Result<Self, String> {
-        Ok(Qcow2Spec {
-            image: abs_path(one_field(fields)?)?,
-        })
-    }
-
-    fn to_fields(&self) -> Vec<String> {
-        vec![path_field(&self.image)]
-    }
-}
+crate::spec_shapes::path_spec!(
+    /// A qcow2 volume or snapshot: the image file, `qcow2:IMAGE`.
+    Qcow2Spec { image },
+    NAME
+);
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use berth_bdev::BdevError;
+    use berth_bdev::{BdevError, SpecForm, VolumeSpec};
+    use std::path::PathBuf;
 
     #[test]
     fn specs_round_trip_with_escapes() {
