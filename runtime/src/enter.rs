@@ -32,11 +32,12 @@ use tracing::debug;
 
 use crate::error::{Result, RuntimeError};
 use crate::exec::{self, ExecPlan};
-use crate::pty::{receive_master, PtyChild, Session};
+use crate::pty::{relay_if_started, start_session, PtyChild};
 use crate::report::{read_message, write_message};
 use crate::seccomp::BpfProgram;
 use crate::spec::{default_env, ExitStatus, RunSpec, Security, Stdio};
 use crate::step::Step;
+use crate::sys::HeldSignals;
 use crate::sys::{Namespace, Sys};
 
 /// Join order: the user namespace first, so that joining the others (owned
@@ -217,7 +218,7 @@ pub fn enter(spec: &EnterSpec, sys: &dyn Sys) -> Result<ExitStatus> {
 
     sys.hold_signals()
         .map_err(|source| RuntimeError::Signals { source })?;
-    let _held = Held(sys);
+    let _held = HeldSignals(sys);
     let relay = {
         let mut child = || relay_main(&plan, &exec_plan, sys, &wr, &status_wr, pty.as_ref());
         sys.spawn(CloneFlags::empty(), &mut child)
@@ -236,13 +237,12 @@ pub fn enter(spec: &EnterSpec, sys: &dyn Sys) -> Result<ExitStatus> {
         None => Ok(None),
     };
     let report = read_message(&rd);
-    let relayed = match (&report, &session) {
-        (Ok(None), Ok(Some(s))) => s.relay(),
-        (Ok(None), Ok(None)) if spec.tty => Err(RuntimeError::Protocol {
-            reason: "the command sent no pty master".to_owned(),
-        }),
-        _ => Ok(()),
-    };
+    let relayed = relay_if_started(
+        matches!(report, Ok(None)),
+        &session,
+        spec.tty,
+        "the command",
+    );
     // Restores the host terminal; hangs the pty up after a failed relay.
     let session = session.map(drop);
     let waited = sys
@@ -515,31 +515,6 @@ fn step_index(i: usize) -> u32 {
 fn report(wr: &RefCell<Option<OwnedFd>>, step: u32, errno: Errno) {
     if let Some(fd) = wr.borrow().as_ref() {
         write_message(fd, step, errno.raw_os_error());
-    }
-}
-
-/// Receives the pty master and sets up the host side; `None` if the
-/// command's process failed before sending it.
-fn start_session<'a>(
-    sys: &'a dyn Sys,
-    sock: &OwnedFd,
-    stdio: &'a Stdio,
-    stdin: BorrowedFd<'a>,
-    stdout: BorrowedFd<'a>,
-) -> Result<Option<Session<'a>>> {
-    let Some(master) = receive_master(sys, sock)? else {
-        return Ok(None);
-    };
-    let input = stdio.stdin.as_ref().map_or(stdin, AsFd::as_fd);
-    let output = stdio.stdout.as_ref().map_or(stdout, AsFd::as_fd);
-    Session::start(sys, master, input, output).map(Some)
-}
-
-struct Held<'a>(&'a dyn Sys);
-
-impl Drop for Held<'_> {
-    fn drop(&mut self) {
-        self.0.release_signals();
     }
 }
 

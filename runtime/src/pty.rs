@@ -19,6 +19,7 @@ use rustix::io::Errno;
 use tracing::{debug, warn};
 
 use crate::error::{Result, RuntimeError};
+use crate::spec::Stdio;
 use crate::step::Step;
 use crate::sys::{Sys, TermMode};
 
@@ -330,6 +331,42 @@ impl Drop for Session<'_> {
         if self.watching {
             self.sys.unwatch_winch();
         }
+    }
+}
+
+/// Receives the pty master and sets up the host side between it and
+/// `stdio`'s descriptors (else `stdin`/`stdout`); `None` if the child failed
+/// before sending it.
+pub(crate) fn start_session<'a>(
+    sys: &'a dyn Sys,
+    sock: &OwnedFd,
+    stdio: &'a Stdio,
+    stdin: BorrowedFd<'a>,
+    stdout: BorrowedFd<'a>,
+) -> Result<Option<Session<'a>>> {
+    let Some(master) = receive_master(sys, sock)? else {
+        return Ok(None);
+    };
+    let input = stdio.stdin.as_ref().map_or(stdin, AsFd::as_fd);
+    let output = stdio.stdout.as_ref().map_or(stdout, AsFd::as_fd);
+    Session::start(sys, master, input, output).map(Some)
+}
+
+/// Once the child's exec went through (`execed`): relays its pty until the
+/// other side closes, or fails if a child asked for one (`tty`) sent none.
+/// `who` names the child in that error.
+pub(crate) fn relay_if_started(
+    execed: bool,
+    session: &Result<Option<Session<'_>>>,
+    tty: bool,
+    who: &str,
+) -> Result<()> {
+    match (execed, session) {
+        (true, Ok(Some(s))) => s.relay(),
+        (true, Ok(None)) if tty => Err(RuntimeError::Protocol {
+            reason: format!("{who} sent no pty master"),
+        }),
+        _ => Ok(()),
     }
 }
 

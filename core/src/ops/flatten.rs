@@ -1,10 +1,10 @@
 //! `berth flatten` and `berth resize`: change a container's volume in place.
 
-use berth_bdev::{BdevError, CreateOpts, Revert};
+use berth_bdev::{BdevError, Revert};
 
 use tracing::warn;
 
-use super::{Berth, CopyTo};
+use super::Berth;
 use crate::error::Result;
 use crate::journal::{self, Intent};
 
@@ -26,17 +26,7 @@ impl Berth {
             let mut rv = Revert::new();
             // A native copy (zfs send, qemu-img convert) never keeps a backing chain.
             let volume = self.store().unlocked(|| {
-                let to = CopyTo {
-                    backend: backend.as_ref(),
-                    pool: &c.pool,
-                    name: &new_name,
-                    opts: CreateOpts {
-                        size: backend.usage(&c.volume).ok().and_then(|u| u.limit_bytes),
-                        fstype: None,
-                    },
-                    drop_xattrs: false,
-                };
-                self.full_copy(backend.as_ref(), &c.volume, to, &mut rv, progress)
+                self.copy_in_pool(backend.as_ref(), &c, &c.volume, &new_name, &mut rv, progress)
             })?;
             journal::crash_point("flatten", "made");
             let old = std::mem::replace(&mut c.volume, volume);

@@ -259,6 +259,32 @@ impl Berth {
     }
 }
 
+impl Berth {
+    /// A full copy of `src` as the new volume `name` in `c`'s own pool, as big
+    /// as `c`'s volume: what flatten and restore put in its place.
+    pub(crate) fn copy_in_pool(
+        &self,
+        backend: &dyn Backend,
+        c: &Container,
+        src: &VolumeSpec,
+        name: &str,
+        rv: &mut Revert,
+        progress: &dyn Progress,
+    ) -> Result<VolumeSpec> {
+        let to = CopyTo {
+            backend,
+            pool: &c.pool,
+            name,
+            opts: CreateOpts {
+                size: backend.usage(&c.volume).ok().and_then(|u| u.limit_bytes),
+                fstype: None,
+            },
+            drop_xattrs: false,
+        };
+        self.full_copy(backend, src, to, rv, progress)
+    }
+}
+
 /// `PID-STARTTIME` of this process: names what it owns in shared directories.
 pub(crate) fn process_tag() -> String {
     let pid = std::process::id();

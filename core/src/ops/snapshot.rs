@@ -2,11 +2,11 @@
 
 use berth_bdev::copy::Progress;
 use berth_bdev::names::validate_name;
-use berth_bdev::{CreateOpts, Revert};
+use berth_bdev::Revert;
 
 use tracing::warn;
 
-use super::{Berth, CopyTo};
+use super::Berth;
 use crate::error::{BerthError, Result};
 use crate::journal::{self, Commit, Intent, Planned};
 use crate::store::{dependents, now, Snapshot};
@@ -111,17 +111,7 @@ impl Berth {
                 if caps.clone_from_snapshot && !caps.clone_pins_origin {
                     return Ok(backend.snapshot_clone(&s.volume, &new_name, &mut rv)?);
                 }
-                let to = CopyTo {
-                    backend: backend.as_ref(),
-                    pool: &c.pool,
-                    name: &new_name,
-                    opts: CreateOpts {
-                        size: backend.usage(&c.volume).ok().and_then(|u| u.limit_bytes),
-                        fstype: None,
-                    },
-                    drop_xattrs: false,
-                };
-                self.full_copy(backend.as_ref(), &s.volume, to, &mut rv, progress)
+                self.copy_in_pool(backend.as_ref(), &c, &s.volume, &new_name, &mut rv, progress)
             })?;
             journal::crash_point("restore", "made");
             let old = std::mem::replace(&mut c.volume, volume);

@@ -2,7 +2,7 @@
 //! its rootfs and exec, and wait for it. The child reports a failed step over
 //! a CLOEXEC pipe (step index and errno); a clean exec closes the pipe unread.
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 
 use nix::sched::CloneFlags;
 use nix::unistd::Pid;
@@ -15,11 +15,12 @@ use crate::cgroup::Cgroup;
 
 use crate::error::{Result, RuntimeError};
 use crate::exec::{self, ExecPlan};
-use crate::pty::{receive_master, PtyChild, Session};
+use crate::pty::{relay_if_started, start_session, PtyChild};
 use crate::report::{read_message, write_message};
 use crate::rootfs::{setup_steps, ChildContext};
 use crate::spec::{ExitStatus, NetMode, RunSpec, UserNs};
 use crate::step::Step;
+use crate::sys::HeldSignals;
 use crate::sys::Sys;
 
 /// The step index the child reports when exec itself failed.
@@ -96,7 +97,7 @@ pub fn run_observed(
 
     sys.hold_signals()
         .map_err(|source| RuntimeError::Signals { source })?;
-    let _held = Held(sys);
+    let _held = HeldSignals(sys);
     let pid = {
         let mut child = || child_main(&steps, &exec_plan, sys, &wr);
         sys.spawn(clone_flags(spec), &mut child)
@@ -123,7 +124,7 @@ pub fn run_observed(
 
     let (stdin, stdout) = (std::io::stdin(), std::io::stdout());
     let session = match &parent_sock {
-        Some(sock) => start_session(sys, sock, spec, stdin.as_fd(), stdout.as_fd()),
+        Some(sock) => start_session(sys, sock, &spec.stdio, stdin.as_fd(), stdout.as_fd()),
         None => Ok(None),
     };
     let report = read_report(&rd);
@@ -133,13 +134,12 @@ pub fn run_observed(
             cgroup: cgroup.0.as_ref().map(Cgroup::paths).unwrap_or_default(),
         });
     }
-    let relayed = match (&report, &session) {
-        (Ok(None), Ok(Some(s))) => s.relay(),
-        (Ok(None), Ok(None)) if spec.tty => Err(RuntimeError::Protocol {
-            reason: "the container sent no pty master".to_owned(),
-        }),
-        _ => Ok(()),
-    };
+    let relayed = relay_if_started(
+        matches!(report, Ok(None)),
+        &session,
+        spec.tty,
+        "the container",
+    );
     // Restores the host terminal, and hangs the pty up if the container
     // still runs after a failed relay.
     let session = session.map(drop);
@@ -198,31 +198,6 @@ impl Drop for CgroupGuard {
                 warn!(error = %e, "could not remove the container's cgroup");
             }
         }
-    }
-}
-
-/// Receives the pty master and sets up the host side; `None` if the child
-/// failed before sending it.
-fn start_session<'a>(
-    sys: &'a dyn Sys,
-    sock: &OwnedFd,
-    spec: &'a RunSpec,
-    stdin: BorrowedFd<'a>,
-    stdout: BorrowedFd<'a>,
-) -> Result<Option<Session<'a>>> {
-    let Some(master) = receive_master(sys, sock)? else {
-        return Ok(None);
-    };
-    let input = spec.stdio.stdin.as_ref().map_or(stdin, AsFd::as_fd);
-    let output = spec.stdio.stdout.as_ref().map_or(stdout, AsFd::as_fd);
-    Session::start(sys, master, input, output).map(Some)
-}
-
-struct Held<'a>(&'a dyn Sys);
-
-impl Drop for Held<'_> {
-    fn drop(&mut self) {
-        self.0.release_signals();
     }
 }
 

@@ -271,6 +271,15 @@ impl fmt::Debug for CArgs {
     }
 }
 
+/// Signals held (`Sys::hold_signals`) until dropped.
+pub(crate) struct HeldSignals<'a>(pub(crate) &'a dyn Sys);
+
+impl Drop for HeldSignals<'_> {
+    fn drop(&mut self) {
+        self.0.release_signals();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use berth_runtime::{ExitStatus, NetMode, Started, Stdio};
 use serde::{Deserialize, Serialize};
@@ -365,18 +365,6 @@ fn command_of(rootfs: &Path, asked: &[String], configured: &[String]) -> Vec<OsS
         vec!["/bin/sh".to_owned()]
     };
     chosen.into_iter().map(OsString::from).collect()
-}
-
-/// Polls `f` until it holds or `limit` passes.
-pub fn wait_for(limit: Duration, f: impl Fn() -> bool) -> bool {
-    let until = Instant::now() + limit;
-    while !f() {
-        if Instant::now() > until {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    true
 }
 
 #[cfg(test)]
