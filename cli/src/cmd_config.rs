@@ -48,22 +48,37 @@ pub fn run(cli: &Cli, cmd: &ConfigCmd) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The lines `berth info` and `config show` print: limits, security, user namespace.
+/// The lines `berth info` and `config show` print: limits, security, user
+/// namespace, network, start settings.
 pub fn describe(r: &RunConfig) -> Vec<String> {
-    let mut limits: Vec<String> = r
-        .entries()
-        .into_iter()
-        .filter(|(k, _)| !matches!(*k, "seccomp" | "privileged" | "userns" | "cgroup_parent"))
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
+    let entries = r.entries();
+    let keys = |want: &[&str]| -> Vec<String> {
+        entries
+            .iter()
+            .filter(|(k, _)| want.contains(k))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect()
+    };
+    let mut limits = keys(&[
+        "memory",
+        "memory_swap",
+        "pids",
+        "cpus",
+        "cpuset",
+        "io_weight",
+    ]);
     if r.pids.is_none() {
         limits.push(format!("pids={DEFAULT_PIDS} (default)"));
     }
     let security = if r.privileged {
         "privileged (no confinement)".to_owned()
     } else {
+        let caps = match r.cap_add.is_empty() {
+            true => String::new(),
+            false => format!(", default capabilities + {}", r.cap_add.join(",")),
+        };
         format!(
-            "confined (seccomp {}, /proc masked, devices restricted, no_new_privs)",
+            "confined (seccomp {}, /proc masked, devices restricted, no_new_privs{caps})",
             r.seccomp.as_deref().unwrap_or("default")
         )
     };
@@ -84,6 +99,21 @@ pub fn describe(r: &RunConfig) -> Vec<String> {
         format!("security:   {security}"),
         format!("userns:     {userns}"),
     ];
+    let net = match (&r.net, r.ipv4) {
+        (None, None) => "none (loopback only)".to_owned(),
+        (n, ip) => {
+            let mode = n.clone().unwrap_or_default().to_string();
+            match ip {
+                Some(ip) => format!("{mode}, address {ip}"),
+                None => mode,
+            }
+        }
+    };
+    out.push(format!("network:    {net}"));
+    let start = keys(&["init.cmd", "autostart", "start.order", "start.delay"]);
+    if !start.is_empty() {
+        out.push(format!("start:      {}", start.join(" ")));
+    }
     if let Some(p) = &r.cgroup_parent {
         out.push(format!("cgroup:     {}/<name>", p.display()));
     }

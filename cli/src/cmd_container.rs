@@ -227,6 +227,7 @@ pub fn ls(cli: &Cli) -> anyhow::Result<ExitCode> {
                 e.origin.clone().unwrap_or_else(|| "-".to_owned()),
                 e.snapshots.map_or_else(unknown, |n| n.to_string()),
                 e.pid.map_or_else(|| "-".to_owned(), |p| p.to_string()),
+                e.ipv4.map_or_else(|| "-".to_owned(), |a| a.to_string()),
             ]
         })
         .collect();
@@ -240,6 +241,7 @@ pub fn ls(cli: &Cli) -> anyhow::Result<ExitCode> {
             "ORIGIN",
             "SNAPSHOTS",
             "PID",
+            "IPV4",
         ],
         rows,
         &entries,

@@ -12,7 +12,7 @@ use berth_core::Berth;
 use clap::Args;
 use nix::sys::signal::Signal;
 
-use crate::cmd_run::{parse_env, ConfineArgs, Net};
+use crate::cmd_run::{parse_env, ConfineArgs};
 use crate::output::say;
 use crate::Cli;
 
@@ -25,9 +25,6 @@ pub struct StartArgs {
     /// `start.order`, waiting `start.delay` seconds after each (for a boot unit).
     #[arg(long)]
     pub all_auto: bool,
-    /// Network: none (private, loopback only) or host.
-    #[arg(long, value_enum, default_value_t = Net::None)]
-    pub net: Net,
     /// Working directory inside the container.
     #[arg(long)]
     pub cwd: Option<PathBuf>,
@@ -151,7 +148,6 @@ pub fn start(cli: &Cli, a: &StartArgs) -> anyhow::Result<ExitCode> {
         command: a.command.clone(),
         env: parse_env(&a.env)?,
         cwd: a.cwd.clone(),
-        net_host: matches!(a.net, Net::Host),
         overrides: a.confine.overrides(),
     };
     let pid = lifecycle::start(&cli.root, name, &req, &berth_exe()?)?;

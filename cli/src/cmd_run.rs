@@ -6,28 +6,27 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use berth_core::confine::RunConfig;
+use berth_core::net::NetChoice;
 use berth_core::ops::run::{run as run_container, RunRequest};
-use berth_runtime::NetMode;
-use clap::{Args, ValueEnum};
+use clap::Args;
 
 use crate::Cli;
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum Net {
-    /// A private network namespace with only loopback.
-    None,
-    /// Share the host's network.
-    Host,
-}
 
 /// The confinement flags `berth run` and `berth start` share: each overrides
 /// the container's config key of the same name for this run.
 #[derive(Args, Debug, Default)]
 pub struct ConfineArgs {
+    /// Network: none (private, loopback only; the default), host, or bridge[=NAME]
+    /// (a veth pair on bridge NAME, default berth0, with an address of its subnet).
+    #[arg(long, value_name = "MODE", value_parser = clap::value_parser!(NetChoice))]
+    pub net: Option<NetChoice>,
     /// Turn off the confinement: every capability, writable /proc, all
     /// devices, no seccomp. The container can then take over the host.
     #[arg(long)]
     pub privileged: bool,
+    /// Add a capability to the default set (e.g. NET_RAW for busybox ping); repeatable.
+    #[arg(long = "cap-add", value_name = "CAP")]
+    pub cap_add: Vec<String>,
     /// Memory limit (e.g. 512M, 2G); the container is OOM-killed past it.
     #[arg(long, value_name = "SIZE")]
     pub memory: Option<String>,
@@ -60,9 +59,6 @@ pub struct ConfineArgs {
 #[derive(Args, Debug)]
 pub struct RunArgs {
     pub name: String,
-    /// Network: none (private, loopback only) or host.
-    #[arg(long, value_enum, default_value_t = Net::None)]
-    pub net: Net,
     /// Working directory inside the container.
     #[arg(long, default_value = "/")]
     pub cwd: PathBuf,
@@ -95,7 +91,9 @@ impl ConfineArgs {
             cgroup_parent: self.cgroup_parent.clone(),
             seccomp: self.seccomp.clone(),
             privileged: self.privileged,
+            cap_add: self.cap_add.clone(),
             userns: self.userns,
+            net: self.net.clone(),
             shifted: None,
             ..RunConfig::default()
         };
@@ -116,10 +114,6 @@ pub fn run(cli: &Cli, a: &RunArgs) -> anyhow::Result<ExitCode> {
         argv: a.command.clone(),
         env,
         cwd: Some(a.cwd.clone()),
-        net: match a.net {
-            Net::None => NetMode::None,
-            Net::Host => NetMode::Host,
-        },
         tty: a.tty || (!a.no_tty && std::io::stdin().is_terminal()),
         overrides: a.confine.overrides(),
     };

@@ -14,6 +14,7 @@ mod cmd_container;
 mod cmd_docs;
 mod cmd_doctor;
 mod cmd_life;
+mod cmd_network;
 mod cmd_pool;
 mod cmd_run;
 mod cmd_snapshot;
@@ -59,6 +60,9 @@ pub enum Command {
     /// Manage storage pools.
     #[command(subcommand)]
     Pool(cmd_pool::PoolCmd),
+    /// Manage bridge networks (`--net bridge[=NAME]`).
+    #[command(subcommand)]
+    Network(cmd_network::NetworkCmd),
     /// Create a container from a template.
     Create(cmd_container::CreateArgs),
     /// Clone a container (snapshot clone or full copy, any backend to any other).
@@ -151,6 +155,7 @@ fn main() -> ExitCode {
     }
     let result = match &cli.command {
         Command::Pool(c) => cmd_pool::run(&cli, c),
+        Command::Network(c) => cmd_network::run(&cli, c),
         Command::Create(a) => cmd_container::create(&cli, a),
         Command::Clone(a) => cmd_container::clone(&cli, a),
         Command::Destroy(a) => cmd_container::destroy(&cli, a),

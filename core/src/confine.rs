@@ -15,7 +15,7 @@ use crate::error::{BerthError, Result};
 pub const DEFAULT_PIDS: u64 = 4096;
 
 /// The keys `berth config set` takes, in the order `berth info` shows them.
-pub const KEYS: [&str; 14] = [
+pub const KEYS: [&str; 17] = [
     "memory",
     "memory_swap",
     "pids",
@@ -25,11 +25,14 @@ pub const KEYS: [&str; 14] = [
     "cgroup_parent",
     "seccomp",
     "privileged",
+    "cap.add",
     "userns",
     "init.cmd",
     "autostart",
     "start.order",
     "start.delay",
+    "net",
+    "net.ipv4",
 ];
 
 /// A container's run settings, as stored in its config. Absent values take
@@ -56,6 +59,9 @@ pub struct RunConfig {
     pub seccomp: Option<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub privileged: bool,
+    /// Capabilities on top of the default set (Docker's `--cap-add`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_add: Vec<String>,
     /// Run in a user namespace: container root is an unprivileged host id.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub userns: bool,
@@ -76,6 +82,13 @@ pub struct RunConfig {
     /// Seconds to wait after starting it before the next one (`lxc.start.delay`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_delay: Option<u64>,
+    /// Its network unless a start says otherwise: none, host or a bridge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<crate::net::NetChoice>,
+    /// Its address on its bridge: chosen at its first bridged start, kept
+    /// so it survives restarts; a clone gets its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv4: Option<std::net::Ipv4Addr>,
 }
 
 /// Host ids that container ids 0..count map to.
@@ -161,6 +174,16 @@ impl RunConfig {
                 self.seccomp = v;
             }
             "privileged" => self.privileged = v.is_some() && parse_bool(key, value)?,
+            "cap.add" => {
+                let names: Vec<String> = value
+                    .split([',', ' '])
+                    .filter(|n| !n.is_empty())
+                    .map(|n| n.trim_start_matches("CAP_").to_ascii_uppercase())
+                    .collect();
+                berth_runtime::seccomp::parse_caps(&names)
+                    .map_err(|e| bad(key, value, &e.to_string()))?;
+                self.cap_add = names;
+            }
             "userns" => self.userns = v.is_some() && parse_bool(key, value)?,
             "autostart" => self.autostart = v.is_some() && parse_bool(key, value)?,
             "start.order" => {
@@ -171,6 +194,12 @@ impl RunConfig {
             "start.delay" => {
                 self.start_delay = v
                     .map(|s| s.parse().map_err(|_| bad(key, &s, "whole seconds")))
+                    .transpose()?;
+            }
+            "net" => self.net = v.map(|s| s.parse()).transpose()?,
+            "net.ipv4" => {
+                self.ipv4 = v
+                    .map(|s| s.parse().map_err(|_| bad(key, &s, "an IPv4 address")))
                     .transpose()?;
             }
             "init.cmd" => {
@@ -209,6 +238,10 @@ impl RunConfig {
         );
         put("seccomp", self.seccomp.clone());
         put("privileged", self.privileged.then(|| "true".to_owned()));
+        put(
+            "cap.add",
+            (!self.cap_add.is_empty()).then(|| self.cap_add.join(",")),
+        );
         put("userns", self.userns.then(|| "true".to_owned()));
         put(
             "init.cmd",
@@ -217,6 +250,8 @@ impl RunConfig {
         put("autostart", self.autostart.then(|| "true".to_owned()));
         put("start.order", self.start_order.map(|o| o.to_string()));
         put("start.delay", self.start_delay.map(|d| d.to_string()));
+        put("net", self.net.as_ref().map(ToString::to_string));
+        put("net.ipv4", self.ipv4.map(|a| a.to_string()));
         out
     }
 
@@ -250,6 +285,9 @@ impl RunConfig {
         if let Some(s) = &self.seccomp {
             sec.seccomp = s.parse().unwrap_or_default();
         }
+        let added = berth_runtime::seccomp::parse_caps(&self.cap_add)
+            .map_err(|e| bad("cap.add", &self.cap_add.join(","), &e.to_string()))?;
+        sec.caps = sec.caps.map(|c| c | added);
         Ok(sec)
     }
 }

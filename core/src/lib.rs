@@ -10,6 +10,7 @@ pub mod interrupt;
 pub mod journal;
 pub mod locks;
 pub mod logs;
+pub mod net;
 pub mod ops;
 pub mod store;
 pub mod templates;

@@ -108,6 +108,9 @@ pub struct RunState {
     /// its monitor, and these say what it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detached: Option<Detached>,
+    /// Its address on a bridge, while it runs on one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv4: Option<std::net::Ipv4Addr>,
 }
 
 /// A detached container's init, as its monitor recorded it.

@@ -88,6 +88,13 @@ pub enum RuntimeError {
     #[error("user namespace: {step}")]
     UserNs { step: &'static str, source: Errno },
 
+    #[error("put the container on bridge {bridge:?} (veth {veth})")]
+    Bridge {
+        bridge: String,
+        veth: String,
+        source: Errno,
+    },
+
     #[error("create the container's cgroup namespace")]
     CgroupNs { source: Errno },
 

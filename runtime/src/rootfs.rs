@@ -13,7 +13,7 @@ use rustix::thread::CapabilitySet;
 use crate::devices::dev_steps;
 use crate::pty::PtyChild;
 use crate::seccomp::BpfProgram;
-use crate::spec::{NetMode, RunSpec};
+use crate::spec::RunSpec;
 use crate::step::Step;
 
 /// Docker's default capability set less `CAP_MKNOD` (device nodes are the
@@ -173,7 +173,7 @@ pub(crate) fn setup_steps<'a>(spec: &'a RunSpec, ctx: &ChildContext<'a>) -> Vec<
             name: &spec.hostname,
         },
     ]);
-    if spec.net == NetMode::None {
+    if spec.net.private() {
         steps.push(Step::LoopbackUp);
     }
     steps.push(Step::Chdir {

@@ -18,14 +18,24 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 /// The longest hostname the kernel accepts (`HOST_NAME_MAX`).
 const HOST_NAME_MAX: usize = 64;
 
-/// Whether the container gets its own network namespace.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Whether the container gets its own network namespace, and what is in it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum NetMode {
     /// Share the host's network namespace.
     Host,
     /// A new network namespace holding only `lo`, brought up.
     #[default]
     None,
+    /// A new network namespace with `lo` and `eth0`, the inner end of a veth
+    /// pair on a host bridge.
+    Bridge(crate::net::BridgeLink),
+}
+
+impl NetMode {
+    /// Whether the container gets a network namespace of its own.
+    pub fn private(&self) -> bool {
+        !matches!(self, NetMode::Host)
+    }
 }
 
 /// Descriptors to put on the container's fd 0, 1 and 2; `None` inherits ours.

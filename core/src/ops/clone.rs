@@ -193,8 +193,12 @@ impl Berth {
                     .to_owned(),
                 }),
                 ephemeral: req.ephemeral,
-                // Limits and security travel with the rootfs, as lxc-copy copies the config.
-                run: origin.run.clone(),
+                // Limits and security travel with the rootfs, as lxc-copy
+                // copies the config; an address is the origin's own.
+                run: crate::confine::RunConfig {
+                    ipv4: None,
+                    ..origin.run.clone()
+                },
                 snapshots: Vec::new(),
                 volume_name: None,
             };

@@ -59,6 +59,9 @@ pub struct Listed {
     /// When a detached container started, in seconds since the epoch.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub started: Option<u64>,
+    /// Its address on a bridge while it runs on one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipv4: Option<std::net::Ipv4Addr>,
     /// Why it is broken: the file, line and reason.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub broken: Option<Damage>,
@@ -94,9 +97,9 @@ impl Berth {
                 .entry(c.pool.clone())
                 .or_insert_with(|| self.look_at_pool(&c.pool, &pools));
             let run = self.store().run_state(&c.name);
-            let detached = match &run {
-                Ok(Some(s)) if s.process_alive() => s.detached.clone(),
-                _ => None,
+            let (detached, ipv4) = match &run {
+                Ok(Some(s)) if s.process_alive() => (s.detached.clone(), s.ipv4),
+                _ => (None, None),
             };
             let mut state = match run {
                 Ok(Some(s)) if s.pid.is_none() => State::Mounted,
@@ -133,6 +136,7 @@ impl Berth {
                 PoolLook::Usable(_) | PoolLook::Unusable => {}
             }
             let mut entry = listed(c, state, broken);
+            entry.ipv4 = ipv4;
             if let Some(d) = detached {
                 entry.pid = d.init;
                 entry.started = Some(d.started);
@@ -151,6 +155,7 @@ impl Berth {
                 volume: b.salvage.volume,
                 pid: None,
                 started: None,
+                ipv4: None,
                 broken: Some(b.damage),
             });
         }
@@ -294,6 +299,7 @@ fn listed(c: Container, state: State, broken: Option<Damage>) -> Listed {
         volume: Some(c.volume),
         pid: None,
         started: None,
+        ipv4: None,
         broken,
     }
 }

@@ -85,6 +85,7 @@ impl Berth {
                 mountpoint: at.clone(),
                 volume: c.volume.clone(),
                 detached: None,
+                ipv4: None,
             },
         )?;
         let _ = guard.persist();
@@ -136,6 +137,7 @@ impl Berth {
                 mountpoint: rootfs.clone(),
                 volume: c.volume.clone(),
                 detached: None,
+                ipv4: None,
             },
         )?;
         Ok(Mounted {
@@ -247,6 +249,9 @@ impl Berth {
             let parent = c.run.cgroup_parent.as_deref();
             if let Err(e) = berth_runtime::cgroup::remove_stale(parent, &name) {
                 warn!(name, error = %e, "could not remove the container's cgroup");
+            }
+            if state.ipv4.is_some() {
+                crate::net::clean_stale(self.store().root(), &name);
             }
             if c.ephemeral {
                 self.destroy(

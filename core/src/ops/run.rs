@@ -5,12 +5,15 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
+use std::net::Ipv4Addr;
+
 use berth_runtime::{ExitStatus, LinuxSys, NetMode, RunSpec, RuntimeError, Started, Stdio, UserNs};
 use tracing::{info, warn};
 
 use super::{Berth, Mounted};
 use crate::confine::{IdShift, RunConfig};
-use crate::error::Result;
+use crate::error::{BerthError, Result};
+use crate::net::{self, BridgeHold, NetChoice};
 use crate::userns::{shift_owners, subordinate_ids, unshifted};
 
 /// What one `berth run` asks for.
@@ -20,7 +23,6 @@ pub struct RunRequest {
     /// Added to the default environment.
     pub env: Vec<(OsString, OsString)>,
     pub cwd: Option<PathBuf>,
-    pub net: NetMode,
     pub tty: bool,
     /// `berth config` keys set for this run only (from flags), applied in order.
     pub overrides: Vec<(String, String)>,
@@ -54,7 +56,10 @@ pub(super) fn confined_run(
         cfg.set(k, v)?;
     }
     let mut spec = RunSpec::new(&m.rootfs, m.container.name.clone(), req.argv.clone());
-    spec.net = req.net;
+    let choice = cfg.net.clone().unwrap_or_default();
+    // Held while the container runs: the last one out removes the bridge.
+    let (net_mode, _bridge) = network(root, m, &choice)?;
+    spec.net = net_mode;
     if let Some(cwd) = &req.cwd {
         spec.cwd = cwd.clone();
     }
@@ -95,6 +100,22 @@ pub(super) fn confined_run(
     }
 }
 
+/// What the runtime needs for network `choice`; on a bridge, the container's
+/// address (kept in its config), the bridge itself and its /etc files.
+fn network(root: &Path, m: &Mounted, choice: &NetChoice) -> Result<(NetMode, Option<BridgeHold>)> {
+    let bridge = match choice {
+        NetChoice::None => return Ok((NetMode::None, None)),
+        NetChoice::Host => return Ok((NetMode::Host, None)),
+        NetChoice::Bridge(b) => b,
+    };
+    let name = &m.container.name;
+    let subnet = net::subnet_of(root, bridge)?;
+    let address = Berth::open(root, true)?.assign_address(name, bridge, subnet)?;
+    let hold = net::hold_bridge(root, bridge, subnet)?;
+    net::write_etc(&m.rootfs, name, address)?;
+    Ok((net::bridge_mode(name, bridge, subnet, address), Some(hold)))
+}
+
 fn set_idmapped(spec: &mut RunSpec, on: bool) {
     if let Some(ns) = &mut spec.userns {
         ns.idmap_rootfs = on;
@@ -116,6 +137,50 @@ fn record_shift(root: &Path, name: &str, shift: Option<IdShift>) -> Result<()> {
 }
 
 impl Berth {
+    /// The address of `name` on `bridge`: the one in its config if it is in
+    /// `subnet` (refused if another container has it), else the lowest free
+    /// one, recorded there.
+    fn assign_address(&self, name: &str, bridge: &str, subnet: net::Subnet) -> Result<Ipv4Addr> {
+        let mut c = self.store().container(name)?;
+        let others = self.store().containers()?;
+        let holder = |ip: Ipv4Addr| {
+            others
+                .iter()
+                .find(|o| o.name != name && o.run.ipv4 == Some(ip))
+                .map(|o| o.name.clone())
+        };
+        let address = match c.run.ipv4 {
+            Some(ip) if subnet.contains(ip) => match holder(ip) {
+                Some(other) => {
+                    return Err(BerthError::Invalid(format!(
+                        "{name}: net.ipv4 {ip} is {other}'s; unset it \
+                         (`berth config set {name} net.ipv4=`) for a free one"
+                    )))
+                }
+                None => ip,
+            },
+            kept => {
+                if let Some(old) = kept {
+                    info!(name, %old, bridge, "its address is not in this bridge's subnet: choosing another");
+                }
+                let taken: Vec<Ipv4Addr> = others
+                    .iter()
+                    .filter(|o| o.name != name)
+                    .filter_map(|o| o.run.ipv4)
+                    .collect();
+                let ip = net::allocate(subnet, &taken)?;
+                c.run.ipv4 = Some(ip);
+                self.store().save(&c)?;
+                ip
+            }
+        };
+        if let Some(mut s) = self.store().run_state(name)? {
+            s.ipv4 = Some(address);
+            self.store().save_run_state(name, &s)?;
+        }
+        Ok(address)
+    }
+
     /// `berth config set`: validates and stores run settings.
     pub fn set_config(&self, name: &str, settings: &[(String, String)]) -> Result<RunConfig> {
         let mut c = self.store().container(name)?;
@@ -124,5 +189,51 @@ impl Berth {
         }
         self.store().save(&c)?;
         Ok(c.run)
+    }
+}
+
+/// One line of `berth network ls`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NetworkEntry {
+    pub bridge: String,
+    pub subnet: String,
+    /// Containers whose config puts them on it.
+    pub containers: Vec<String>,
+}
+
+impl Berth {
+    fn network_users(&self, bridge: &str) -> Result<Vec<String>> {
+        Ok(self
+            .store()
+            .containers()?
+            .into_iter()
+            .filter(|c| matches!(&c.run.net, Some(NetChoice::Bridge(b)) if b == bridge))
+            .map(|c| c.name)
+            .collect())
+    }
+
+    /// `berth network ls`.
+    pub fn networks(&self) -> Result<Vec<NetworkEntry>> {
+        net::networks(self.store().root())?
+            .into_iter()
+            .map(|(bridge, subnet)| {
+                Ok(NetworkEntry {
+                    containers: self.network_users(&bridge)?,
+                    subnet: subnet.to_string(),
+                    bridge,
+                })
+            })
+            .collect()
+    }
+
+    /// `berth network create`.
+    pub fn network_create(&self, bridge: &str, subnet: net::Subnet) -> Result<()> {
+        net::define(self.store().root(), bridge, subnet)
+    }
+
+    /// `berth network rm`: refused while a container's config names it.
+    pub fn network_remove(&self, bridge: &str) -> Result<()> {
+        let users = self.network_users(bridge)?;
+        net::undefine(self.store().root(), bridge, &users)
     }
 }

@@ -53,6 +53,7 @@ mod plan;
 mod profile;
 
 pub use compile::{BpfProgram, SockFilter};
+pub use names::caps as parse_caps;
 pub use profile::SeccompProfile;
 
 /// Why a profile could not be read, checked or compiled.

@@ -138,8 +138,8 @@ pub(crate) fn cap(name: &str) -> Result<CapabilitySet, SeccompError> {
         })
 }
 
-/// The union of `names`.
-pub(crate) fn caps(names: &[String]) -> Result<CapabilitySet, SeccompError> {
+/// The union of `names` (Docker's spellings: "NET_RAW", "cap_net_raw").
+pub fn caps(names: &[String]) -> Result<CapabilitySet, SeccompError> {
     names
         .iter()
         .try_fold(CapabilitySet::empty(), |set, n| Ok(set | cap(n)?))

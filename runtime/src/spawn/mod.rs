@@ -69,8 +69,9 @@ pub fn run_observed(
     } else {
         (None, None)
     };
-    // The child waits for its cgroup and id maps before it does anything.
-    let sync = match spec.cgroup.is_some() || spec.userns.is_some() {
+    // The child waits for its cgroup, id maps and network before it does anything.
+    let bridged = matches!(spec.net, NetMode::Bridge(_));
+    let sync = match spec.cgroup.is_some() || spec.userns.is_some() || bridged {
         true => {
             Some(pipe_with(PipeFlags::CLOEXEC).map_err(|source| RuntimeError::Pipe { source })?)
         }
@@ -109,6 +110,15 @@ pub fn run_observed(
     if let Some(pty) = &pty {
         pty.close_parent_copy();
     }
+    // Removes the host veth when we are done, whatever happened; the kernel
+    // would too once the namespace goes, but later.
+    let _net = NetGuard {
+        sys,
+        host_veth: match &spec.net {
+            NetMode::Bridge(link) => Some(link.host_veth.as_str()),
+            _ => None,
+        },
+    };
     let prepared = prepare_child(sys, spec, pid, &cgroup, tree.as_ref().map(|(p, _)| p));
     let released = prepared.and_then(|()| match &sync {
         Some((_, go)) => sys
@@ -184,7 +194,31 @@ fn prepare_child(
     if let Some(cg) = &cgroup.0 {
         cg.add_process(pid.as_raw())?;
     }
+    if let NetMode::Bridge(link) = &spec.net {
+        sys.attach_bridge(pid, link)
+            .map_err(|source| RuntimeError::Bridge {
+                bridge: link.bridge.clone(),
+                veth: link.host_veth.clone(),
+                source,
+            })?;
+    }
     Ok(())
+}
+
+/// Deletes the container's host veth.
+struct NetGuard<'a> {
+    sys: &'a dyn Sys,
+    host_veth: Option<&'a str>,
+}
+
+impl Drop for NetGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(veth) = self.host_veth {
+            if let Err(e) = self.sys.detach_bridge(veth) {
+                warn!(veth, error = %e, "could not remove the container's veth");
+            }
+        }
+    }
 }
 
 /// Kills what is left in the container's cgroup and removes it.
@@ -206,7 +240,7 @@ fn clone_flags(spec: &RunSpec) -> CloneFlags {
         | CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWUTS
         | CloneFlags::CLONE_NEWIPC;
-    if spec.net == NetMode::None {
+    if spec.net.private() {
         flags |= CloneFlags::CLONE_NEWNET;
     }
     if spec.userns.is_some() {

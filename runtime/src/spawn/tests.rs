@@ -251,6 +251,56 @@ fn host_net_keeps_netns_and_skips_loopback() {
     }));
 }
 
+fn bridged() -> RunSpec {
+    let mut s = spec();
+    s.net = NetMode::Bridge(crate::net::BridgeLink {
+        bridge: "berth0".into(),
+        host_veth: "vb0123".into(),
+        address: "10.88.0.2".parse().unwrap(),
+        prefix: 16,
+        gateway: "10.88.0.1".parse().unwrap(),
+    });
+    s
+}
+
+#[test]
+fn a_bridged_child_waits_for_its_veth_which_goes_after_it() {
+    let fake = FakeSys::new();
+    run(&bridged(), &fake).unwrap();
+    let calls = fake.calls();
+    let at = |want: &dyn Fn(&Call) -> bool| calls.iter().position(want).unwrap();
+    let attach =
+        at(&|c| matches!(c, Call::AttachBridge { link, .. } if link.host_veth == "vb0123"));
+    assert!(
+        at(&|c| matches!(c, Call::Spawn { flags } if flags.contains(CloneFlags::CLONE_NEWNET)))
+            < attach
+    );
+    assert!(attach < at(&|c| *c == Call::ReleaseChild));
+    assert!(calls.contains(&Call::LoopbackUp));
+    let detach = at(&|c| matches!(c, Call::DetachBridge { host_veth } if host_veth == "vb0123"));
+    assert!(at(&|c| matches!(c, Call::Wait { .. })) < detach);
+}
+
+#[test]
+fn a_failed_veth_is_the_runs_error_and_is_removed() {
+    let fake = FakeSys::new().fail_when(|c| matches!(c, Call::AttachBridge { .. }), Errno::NODEV);
+    let e = run(&bridged(), &fake).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            RuntimeError::Bridge {
+                source: Errno::NODEV,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("berth0"), "{e}");
+    let calls = fake.calls();
+    assert!(!calls.contains(&Call::ReleaseChild));
+    assert!(calls.iter().any(|c| matches!(c, Call::DetachBridge { .. })));
+}
+
 #[test]
 fn stdio_is_redirected_first() {
     let (r, w) = rustix::pipe::pipe().unwrap();

@@ -156,6 +156,13 @@ pub enum Call {
         name: String,
     },
     LoopbackUp,
+    AttachBridge {
+        pid: Pid,
+        link: crate::net::BridgeLink,
+    },
+    DetachBridge {
+        host_veth: String,
+    },
     DropCaps {
         keep: CapabilitySet,
     },
@@ -337,6 +344,19 @@ impl Sys for FakeSys {
             pid,
             uid_map: uid_map.to_owned(),
             gid_map: gid_map.to_owned(),
+        })
+    }
+
+    fn attach_bridge(&self, pid: Pid, link: &crate::net::BridgeLink) -> Result<(), Errno> {
+        self.record(Call::AttachBridge {
+            pid,
+            link: link.clone(),
+        })
+    }
+
+    fn detach_bridge(&self, host_veth: &str) -> Result<(), Errno> {
+        self.record(Call::DetachBridge {
+            host_veth: host_veth.to_owned(),
         })
     }
 

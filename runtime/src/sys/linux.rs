@@ -104,6 +104,14 @@ impl Sys for LinuxSys {
         Ok(())
     }
 
+    fn attach_bridge(&self, pid: Pid, link: &crate::net::BridgeLink) -> Result<(), Errno> {
+        crate::net::attach(pid.as_raw(), link)
+    }
+
+    fn detach_bridge(&self, host_veth: &str) -> Result<(), Errno> {
+        crate::net::delete_link(host_veth)
+    }
+
     fn idmapped_tree(&self, path: &Path, pid: Pid) -> Result<OwnedFd, Errno> {
         super::idmap::idmapped_tree(path, pid)
     }

@@ -104,6 +104,10 @@ pub trait Sys {
     /// A detached copy of the mount tree at `path`, idmapped with the user
     /// namespace of `pid` (`open_tree` + `mount_setattr(MOUNT_ATTR_IDMAP)`).
     fn idmapped_tree(&self, path: &Path, pid: Pid) -> Result<OwnedFd, Errno>;
+    /// Puts the child on a host bridge: [`crate::net::attach`].
+    fn attach_bridge(&self, pid: Pid, link: &crate::net::BridgeLink) -> Result<(), Errno>;
+    /// Removes a container's host veth (gone already is fine).
+    fn detach_bridge(&self, host_veth: &str) -> Result<(), Errno>;
     /// Lets a child blocked in [`Sys::await_parent`] go on.
     fn release_child(&self, fd: BorrowedFd<'_>) -> Result<(), Errno>;
 

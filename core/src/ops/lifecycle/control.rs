@@ -249,7 +249,15 @@ fn halt_signal(init: &Process) -> Signal {
 /// and waits for the monitor to clean up. Opens the store itself: the monitor
 /// needs it while this waits.
 pub fn stop(root: &Path, name: &str, timeout: Duration) -> Result<Stopped> {
-    let (monitor, d) = Berth::open(root, false)?.detached(name)?;
+    let (monitor, d) = match Berth::open(root, false)?.detached(name) {
+        Ok(found) => found,
+        Err(e) => {
+            // Whatever a monitor that died left (its init, cgroup, veth,
+            // mounts) goes now, with the store's cleanup.
+            drop(Berth::open(root, true));
+            return Err(e);
+        }
+    };
     // A frozen container handles no signal.
     if berth_runtime::cgroup::is_frozen(&d.cgroup) {
         berth_runtime::cgroup::set_frozen(&d.cgroup, false).map_err(|source| {

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use berth_runtime::{ExitStatus, NetMode, Started, Stdio};
+use berth_runtime::{ExitStatus, Started, Stdio};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
@@ -38,8 +38,6 @@ pub struct StartRequest {
     pub command: Vec<String>,
     pub env: Vec<(String, String)>,
     pub cwd: Option<PathBuf>,
-    /// Share the host's network instead of a private one.
-    pub net_host: bool,
     /// `berth config` keys for this start only.
     pub overrides: Vec<(String, String)>,
 }
@@ -277,11 +275,6 @@ fn monitor_run(root: &Path, name: &str, req: &StartRequest, report: &mut Report)
                 .map(|(k, v)| (OsString::from(k), OsString::from(v)))
                 .collect(),
             cwd: req.cwd.clone(),
-            net: if req.net_host {
-                NetMode::Host
-            } else {
-                NetMode::None
-            },
             tty: false,
             overrides: req.overrides.clone(),
         };
@@ -407,8 +400,10 @@ mod tests {
             command: vec!["/bin/sh".into(), "-c".into(), "echo 'a b'".into()],
             env: vec![("K".into(), "v=w".into())],
             cwd: Some("/tmp".into()),
-            net_host: false,
-            overrides: vec![("memory".into(), "64M".into())],
+            overrides: vec![
+                ("memory".into(), "64M".into()),
+                ("net".into(), "bridge".into()),
+            ],
         };
         let back: StartRequest = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
         assert_eq!(back, r);
