@@ -7,6 +7,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use berth_core::logs::{read_logs, LogQuery};
+use berth_core::ops::lifecycle::console::{self, AttachEnd};
 use berth_core::ops::lifecycle::{self, ExecRequest, StartRequest};
 use berth_core::Berth;
 use clap::Args;
@@ -31,6 +32,9 @@ pub struct StartArgs {
     /// Extra environment variables, KEY=VALUE (repeatable).
     #[arg(short, long = "env")]
     pub env: Vec<String>,
+    /// Give it a pseudo-terminal, held by its monitor, to `berth attach` to.
+    #[arg(short, long)]
+    pub tty: bool,
     #[command(flatten)]
     pub confine: ConfineArgs,
     /// The command; default: the container's `init.cmd`, else /sbin/init, else /bin/sh.
@@ -68,6 +72,14 @@ fn parse_user(s: &str) -> Result<(u32, u32), String> {
         (Ok(u), Ok(g)) => Ok((u, g)),
         _ => Err(format!("{s:?}: expected UID[:GID], numbers")),
     }
+}
+
+#[derive(Args, Debug)]
+pub struct AttachArgs {
+    pub name: String,
+    /// The keys that detach, leaving the container running (Docker's form).
+    #[arg(long, value_name = "KEYS", default_value = "ctrl-p,ctrl-q")]
+    pub detach_keys: String,
 }
 
 #[derive(Args, Debug)]
@@ -149,6 +161,7 @@ pub fn start(cli: &Cli, a: &StartArgs) -> anyhow::Result<ExitCode> {
         env: parse_env(&a.env)?,
         cwd: a.cwd.clone(),
         overrides: a.confine.overrides(),
+        tty: a.tty,
     };
     let pid = lifecycle::start(&cli.root, name, &req, &berth_exe()?)?;
     say(format!("started {name} (init pid {pid})"))?;
@@ -198,6 +211,20 @@ pub fn restart(cli: &Cli, a: &StopArgs) -> anyhow::Result<ExitCode> {
 pub fn kill(cli: &Cli, a: &KillArgs) -> anyhow::Result<ExitCode> {
     Berth::open(&cli.root, false)?.kill(&a.name, a.signal)?;
     Ok(ExitCode::SUCCESS)
+}
+
+pub fn attach(cli: &Cli, a: &AttachArgs) -> anyhow::Result<ExitCode> {
+    use std::os::fd::AsFd;
+    let keys = console::parse_detach_keys(&a.detach_keys)?;
+    Berth::open(&cli.root, false)?.store().container(&a.name)?;
+    let (stdin, stdout) = (std::io::stdin(), std::io::stdout());
+    match console::attach(&cli.root, &a.name, &keys, stdin.as_fd(), stdout.as_fd())? {
+        AttachEnd::Detached => {
+            eprintln!("\r\nberth: detached from {} (it keeps running)\r", a.name);
+            Ok(ExitCode::SUCCESS)
+        }
+        AttachEnd::Ended => wait(cli, &a.name),
+    }
 }
 
 pub fn wait(cli: &Cli, name: &str) -> anyhow::Result<ExitCode> {

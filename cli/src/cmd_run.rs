@@ -115,6 +115,7 @@ pub fn run(cli: &Cli, a: &RunArgs) -> anyhow::Result<ExitCode> {
         env,
         cwd: Some(a.cwd.clone()),
         tty: a.tty || (!a.no_tty && std::io::stdin().is_terminal()),
+        keep_pty: false,
         overrides: a.confine.overrides(),
     };
     let status = run_container(&cli.root, &a.name, req)?;

@@ -95,6 +95,9 @@ pub enum Command {
     /// Run a command inside a running detached container (its namespaces,
     /// cgroup and confinement); its exit status is berth's.
     Exec(cmd_life::ExecArgs),
+    /// Connect to the console of a container started with `start -t`;
+    /// Ctrl-P Ctrl-Q detaches and leaves it running.
+    Attach(cmd_life::AttachArgs),
     /// Send a signal to a detached container's init.
     Kill(cmd_life::KillArgs),
     /// Wait until a detached container stops; its exit status is berth's.
@@ -171,6 +174,7 @@ fn main() -> ExitCode {
         Command::Restart(a) => cmd_life::restart(&cli, a),
         Command::Kill(a) => cmd_life::kill(&cli, a),
         Command::Exec(a) => cmd_life::exec(&cli, a),
+        Command::Attach(a) => cmd_life::attach(&cli, a),
         Command::Wait(a) => cmd_life::wait(&cli, &a.name),
         Command::Logs(a) => cmd_life::logs(&cli, a),
         Command::Freeze(a) => cmd_life::freeze(&cli, &a.name, true),

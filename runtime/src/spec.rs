@@ -78,6 +78,9 @@ pub struct RunSpec {
     /// its controlling terminal in a new session, relayed to the host's
     /// stdin/stdout (raw mode and window size if stdin is a terminal).
     pub tty: bool,
+    /// With `tty`: hand the pty master to the caller ([`crate::Started::pty`])
+    /// instead of relaying it to `stdio` (a detached container's console).
+    pub keep_pty: bool,
 }
 
 impl RunSpec {
@@ -100,6 +103,7 @@ impl RunSpec {
             cgroup: None,
             userns: None,
             tty: false,
+            keep_pty: false,
         }
     }
 

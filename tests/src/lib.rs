@@ -16,4 +16,5 @@ pub mod harness;
 pub mod ops;
 pub mod pools;
 pub mod rng;
+pub mod tmux;
 pub mod vm;

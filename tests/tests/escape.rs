@@ -8,13 +8,13 @@
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
-use berth_bdev::cmd::{self, HostRunner};
+use berth_bdev::cmd;
 use berth_tests::cli::{assert_run_left_nothing, unique_name, Report, Store};
 use berth_tests::harness::{skip, ScratchFs};
+use berth_tests::tmux::Tmux;
 use rustix::fs::{Mode, OFlags};
 
 const PROBE: &str = env!("CARGO_BIN_EXE_berth-probe");
@@ -268,80 +268,6 @@ fn privileged_opts_out_of_the_policy_but_not_the_namespaces() {
     s.ok(&["destroy", &name]);
 }
 
-/// A tmux server of our own (its own socket), killed on drop, its socket
-/// file removed (kill-server leaves it).
-struct Tmux {
-    socket: String,
-    path: Option<PathBuf>,
-}
-
-impl Tmux {
-    fn start() -> Option<Tmux> {
-        if !cmd::have_program("tmux") {
-            skip("tmux is not installed");
-            return None;
-        }
-        let mut t = Tmux {
-            socket: format!("berth-esc-{}", std::process::id()),
-            path: None,
-        };
-        t.tmux(&[
-            "new-session",
-            "-d",
-            "-x",
-            "200",
-            "-y",
-            "50",
-            "env PS1='$ ' sh",
-        ]);
-        let path = t.tmux(&["display-message", "-p", "#{socket_path}"]);
-        t.path = Some(PathBuf::from(path.trim()));
-        Some(t)
-    }
-
-    fn tmux(&self, args: &[&str]) -> String {
-        let mut all = vec!["-L", self.socket.as_str()];
-        all.extend_from_slice(args);
-        cmd::run(&HostRunner, "tmux", &all)
-            .unwrap_or_else(|e| panic!("tmux {args:?}: {e}"))
-            .stdout
-    }
-
-    fn line(&self, text: &str) {
-        self.tmux(&["send-keys", "-l", text]);
-        self.tmux(&["send-keys", "Enter"]);
-    }
-
-    fn screen(&self) -> String {
-        self.tmux(&["capture-pane", "-p", "-J", "-S", "-"])
-    }
-
-    /// Waits until `done(screen)`; returns the screen.
-    fn wait_until(&self, what: &str, done: impl Fn(&str) -> bool) -> String {
-        let start = Instant::now();
-        loop {
-            let screen = self.screen();
-            if done(&screen) {
-                return screen;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "timed out waiting for {what}; screen:\n{screen}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = cmd::run(&HostRunner, "tmux", &["-L", &self.socket, "kill-server"]);
-        if let Some(p) = &self.path {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-}
-
 /// berth runs in a shell on a real terminal, with `--no-tty`: the container's
 /// fd 0 is that terminal, but it must not be its controlling tty (setsid) and
 /// TIOCSTI is filtered, so nothing gets typed into the shell after berth exits.
@@ -351,7 +277,7 @@ fn tiocsti_cannot_type_into_the_terminal_berth_runs_in() {
     let Some(s) = store_with_probe(&name) else {
         return;
     };
-    let Some(t) = Tmux::start() else {
+    let Some(t) = Tmux::start("berth-esc", "env PS1='$ ' sh") else {
         return;
     };
     t.wait_until("the prompt", |sc| sc.contains("$ "));

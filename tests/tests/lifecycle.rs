@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use berth_tests::cli::{assert_run_left_nothing, unique_name, Store};
 use berth_tests::harness::{skip, wait_for};
+use berth_tests::tmux::Tmux;
 
 fn root_or_skip() -> bool {
     if !rustix::process::geteuid().is_root() {
@@ -427,4 +428,72 @@ fn logs_follow_until_the_container_ends() {
     let out = s.ok(&["wait", &name]);
     assert!(out.contains("code 0"), "{out}");
     assert_gone(&s, &name);
+}
+
+/// `start -t` then `attach` from a real terminal (tmux): typed input reaches
+/// the container, its window size follows the terminal's, Ctrl-P Ctrl-Q
+/// detaches and leaves it running, and attaching again to `exit 3` ends the
+/// attach with the container's status.
+#[test]
+fn attach_and_detach_through_a_real_terminal() {
+    if !root_or_skip() {
+        return;
+    }
+    let Some(t) = Tmux::start("berth-attach", "env PS1='$ ' sh") else {
+        return;
+    };
+    let s = Store::new();
+    let name = unique_name("life-tty");
+    s.ok(&["create", &name]);
+    s.ok(&["start", &name, "-t", "--", "/bin/sh"]);
+    t.wait_until("the prompt", |sc| sc.contains("$ "));
+    let attach = format!(
+        "{} --root {} attach {name}; echo attach-exit=$?",
+        s.bin().display(),
+        s.root().display()
+    );
+    // Raw mode flushes what was typed before it: type once the shell answers.
+    let attached = || {
+        let prompts = t.screen().matches("/ #").count();
+        for _ in 0..100 {
+            t.tmux(&["send-keys", "Enter"]);
+            std::thread::sleep(Duration::from_millis(200));
+            if t.screen().matches("/ #").count() > prompts {
+                return;
+            }
+        }
+        panic!("the attach did not connect:\n{}", t.screen());
+    };
+    t.line(&attach);
+    attached();
+    t.line("echo marker-$((6*7)); stty size");
+    t.wait_until("the container's answer", |sc| {
+        sc.contains("marker-42") && sc.contains("50 200")
+    });
+    // Only one client at a time.
+    let second = s.berth(&["attach", &name]).unwrap_err();
+    assert!(
+        second.stderr.contains("another berth attach"),
+        "{}",
+        second.stderr
+    );
+    t.tmux(&["resize-window", "-x", "120", "-y", "40"]);
+    t.line("stty size");
+    t.wait_until("the new size", |sc| sc.contains("40 120"));
+    t.tmux(&["send-keys", "C-p", "C-q"]);
+    let sc = t.wait_until("the detach", |sc| sc.contains("attach-exit=0"));
+    assert!(sc.contains("detached from"), "{sc}");
+    assert_eq!(state_of(&s, &name), "running");
+    // What it wrote is in its log too.
+    let log = s.ok(&["logs", &name]);
+    assert!(log.contains("marker-42"), "{log}");
+
+    t.line(&attach);
+    attached();
+    t.line("exit 3");
+    t.wait_until("the end", |sc| sc.contains("attach-exit=3"));
+    assert!(wait_for(|| state_of(&s, &name) == "stopped"));
+    assert!(!s.root().join(format!("run/{name}.tty")).exists());
+    assert_gone(&s, &name);
+    s.ok(&["destroy", &name]);
 }

@@ -24,6 +24,9 @@ pub struct RunRequest {
     pub env: Vec<(OsString, OsString)>,
     pub cwd: Option<PathBuf>,
     pub tty: bool,
+    /// With `tty`: the pty master goes to the `started` callback (a detached
+    /// container's console) instead of being relayed to stdio.
+    pub keep_pty: bool,
     /// `berth config` keys set for this run only (from flags), applied in order.
     pub overrides: Vec<(String, String)>,
 }
@@ -32,7 +35,7 @@ pub struct RunRequest {
 /// command's exit status.
 pub fn run(root: &Path, name: &str, req: RunRequest) -> Result<ExitStatus> {
     let mounted = Berth::open(root, true)?.start_run(name)?;
-    let result = confined_run(root, &mounted, &req, Stdio::default(), &mut |_| {});
+    let result = confined_run(root, &mounted, &req, Stdio::default(), &mut drop);
     let finished = Berth::open(root, true).and_then(|b| b.finish_run(mounted));
     let status = result?;
     finished?;
@@ -46,7 +49,7 @@ pub(super) fn confined_run(
     m: &Mounted,
     req: &RunRequest,
     stdio: Stdio,
-    started: &mut dyn FnMut(&Started),
+    started: &mut dyn FnMut(Started),
 ) -> Result<ExitStatus> {
     if m.read_only {
         warn!(name = %m.container.name, "clones depend on this container: its rootfs is mounted read-only");
@@ -65,6 +68,7 @@ pub(super) fn confined_run(
     }
     spec.env.extend(req.env.iter().cloned());
     spec.tty = req.tty;
+    spec.keep_pty = req.keep_pty;
     spec.stdio = stdio;
     spec.security = cfg.security()?;
     spec = spec.with_cgroup(cfg.cgroup_parent.clone(), cfg.limits()?);

@@ -104,7 +104,7 @@ impl Container {
                 stderr: Some(dev_null()),
             };
             run_observed(&spec, &LinuxSys, &mut |s| {
-                let _ = tx.send(s.clone());
+                let _ = tx.send(s);
             })
         });
         let Ok(started) = rx.recv_timeout(Duration::from_secs(30)) else {

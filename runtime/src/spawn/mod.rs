@@ -15,7 +15,7 @@ use crate::cgroup::Cgroup;
 
 use crate::error::{Result, RuntimeError};
 use crate::exec::{self, ExecPlan};
-use crate::pty::{relay_if_started, start_session, PtyChild};
+use crate::pty::{receive_master, relay_if_started, start_session, PtyChild};
 use crate::report::{read_message, write_message};
 use crate::rootfs::{setup_steps, ChildContext};
 use crate::spec::{ExitStatus, NetMode, RunSpec, UserNs};
@@ -31,15 +31,17 @@ const EXEC_STEP: u32 = u32::MAX;
 /// [`RuntimeError`] of the failed step; the container's mounts never reach
 /// the host's mount namespace.
 pub fn run(spec: &RunSpec, sys: &dyn Sys) -> Result<ExitStatus> {
-    run_observed(spec, sys, &mut |_| {})
+    run_observed(spec, sys, &mut drop)
 }
 
-/// What a running container is, for whoever watches it: its init's host pid
-/// and its cgroup directories (one per hierarchy; empty without a cgroup).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a running container is, for whoever watches it: its init's host pid,
+/// its cgroup directories (one per hierarchy; empty without a cgroup) and,
+/// with [`RunSpec::keep_pty`], its pty master.
+#[derive(Debug)]
 pub struct Started {
     pub pid: i32,
     pub cgroup: Vec<std::path::PathBuf>,
+    pub pty: Option<OwnedFd>,
 }
 
 /// [`run`], calling `started` once the container's command runs (its exec
@@ -47,7 +49,7 @@ pub struct Started {
 pub fn run_observed(
     spec: &RunSpec,
     sys: &dyn Sys,
-    started: &mut dyn FnMut(&Started),
+    started: &mut dyn FnMut(Started),
 ) -> Result<ExitStatus> {
     spec.validate()?;
     let exec_plan = ExecPlan::new(spec)?;
@@ -133,21 +135,27 @@ pub fn run_observed(
     }
 
     let (stdin, stdout) = (std::io::stdin(), std::io::stdout());
+    let mut kept_pty = None;
     let session = match &parent_sock {
+        Some(sock) if spec.keep_pty => receive_master(sys, sock).map(|m| {
+            kept_pty = m;
+            None
+        }),
         Some(sock) => start_session(sys, sock, &spec.stdio, stdin.as_fd(), stdout.as_fd()),
         None => Ok(None),
     };
     let report = read_report(&rd);
     if let Ok(None) = report {
-        started(&Started {
+        started(Started {
             pid: pid.as_raw(),
             cgroup: cgroup.0.as_ref().map(Cgroup::paths).unwrap_or_default(),
+            pty: kept_pty.take(),
         });
     }
     let relayed = relay_if_started(
         matches!(report, Ok(None)),
         &session,
-        spec.tty,
+        spec.tty && !spec.keep_pty,
         "the container",
     );
     // Restores the host terminal, and hangs the pty up if the container

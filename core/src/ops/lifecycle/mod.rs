@@ -10,6 +10,7 @@ use std::ffi::{OsStr, OsString};
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -22,8 +23,10 @@ use super::Berth;
 use crate::error::{BerthError, Result};
 use crate::logs::{self, LogWriter, Stream};
 use crate::store::{proc_starttime, Detached};
+use console::Console;
 
 pub mod bench;
+pub mod console;
 mod control;
 pub(crate) use control::Frozen;
 pub use control::{exec, last_exit, stop, wait, ExecRequest, RunInfo, Stopped};
@@ -40,6 +43,9 @@ pub struct StartRequest {
     pub cwd: Option<PathBuf>,
     /// `berth config` keys for this start only.
     pub overrides: Vec<(String, String)>,
+    /// Give it a pty its monitor holds, for `berth attach`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tty: bool,
 }
 
 /// How a detached container last ended, kept next to its log.
@@ -275,25 +281,46 @@ fn monitor_run(root: &Path, name: &str, req: &StartRequest, report: &mut Report)
                 .map(|(k, v)| (OsString::from(k), OsString::from(v)))
                 .collect(),
             cwd: req.cwd.clone(),
-            tty: false,
+            tty: req.tty,
+            keep_pty: req.tty,
             overrides: req.overrides.clone(),
         };
         let writer = Arc::new(Mutex::new(LogWriter::open(
             log_file(root, name),
             logs::LogLimits::default(),
         )?));
-        let (out_r, out_w) = pipe()?;
-        let (err_r, err_w) = pipe()?;
-        let pumps = [(out_r, Stream::Stdout), (err_r, Stream::Stderr)].map(|(fd, stream)| {
+        let pump = |fd: OwnedFd, stream: Stream| {
             let w = writer.clone();
             std::thread::spawn(move || logs::pump(fd, stream, w))
-        });
-        let stdio = Stdio {
-            stdin: None,
-            stdout: Some(out_w),
-            stderr: Some(err_w),
         };
-        let mut on_start = |s: &Started| {
+        let (out_r, out_w) = pipe()?;
+        let mut pumps = vec![pump(out_r, Stream::Stdout)];
+        // With a pty, its one output stream reaches the log through the console.
+        let (stdio, mut console_log) = match req.tty {
+            true => (Stdio::default(), Some(out_w)),
+            false => {
+                let (err_r, err_w) = pipe()?;
+                pumps.push(pump(err_r, Stream::Stderr));
+                let stdio = Stdio {
+                    stdin: None,
+                    stdout: Some(out_w),
+                    stderr: Some(err_w),
+                };
+                (stdio, None)
+            }
+        };
+        let console = match req.tty {
+            true => Some(Arc::new(Console::bind(root, name)?)),
+            false => None,
+        };
+        let console_done = Arc::new(AtomicBool::new(false));
+        let mut console_thread = None;
+        let mut on_start = |s: Started| {
+            if let (Some(c), Some(master), Some(log)) = (console.clone(), s.pty, console_log.take())
+            {
+                let done = console_done.clone();
+                console_thread = Some(std::thread::spawn(move || c.serve(master, log, &done)));
+            }
             let pid = u32::try_from(s.pid).unwrap_or(0);
             let recorded = mark(Detached {
                 init: Some(pid),
@@ -317,7 +344,17 @@ fn monitor_run(root: &Path, name: &str, req: &StartRequest, report: &mut Report)
             }
         };
         let status = confined_run(root, &mounted, &run_req, stdio, &mut on_start);
-        // The pipes' write ends went with the container: the pumps see EOF.
+        // The console drains what the container wrote last, then ends.
+        console_done.store(true, Ordering::Relaxed);
+        if let Some(t) = console_thread {
+            if t.join().is_err() {
+                warn!(name, "the console panicked");
+            }
+        }
+        drop(console);
+        drop(console_log);
+        // The pipes' write ends went with the container and the console: the
+        // pumps see EOF.
         for p in pumps {
             match p.join() {
                 Ok(Ok(())) => {}
@@ -404,6 +441,7 @@ mod tests {
                 ("memory".into(), "64M".into()),
                 ("net".into(), "bridge".into()),
             ],
+            tty: true,
         };
         let back: StartRequest = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
         assert_eq!(back, r);
