@@ -199,6 +199,41 @@ fn snapshot_clone_copies_no_data() {
     assert_no_subvolumes_left(&h);
 }
 
+/// `--copy` within one btrfs pool: a writable subvolume snapshot, as LXC
+/// makes, which shares extents but no dependency.
+#[test]
+fn a_copy_within_the_pool_is_an_independent_snapshot() {
+    let Some(h) = setup() else { return };
+    let (v, p) = create(&h, "orig");
+    for i in 0..25u64 {
+        fs::write(
+            p.join(format!("f{i:02}")),
+            berth_fixtures::filetypes::pattern(4 << 20, i),
+        )
+        .unwrap();
+    }
+    let before = fs_used(&p);
+    let mut rv = Revert::new();
+    let c = h
+        .backend
+        .copy_clone(&v, "copy", &CreateOpts::default(), &mut rv)
+        .expect("copy_clone");
+    rv.commit();
+    let cp = tree(&c);
+    let grew = fs_used(&p).saturating_sub(before);
+    assert!(grew < 16 << 20, "the copy took {grew} bytes of 100 MiB");
+    assert!(is_subvolume(&cp) && !is_ro(&cp));
+    // Either goes first; changes to one never show in the other.
+    fs::write(cp.join("f00"), b"changed").unwrap();
+    h.backend.destroy(&v).expect("destroy the origin first");
+    assert_eq!(
+        fs::read(cp.join("f24")).unwrap(),
+        berth_fixtures::filetypes::pattern(4 << 20, 24)
+    );
+    h.backend.destroy(&c).expect("destroy the copy");
+    assert_no_subvolumes_left(&h);
+}
+
 #[test]
 fn clone_of_a_snapshot_is_writable_and_the_snapshot_stays_read_only() {
     let Some(h) = setup() else { return };

@@ -6,6 +6,7 @@
 
 use std::net::Ipv4Addr;
 
+use berth_bdev::cmd::{self, HostRunner};
 use berth_tests::cli::{assert_run_left_nothing, unique_name, Store};
 use berth_tests::harness::{skip, wait_for};
 
@@ -181,11 +182,7 @@ fn networks_are_defined_checked_and_refused_clearly() {
 
     // A route of this namespace's host side in berth0's subnet: berth0 is refused.
     let ip = |args: &[&str]| {
-        let st = std::process::Command::new("ip")
-            .args(args)
-            .status()
-            .unwrap();
-        assert!(st.success(), "ip {args:?}");
+        cmd::run(&HostRunner, "ip", args).unwrap_or_else(|e| panic!("ip {args:?}: {e}"));
     };
     ip(&[
         "link", "add", "taken0", "type", "veth", "peer", "name", "taken1",

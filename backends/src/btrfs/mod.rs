@@ -295,6 +295,29 @@ impl Backend for Btrfs {
         subvol::snapshot(&origin, &path, false, rv)?;
         Ok(BtrfsSpec::spec(path))
     }
+
+    /// A writable subvolume snapshot already is an independent copy: it shares
+    /// extents, not a dependency (either can be changed or destroyed first),
+    /// as `lxc-copy` makes on btrfs. Across filesystems the caller copies.
+    fn copy_clone(
+        &self,
+        src: &VolumeSpec,
+        name: &str,
+        _opts: &CreateOpts,
+        rv: &mut Revert,
+    ) -> Result<VolumeSpec> {
+        match self.snapshot_clone(src, name, rv) {
+            Err(BdevError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::CrossesDevices =>
+            {
+                Err(BdevError::unsupported(
+                    NAME,
+                    "copy to another btrfs filesystem",
+                ))
+            }
+            other => other,
+        }
+    }
 }
 
 #[cfg(test)]

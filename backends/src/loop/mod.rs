@@ -21,7 +21,7 @@ use berth_bdev::copy::copy_file;
 use berth_bdev::delete::remove_tree;
 use berth_bdev::fsutil::{claim_file, create_dir_all, reflink_supported, require_host};
 use berth_bdev::loopdev::LoopDevice;
-use berth_bdev::mount::{self, MountGuard};
+use berth_bdev::mount::MountGuard;
 use berth_bdev::names::validate_name;
 use berth_bdev::registry::PathUse;
 use berth_bdev::space::{check_room, fill_estimate, free_bytes, in_pool};
@@ -156,7 +156,7 @@ impl Loop {
         fs::grow(&*self.runner, fstype, img, false, &at, |at| {
             // Attached after the image grew, so the device already has the new size.
             let dev = LoopDevice::attach(img, false)?;
-            mount::mount_fs(fstype.as_str(), dev.path().as_os_str(), at, &[], false)?;
+            fs::mount_device(fstype, dev.path(), at, false)?;
             // Autoclear: the mount holds the device, and the unmount frees it.
             Ok(MountGuard::mounted(at))
         })
@@ -259,7 +259,7 @@ impl Backend for Loop {
         refuse_if_attached(img, "refuse to mount", ro)?;
         let fstype = fs::detect_path(img, || v.to_string())?;
         let dev = LoopDevice::attach(img, ro)?;
-        mount::mount_fs(fstype.as_str(), dev.path().as_os_str(), at, &[], ro)?;
+        fs::mount_device(fstype, dev.path(), at, ro)?;
         debug!(image = %img.display(), dev = %dev.path().display(), at = %at.display(), ro, "loop mounted");
         // Autoclear: from here the mount holds the device, and the unmount frees it.
         drop(dev);

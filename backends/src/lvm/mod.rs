@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use berth_bdev::cmd::{self, Runner};
 use berth_bdev::fsutil::require_host;
-use berth_bdev::mount::{self, FsOpt, MountGuard};
+use berth_bdev::mount::{self, MountGuard};
 use berth_bdev::names::validate_name;
 use berth_bdev::pool::PoolOption;
 use berth_bdev::registry::PathUse;
@@ -249,13 +249,7 @@ impl Lvm {
     }
 
     fn mount_dev(&self, dev: &Path, at: &Path, fstype: FsType, ro: bool) -> Result<MountGuard> {
-        // Snapshots and clones carry their origin's xfs UUID, which xfs would refuse
-        // as a duplicate.
-        let opts: &[FsOpt<'_>] = match fstype {
-            FsType::Xfs => &[FsOpt::Flag("nouuid")],
-            _ => &[],
-        };
-        mount::mount_fs(fstype.as_str(), dev.as_os_str(), at, opts, ro)?;
+        fs::mount_device(fstype, dev, at, ro)?;
         Ok(MountGuard::mounted(at))
     }
 }

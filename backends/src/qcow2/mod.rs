@@ -167,7 +167,7 @@ impl Qcow2 {
             // CAP_SYS_RESOURCE, which containers (this host's too) lack.
             bfs::grow(&*self.runner, fstype, export, false, &at, |at| {
                 let dev = LoopDevice::attach(export, false)?;
-                mount::mount_fs(fstype.as_str(), dev.path().as_os_str(), at, &[], false)?;
+                bfs::mount_device(fstype, dev.path(), at, false)?;
                 Ok(MountGuard::mounted(at))
             })
         })
@@ -323,7 +323,7 @@ impl Backend for Qcow2 {
         // guard's teardown finds the loop device gone.
         let dev = LoopDevice::attach(&file, read_only)?;
         let fstype = bfs::detect_path(dev.path(), || v.to_string())?;
-        mount::mount_fs(fstype.as_str(), dev.path().as_os_str(), at, &[], read_only)?;
+        bfs::mount_device(fstype, dev.path(), at, read_only)?;
         guard.set_mounted();
         Ok(guard)
     }
