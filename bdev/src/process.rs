@@ -4,7 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use rustix::process::{kill_process, Pid, Signal};
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
+use rustix::io::Errno;
+use rustix::process::{kill_process, pidfd_open, Pid, PidfdFlags, Signal};
 use tracing::warn;
 
 /// The fields of /proc/PID/stat that berth needs.
@@ -101,7 +103,32 @@ impl Process {
         stat(self.pid).is_some_and(|s| s.starttime == self.starttime && !s.exited())
     }
 
+    /// Waits up to `limit` for it to exit; true once it has. Woken by a
+    /// pidfd the moment it exits (no polling latency), falling back to polling.
     pub fn wait_exit(&self, limit: Duration) -> bool {
+        let pidfd = Pid::from_raw(self.pid).and_then(|p| pidfd_open(p, PidfdFlags::empty()).ok());
+        // Checked after opening: the pidfd is then this very process, not a
+        // later one that reused its pid.
+        if !self.alive() {
+            return true;
+        }
+        if let Some(fd) = pidfd {
+            let deadline = Instant::now() + limit;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let timeout = Timespec {
+                    tv_sec: i64::try_from(left.as_secs()).unwrap_or(i64::MAX),
+                    tv_nsec: i64::from(left.subsec_nanos()),
+                };
+                let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+                match poll(&mut fds, Some(&timeout)) {
+                    Ok(0) => return !self.alive(),
+                    Ok(_) => return true,
+                    Err(Errno::INTR) => {}
+                    Err(_) => break,
+                }
+            }
+        }
         wait_until(limit, || !self.alive())
     }
 

@@ -10,6 +10,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{BerthError, Result};
 
+/// Where compiled seccomp programs are kept for reuse.
+pub fn seccomp_cache(root: &std::path::Path) -> PathBuf {
+    root.join("cache").join("seccomp")
+}
+
 /// The pids limit every container gets unless told otherwise: a fork bomb
 /// stops there instead of taking the host.
 pub const DEFAULT_PIDS: u64 = 4096;

@@ -196,7 +196,10 @@ pub fn enter(spec: &EnterSpec, sys: &dyn Sys) -> Result<ExitStatus> {
     let exec_plan = ExecPlan::new(&spec.command())?;
     // Compiled here: the command's process may not allocate or call libseccomp.
     let caps = spec.security.caps.unwrap_or(CapabilitySet::all());
-    let seccomp = spec.security.seccomp.program(caps)?;
+    let seccomp = spec
+        .security
+        .seccomp
+        .program_cached(caps, spec.security.seccomp_cache.as_deref())?;
     let namespaces = open_namespaces(sys, spec.pid)?;
     let (parent_sock, pty) = if spec.tty {
         let (parent, child) = sys.socketpair().map_err(|source| RuntimeError::Pty {

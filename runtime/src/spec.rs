@@ -190,6 +190,8 @@ pub struct Security {
     pub restrict_devices: bool,
     pub no_new_privs: bool,
     pub seccomp: SeccompChoice,
+    /// Where compiled seccomp programs are kept for reuse (none: compile each time).
+    pub seccomp_cache: Option<PathBuf>,
 }
 
 impl Default for Security {
@@ -200,6 +202,7 @@ impl Default for Security {
             restrict_devices: true,
             no_new_privs: true,
             seccomp: SeccompChoice::Default,
+            seccomp_cache: None,
         }
     }
 }
@@ -214,6 +217,7 @@ impl Security {
             restrict_devices: false,
             no_new_privs: false,
             seccomp: SeccompChoice::Unconfined,
+            seccomp_cache: None,
         }
     }
 }

@@ -71,6 +71,7 @@ pub(super) fn confined_run(
     spec.keep_pty = req.keep_pty;
     spec.stdio = stdio;
     spec.security = cfg.security()?;
+    spec.security.seccomp_cache = Some(crate::confine::seccomp_cache(root));
     spec = spec.with_cgroup(cfg.cgroup_parent.clone(), cfg.limits()?);
     let on_disk = m.container.run.shifted;
     if !cfg.userns {

@@ -2,9 +2,11 @@
 //! as a plain [`BpfProgram`] the container process loads without allocating.
 
 use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
 
 use libseccomp::{
     ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall,
+    ScmpVersion,
 };
 use rustix::fs::MemfdFlags;
 use rustix::io::Errno;
@@ -91,6 +93,50 @@ impl SeccompProfile {
     pub fn compile(&self, caps: CapabilitySet) -> Result<BpfProgram, SeccompError> {
         compile(&self.plan(caps, &Host::current()?))
     }
+}
+
+/// [`compile`], through a cache directory: the program for the same plan
+/// (rules, architectures and kernel-dependent choices), berth and libseccomp
+/// versions is read back instead of compiled again. A cache that cannot be
+/// read or written only costs the compile.
+pub(crate) fn compile_cached(plan: &Plan, dir: &Path) -> Result<BpfProgram, SeccompError> {
+    let version = ScmpVersion::current()
+        .map(|v| format!("{}.{}.{}", v.major, v.minor, v.micro))
+        .unwrap_or_default();
+    let key = format!("{}|{version}|{plan:?}", env!("CARGO_PKG_VERSION"));
+    // FNV-1a: stable across builds, unlike std's hasher.
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let path = dir.join(format!("{hash:016x}.bpf"));
+    if let Ok(bytes) = std::fs::read(&path) {
+        if let Ok(prog) = BpfProgram::from_bytes(&bytes) {
+            return Ok(prog);
+        }
+    }
+    let prog = compile(plan)?;
+    let bytes: Vec<u8> = prog
+        .0
+        .iter()
+        .flat_map(|f| {
+            let mut b = [0u8; 8];
+            b[..2].copy_from_slice(&f.code.to_ne_bytes());
+            b[2] = f.jt;
+            b[3] = f.jf;
+            b[4..].copy_from_slice(&f.k.to_ne_bytes());
+            b
+        })
+        .collect();
+    // Written aside and renamed: a reader never sees half a program.
+    let tmp = dir.join(format!(".{hash:016x}.{}", std::process::id()));
+    let stored = std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::write(&tmp, &bytes))
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(error) = stored {
+        let _ = std::fs::remove_file(&tmp);
+        debug!(%error, dir = %dir.display(), "seccomp cache not written");
+    }
+    Ok(prog)
 }
 
 pub(crate) fn compile(plan: &Plan) -> Result<BpfProgram, SeccompError> {
@@ -180,6 +226,30 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+
+    #[test]
+    fn cached_programs_are_the_compiled_ones_and_bad_entries_are_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = SeccompProfile::default_profile()
+            .unwrap()
+            .plan(crate::DEFAULT_CAPS, &Host::current().unwrap());
+        let fresh = compile(&plan).unwrap();
+        assert_eq!(compile_cached(&plan, dir.path()).unwrap(), fresh);
+        let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
+        assert_eq!(entries.len(), 1, "one program, no temp file left");
+        let entry = entries[0].path();
+        assert_eq!(compile_cached(&plan, dir.path()).unwrap(), fresh);
+        // A torn or foreign file is compiled again and rewritten.
+        std::fs::write(&entry, b"junk").unwrap();
+        assert_eq!(compile_cached(&plan, dir.path()).unwrap(), fresh);
+        assert_eq!(std::fs::read(&entry).unwrap().len(), fresh.len() * 8);
+        // Other capabilities are another program.
+        let other = SeccompProfile::default_profile()
+            .unwrap()
+            .plan(CapabilitySet::all(), &Host::current().unwrap());
+        assert_ne!(compile_cached(&other, dir.path()).unwrap(), fresh);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+    }
 
     /// `BPF_JMP | BPF_JEQ | BPF_K`: how the filter compares the arch word.
     const JEQ_K: u16 = 0x15;

@@ -41,7 +41,7 @@
 //! Docker does; with a denylist such calls stay allowed.
 
 use std::convert::Infallible;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use rustix::io::Errno;
@@ -161,12 +161,27 @@ impl SeccompChoice {
     /// The filter for a container that keeps `caps`; `None` when unconfined.
     /// Call it in the parent.
     pub fn program(&self, caps: CapabilitySet) -> Result<Option<BpfProgram>, SeccompError> {
+        self.program_cached(caps, None)
+    }
+
+    /// [`SeccompChoice::program`], reusing a program compiled before for the
+    /// same rules from `cache` (a directory), and keeping new ones there:
+    /// libseccomp takes over a millisecond per filter, each start and exec.
+    pub fn program_cached(
+        &self,
+        caps: CapabilitySet,
+        cache: Option<&Path>,
+    ) -> Result<Option<BpfProgram>, SeccompError> {
         let profile = match self {
             SeccompChoice::Unconfined => return Ok(None),
             SeccompChoice::Default => SeccompProfile::default_profile()?,
             SeccompChoice::File(path) => SeccompProfile::from_file(path)?,
         };
-        profile.compile(caps).map(Some)
+        let plan = profile.plan(caps, &plan::Host::current()?);
+        match cache {
+            Some(dir) => compile::compile_cached(&plan, dir).map(Some),
+            None => compile::compile(&plan).map(Some),
+        }
     }
 }
 

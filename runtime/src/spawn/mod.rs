@@ -55,7 +55,10 @@ pub fn run_observed(
     let exec_plan = ExecPlan::new(spec)?;
     // Compiled here: the child may not allocate or call libseccomp.
     let caps = spec.security.caps.unwrap_or(CapabilitySet::all());
-    let seccomp = spec.security.seccomp.program(caps)?;
+    let seccomp = spec
+        .security
+        .seccomp
+        .program_cached(caps, spec.security.seccomp_cache.as_deref())?;
     // Before the child exists, so its limits hold from its first instruction.
     let cgroup = CgroupGuard(match &spec.cgroup {
         Some(cfg) => Some(Cgroup::create(cfg)?),

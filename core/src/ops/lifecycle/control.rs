@@ -134,6 +134,7 @@ pub fn exec(root: &Path, name: &str, req: &ExecRequest) -> Result<ExitStatus> {
         spec.user = req.user;
         spec.tty = req.tty;
         spec.security = cfg.security()?;
+        spec.security.seccomp_cache = Some(crate::confine::seccomp_cache(root));
         spec.cgroup = d.cgroup;
         spec
     };

@@ -157,14 +157,7 @@ pub fn start(root: &Path, name: &str, req: &StartRequest, monitor_exe: &Path) ->
     let json = serde_json::to_string(req).map_err(|e| BerthError::Invalid(e.to_string()))?;
     // For `restart`; losing it to a crash only means restart asks for a start.
     berth_bdev::fsutil::replace_file(&request_file(root, name), json.as_bytes())?;
-    let args: [&OsStr; 4] = [
-        OsStr::new(MONITOR_COMMAND),
-        root.as_os_str(),
-        OsStr::new(name),
-        OsStr::new(&json),
-    ];
-    let monitor = berth_bdev::cmd::spawn_detached(monitor_exe.as_os_str(), &args, stderr)
-        .map_err(berth_bdev::BdevError::from)?;
+    let monitor = spawn_monitor(root, name, &json, stderr, monitor_exe)?;
     let mut report = String::new();
     std::fs::File::from(monitor.stdout)
         .read_to_string(&mut report)
@@ -180,6 +173,42 @@ pub fn start(root: &Path, name: &str, req: &StartRequest, monitor_exe: &Path) ->
             monitor_log.display()
         ))),
     }
+}
+
+/// The monitor: a copy of this process running [`monitor`] (no exec, so it
+/// is ready sooner), or where that cannot be (this process has threads)
+/// `monitor_exe __monitor ROOT NAME JSON`.
+fn spawn_monitor(
+    root: &Path,
+    name: &str,
+    json: &str,
+    stderr: std::fs::File,
+    monitor_exe: &Path,
+) -> Result<berth_bdev::cmd::Detached> {
+    let log = stderr
+        .try_clone()
+        .map_err(BerthError::io("dup", monitor_exe))?;
+    let forked = berth_bdev::cmd::fork_detached(log, || match monitor(root, name, json) {
+        Ok(exit) => exit.shell_code(),
+        Err(e) => {
+            warn!(name, error = %e, "the monitor failed");
+            1
+        }
+    })
+    .map_err(berth_bdev::BdevError::from)?;
+    if let Some(m) = forked {
+        return Ok(m);
+    }
+    let args: [&OsStr; 4] = [
+        OsStr::new(MONITOR_COMMAND),
+        root.as_os_str(),
+        OsStr::new(name),
+        OsStr::new(json),
+    ];
+    Ok(
+        berth_bdev::cmd::spawn_detached(monitor_exe.as_os_str(), &args, stderr)
+            .map_err(berth_bdev::BdevError::from)?,
+    )
 }
 
 /// `berth start --all-auto`: starts every stopped container whose config says
