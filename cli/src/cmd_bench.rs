@@ -26,6 +26,17 @@ pub enum BenchCmd {
     /// start → exec /bin/true → stop of a detached container, with `--lxc` next
     /// to LXC's lxc-start -d → lxc-attach → lxc-stop on a copy of its rootfs.
     Lifecycle(LifecycleArgs),
+    /// `berth run NAME -- /bin/true` next to its floor: the backend's own
+    /// mount, `unshare … chroot ROOTFS /bin/true`, unmount, alternating.
+    Run(RunBenchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RunBenchArgs {
+    /// A stopped container.
+    pub name: String,
+    #[arg(long, default_value_t = 11)]
+    pub runs: usize,
 }
 
 #[derive(Args, Debug)]
@@ -223,8 +234,51 @@ pub fn run(cli: &Cli, c: &BenchCmd) -> anyhow::Result<ExitCode> {
         BenchCmd::Copy(a) => bench_copy(cli, a)?,
         BenchCmd::Clone(a) => bench_clone(cli, a)?,
         BenchCmd::Lifecycle(a) => bench_lifecycle(cli, a)?,
+        BenchCmd::Run(a) => bench_run(cli, a)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn bench_run(cli: &Cli, a: &RunBenchArgs) -> anyhow::Result<()> {
+    use berth_core::ops::lifecycle::bench;
+    let exe = std::env::current_exe()?;
+    let steps = bench::bench_run(&cli.root, &a.name, a.runs, &exe)?;
+    let floor = steps
+        .iter()
+        .find(|s| s.tool == "floor")
+        .map(|s| s.median_ms);
+    let rows = steps
+        .iter()
+        .map(|s| {
+            let ratio = match (s.tool, floor) {
+                ("berth", Some(f)) if f > 0.0 => format!("{:.2}", s.median_ms / f),
+                _ => "-".to_owned(),
+            };
+            vec![
+                s.tool.to_owned(),
+                s.step.to_owned(),
+                format!("{:.1}", s.median_ms),
+                format!("{:.1}", s.min_ms),
+                format!("{:.1}", s.max_ms),
+                s.runs.to_string(),
+                ratio,
+            ]
+        })
+        .collect();
+    print_list(
+        cli.format,
+        &[
+            "TOOL",
+            "STEP",
+            "MEDIAN_MS",
+            "MIN_MS",
+            "MAX_MS",
+            "RUNS",
+            "BERTH/FLOOR",
+        ],
+        rows,
+        &steps,
+    )
 }
 
 fn bench_lifecycle(cli: &Cli, a: &LifecycleArgs) -> anyhow::Result<()> {

@@ -245,6 +245,11 @@ impl Berth {
                 continue;
             }
             self.store().clear_run_state(&name)?;
+            // A console socket nobody serves any more.
+            let _ = std::fs::remove_file(super::lifecycle::console::socket_path(
+                self.store().root(),
+                &name,
+            ));
             // The container died with its berth; its cgroup is empty now.
             let parent = c.run.cgroup_parent.as_deref();
             if let Err(e) = berth_runtime::cgroup::remove_stale(parent, &name) {

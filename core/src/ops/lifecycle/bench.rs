@@ -164,3 +164,67 @@ pub fn have_lxc() -> bool {
         .iter()
         .all(|p| cmd::have_program(p))
 }
+
+/// `berth bench run`: start-to-exit of `/bin/true` through `berth run NAME`,
+/// next to its floor: the backend's own mount of the volume, `unshare -m -u
+/// -i -n -p -f chroot ROOTFS /bin/true` and the unmount, alternating rep by
+/// rep. The ratio is what berth adds (confinement, cgroup, /proc, /dev, the
+/// store) over a bare chroot.
+pub fn bench_run(root: &Path, name: &str, runs: usize, berth_exe: &Path) -> Result<Vec<StepTimes>> {
+    let (backend, volume, at) = {
+        let b = Berth::open(root, true)?;
+        b.refuse_if_active(name, "stop it first (`berth stop`)")?;
+        let c = b.store().container(name)?;
+        // Under this process's scratch directory: cleanup leaves it alone.
+        let at = b.scratch().join("bench-floor");
+        (b.backend_of(&c)?, c.volume, at)
+    };
+    berth_bdev::fsutil::create_dir_all(&at)?;
+    let o = OsStr::new;
+    let floor = || -> Result<Duration> {
+        let t = Instant::now();
+        let guard = backend.mount(&volume, &at, false)?;
+        let args = [
+            o("-m"),
+            o("-u"),
+            o("-i"),
+            o("-n"),
+            o("-p"),
+            o("-f"),
+            o("chroot"),
+            at.as_os_str(),
+            o("/bin/true"),
+        ];
+        let ran = HostRunner
+            .run("unshare", &args)
+            .map_err(berth_bdev::BdevError::from);
+        let released = guard.release();
+        ran?;
+        released?;
+        Ok(t.elapsed())
+    };
+    let args = [
+        o("--root"),
+        root.as_os_str(),
+        o("run"),
+        o("--no-tty"),
+        o(name),
+        o("--"),
+        o("/bin/true"),
+    ];
+    let (mut ours, mut bare) = (Vec::new(), Vec::new());
+    let measured = (|| -> Result<()> {
+        for _ in 0..runs.max(1) {
+            ours.push(timed(berth_exe.as_os_str(), &args)?);
+            bare.push(floor()?);
+        }
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir(&at);
+    let _ = at.parent().map(std::fs::remove_dir);
+    measured?;
+    Ok(vec![
+        summary("berth", "run /bin/true", ours),
+        summary("floor", "mount + unshare chroot /bin/true + umount", bare),
+    ])
+}
