@@ -497,3 +497,28 @@ fn attach_and_detach_through_a_real_terminal() {
     assert_gone(&s, &name);
     s.ok(&["destroy", &name]);
 }
+
+/// The benchmarks run end to end and leave nothing behind (their figures are
+/// for the README, never asserted).
+#[test]
+fn the_lifecycle_and_run_benchmarks_leave_nothing() {
+    if !root_or_skip() {
+        return;
+    }
+    let s = Store::new();
+    let name = unique_name("life-bench");
+    s.ok(&["create", &name]);
+    let out = s.ok(&["bench", "lifecycle", &name, "--runs", "2"]);
+    assert!(out.contains("exec /bin/true"), "{out}");
+    let out = s.ok(&["bench", "run", &name, "--runs", "2"]);
+    assert!(
+        out.contains("BERTH/FLOOR") && out.contains("floor"),
+        "{out}"
+    );
+    assert!(
+        berth_bdev::mount::mounts_under(s.root()).is_empty(),
+        "mounts left under the store"
+    );
+    assert_gone(&s, &name);
+    s.ok(&["destroy", &name]);
+}
