@@ -243,42 +243,7 @@ fn bench_run(cli: &Cli, a: &RunBenchArgs) -> anyhow::Result<()> {
     use berth_core::ops::lifecycle::bench;
     let exe = std::env::current_exe()?;
     let steps = bench::bench_run(&cli.root, &a.name, a.runs, &exe)?;
-    let floor = steps
-        .iter()
-        .find(|s| s.tool == "floor")
-        .map(|s| s.median_ms);
-    let rows = steps
-        .iter()
-        .map(|s| {
-            let ratio = match (s.tool, floor) {
-                ("berth", Some(f)) if f > 0.0 => format!("{:.2}", s.median_ms / f),
-                _ => "-".to_owned(),
-            };
-            vec![
-                s.tool.to_owned(),
-                s.step.to_owned(),
-                format!("{:.1}", s.median_ms),
-                format!("{:.1}", s.min_ms),
-                format!("{:.1}", s.max_ms),
-                s.runs.to_string(),
-                ratio,
-            ]
-        })
-        .collect();
-    print_list(
-        cli.format,
-        &[
-            "TOOL",
-            "STEP",
-            "MEDIAN_MS",
-            "MIN_MS",
-            "MAX_MS",
-            "RUNS",
-            "BERTH/FLOOR",
-        ],
-        rows,
-        &steps,
-    )
+    print_steps(cli, &steps, "floor", "BERTH/FLOOR")
 }
 
 fn bench_lifecycle(cli: &Cli, a: &LifecycleArgs) -> anyhow::Result<()> {
@@ -288,17 +253,33 @@ fn bench_lifecycle(cli: &Cli, a: &LifecycleArgs) -> anyhow::Result<()> {
     }
     let exe = std::env::current_exe()?;
     let steps = bench::bench_lifecycle(&cli.root, &a.name, a.runs, &exe, a.lxc)?;
-    let lxc_median = |step: &str| {
-        steps
+    print_steps(cli, &steps, "lxc", "BERTH/LXC")
+}
+
+/// The steps as a table, each berth step with its ratio to the `reference`
+/// tool's step of the same name, or to its only step.
+fn print_steps(
+    cli: &Cli,
+    steps: &[berth_core::ops::lifecycle::bench::StepTimes],
+    reference: &str,
+    ratio_header: &str,
+) -> anyhow::Result<()> {
+    let theirs: Vec<_> = steps.iter().filter(|s| s.tool == reference).collect();
+    let reference_median = |step: &str| {
+        theirs
             .iter()
-            .find(|s| s.tool == "lxc" && s.step == step)
+            .find(|s| s.step == step)
+            .or(match theirs.as_slice() {
+                [only] => Some(only),
+                _ => None,
+            })
             .map(|s| s.median_ms)
     };
     let rows = steps
         .iter()
         .map(|s| {
-            let ratio = match (s.tool, lxc_median(s.step)) {
-                ("berth", Some(l)) if l > 0.0 => format!("{:.2}", s.median_ms / l),
+            let ratio = match (s.tool, reference_median(s.step)) {
+                ("berth", Some(r)) if r > 0.0 => format!("{:.2}", s.median_ms / r),
                 _ => "-".to_owned(),
             };
             vec![
@@ -321,7 +302,7 @@ fn bench_lifecycle(cli: &Cli, a: &LifecycleArgs) -> anyhow::Result<()> {
             "MIN_MS",
             "MAX_MS",
             "RUNS",
-            "BERTH/LXC",
+            ratio_header,
         ],
         rows,
         &steps,

@@ -6,89 +6,11 @@
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use berth_bdev::cmd::{self, HostRunner};
-
-/// A tmux server of our own (its own socket), killed on drop.
-struct Tmux {
-    socket: String,
-}
-
-impl Tmux {
-    /// A detached `cols`×`rows` session running `sh`, or `None` after a skip.
-    fn start(cols: u16, rows: u16) -> Option<Tmux> {
-        if cmd::run(&HostRunner, "tmux", &["-V"]).is_err() {
-            skip("tmux is not installed");
-            return None;
-        }
-        let t = Tmux {
-            socket: format!("berth-tty-{}", std::process::id()),
-        };
-        let (x, y) = (cols.to_string(), rows.to_string());
-        t.tmux(&["new-session", "-d", "-x", &x, "-y", &y, "env PS1='$ ' sh"]);
-        Some(t)
-    }
-
-    fn tmux(&self, args: &[&str]) -> String {
-        let mut all = vec!["-L", self.socket.as_str()];
-        all.extend_from_slice(args);
-        cmd::run(&HostRunner, "tmux", &all)
-            .unwrap_or_else(|e| panic!("tmux {args:?}: {e}"))
-            .stdout
-    }
-
-    /// Types `text` and Enter.
-    fn line(&self, text: &str) {
-        self.tmux(&["send-keys", "-l", text]);
-        self.tmux(&["send-keys", "Enter"]);
-    }
-
-    /// The whole pane, history included, wrapped lines joined.
-    fn screen(&self) -> String {
-        self.tmux(&["capture-pane", "-p", "-J", "-S", "-"])
-    }
-
-    /// Waits until the screen contains `want`; returns the screen.
-    fn wait_for(&self, want: &str) -> String {
-        self.wait_until(want, |screen| screen.contains(want))
-    }
-
-    /// Waits until a line starts with `prefix`; returns that line.
-    fn wait_for_line(&self, prefix: &str) -> String {
-        let screen = self.wait_until(prefix, |s| s.lines().any(|l| l.starts_with(prefix)));
-        let line = screen.lines().find(|l| l.starts_with(prefix));
-        line.unwrap_or_default().to_owned()
-    }
-
-    fn wait_until(&self, what: &str, done: impl Fn(&str) -> bool) -> String {
-        let start = Instant::now();
-        loop {
-            let screen = self.screen();
-            if done(&screen) {
-                return screen;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "timed out waiting for {what:?}; screen:\n{screen}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = cmd::run(&HostRunner, "tmux", &["-L", &self.socket, "kill-server"]);
-    }
-}
-
-fn skip(reason: &str) {
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("required under CI, but: {reason}");
-    }
-    eprintln!("SKIP: {reason}");
-}
+use berth_tests::harness::skip;
+use berth_tests::tmux::Tmux;
 
 fn is_root() -> bool {
     rustix::process::geteuid().is_root()
@@ -116,7 +38,7 @@ fn interactive_shell_gets_a_pty_of_its_own() {
     let berth = env!("CARGO_BIN_EXE_berth");
     let root_arg = root.path().to_str().unwrap();
     cmd::run(&HostRunner, berth, &["--root", root_arg, "create", "c1"]).unwrap();
-    let Some(t) = Tmux::start(100, 30) else {
+    let Some(t) = Tmux::start_sized("berth-tty", 100, 30, "env PS1='$ ' sh") else {
         return;
     };
     t.wait_for("$ ");

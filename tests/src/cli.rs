@@ -166,6 +166,16 @@ impl Store {
         }
     }
 
+    /// The pid of the monitor of detached container `name`, from its run state.
+    pub fn monitor_pid(&self, name: &str) -> i32 {
+        let path = self.root().join("run").join(format!("{name}.toml"));
+        let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+        text.lines()
+            .find_map(|l| l.strip_prefix("pid = "))
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no monitor pid in {text}"))
+    }
+
     /// Runs berth and panics with its stderr unless it succeeds.
     pub fn ok(&self, args: &[&str]) -> String {
         self.berth(args)

@@ -19,6 +19,11 @@ impl Tmux {
     /// A server running `command` in a 200x50 window (`None`, after a
     /// skip, without tmux); `tag` names its socket.
     pub fn start(tag: &str, command: &str) -> Option<Tmux> {
+        Tmux::start_sized(tag, 200, 50, command)
+    }
+
+    /// [`Tmux::start`] with a `cols`×`rows` window.
+    pub fn start_sized(tag: &str, cols: u16, rows: u16, command: &str) -> Option<Tmux> {
         if !cmd::have_program("tmux") {
             skip("tmux is not installed");
             return None;
@@ -27,7 +32,8 @@ impl Tmux {
             socket: format!("{tag}-{}", std::process::id()),
             path: None,
         };
-        t.tmux(&["new-session", "-d", "-x", "200", "-y", "50", command]);
+        let (x, y) = (cols.to_string(), rows.to_string());
+        t.tmux(&["new-session", "-d", "-x", &x, "-y", &y, command]);
         let path = t.tmux(&["display-message", "-p", "#{socket_path}"]);
         t.path = Some(PathBuf::from(path.trim()));
         Some(t)
@@ -48,6 +54,18 @@ impl Tmux {
 
     pub fn screen(&self) -> String {
         self.tmux(&["capture-pane", "-p", "-J", "-S", "-"])
+    }
+
+    /// Waits until the screen contains `want`; returns the screen.
+    pub fn wait_for(&self, want: &str) -> String {
+        self.wait_until(want, |screen| screen.contains(want))
+    }
+
+    /// Waits until a line starts with `prefix`; returns that line.
+    pub fn wait_for_line(&self, prefix: &str) -> String {
+        let screen = self.wait_until(prefix, |s| s.lines().any(|l| l.starts_with(prefix)));
+        let line = screen.lines().find(|l| l.starts_with(prefix));
+        line.unwrap_or_default().to_owned()
     }
 
     /// Waits until `done(screen)`; returns the screen.

@@ -25,14 +25,6 @@ fn run_state(s: &Store, name: &str) -> PathBuf {
     s.root().join("run").join(format!("{name}.toml"))
 }
 
-fn monitor_pid(s: &Store, name: &str) -> i32 {
-    let text = std::fs::read_to_string(run_state(s, name)).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("pid = "))
-        .and_then(|p| p.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no monitor pid in {text}"))
-}
-
 fn counter(rootfs: &Path) -> Option<u64> {
     std::fs::read_to_string(rootfs.join("tmp/counter"))
         .ok()?
@@ -165,7 +157,7 @@ fn a_killed_monitor_is_cleaned_up_after() {
         "-c",
         "while :; do sleep 0.05; done",
     ]);
-    let monitor = monitor_pid(&s, &name);
+    let monitor = s.monitor_pid(&name);
     rustix::process::kill_process(
         rustix::process::Pid::from_raw(monitor).unwrap(),
         rustix::process::Signal::KILL,

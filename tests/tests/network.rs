@@ -118,12 +118,7 @@ fn a_killed_monitor_leaves_no_veth_or_bridge() {
         "start", &name, "--net", "bridge", "--", "/bin/sh", "-c", IDLE,
     ]);
     assert_eq!(links().len(), 2, "{:?}", links());
-    let state = std::fs::read_to_string(s.root().join(format!("run/{name}.toml"))).unwrap();
-    let monitor: i32 = state
-        .lines()
-        .find_map(|l| l.strip_prefix("pid = "))
-        .and_then(|p| p.trim().parse().ok())
-        .unwrap();
+    let monitor = s.monitor_pid(&name);
     rustix::process::kill_process(
         rustix::process::Pid::from_raw(monitor).unwrap(),
         rustix::process::Signal::KILL,

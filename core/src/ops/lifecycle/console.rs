@@ -49,6 +49,17 @@ fn unix_addr(path: &Path) -> Result<SocketAddrUnix> {
     })
 }
 
+/// A unix seqpacket socket for the console at `path`.
+fn seqpacket(path: &Path) -> Result<OwnedFd> {
+    socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(io_err("create a socket for", path))
+}
+
 fn wait_readable(fds: &mut [PollFd<'_>]) -> std::result::Result<(), Errno> {
     let tick = Timespec {
         tv_sec: 0,
@@ -73,13 +84,7 @@ impl Console {
         let path = socket_path(root, name);
         let addr = unix_addr(&path)?;
         let _ = std::fs::remove_file(&path);
-        let fd = socket_with(
-            AddressFamily::UNIX,
-            SocketType::SEQPACKET,
-            SocketFlags::CLOEXEC,
-            None,
-        )
-        .map_err(io_err("create the console socket", &path))?;
+        let fd = seqpacket(&path)?;
         bind(&fd, &addr).map_err(io_err("bind the console socket", &path))?;
         let console = Console { listener: fd, path };
         rustix::fs::chmod(&console.path, rustix::fs::Mode::from_raw_mode(0o600))
@@ -262,13 +267,7 @@ pub fn attach(
 ) -> Result<AttachEnd> {
     let path = socket_path(root, name);
     let addr = unix_addr(&path)?;
-    let sock = socket_with(
-        AddressFamily::UNIX,
-        SocketType::SEQPACKET,
-        SocketFlags::CLOEXEC,
-        None,
-    )
-    .map_err(io_err("create a socket for", &path))?;
+    let sock = seqpacket(&path)?;
     match connect(&sock, &addr) {
         Ok(()) => {}
         Err(Errno::NOENT | Errno::CONNREFUSED) => {
