@@ -205,6 +205,32 @@ impl Default for Store {
 
 impl Drop for Store {
     fn drop(&mut self) {
+        // A test that failed midway may leave detached containers running:
+        // they go with their store (stop, else kill the monitor, whose
+        // container dies with it, and let the next command clean up).
+        let mut running = Vec::new();
+        if let Ok(entries) = fs::read_dir(self.root().join("run")) {
+            for e in entries.flatten() {
+                let file = e.file_name().to_string_lossy().into_owned();
+                if let Some(name) = file.strip_suffix(".toml") {
+                    running.push(name.to_owned());
+                }
+            }
+        }
+        for name in &running {
+            let path = self.root().join("run").join(format!("{name}.toml"));
+            let monitor = fs::read_to_string(&path).ok().and_then(|t| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix("pid = "))
+                    .and_then(|p| p.trim().parse::<i32>().ok())
+            });
+            if self.berth(&["stop", "-t", "1", name]).is_err() {
+                if let Some(pid) = monitor.and_then(rustix::process::Pid::from_raw) {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                }
+                let _ = self.berth(&["stop", name]);
+            }
+        }
         let leaked = mount::mounts_under(self.root());
         for m in leaked.iter().rev() {
             let _ = mount::unmount_detach(m);
