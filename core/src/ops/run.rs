@@ -115,7 +115,8 @@ fn network(root: &Path, m: &Mounted, choice: &NetChoice) -> Result<(NetMode, Opt
     };
     let name = &m.container.name;
     let subnet = net::subnet_of(root, bridge)?;
-    let address = Berth::open(root, true)?.assign_address(name, bridge, subnet)?;
+    // The store's cleanup ran as the rootfs was mounted: only the lock now.
+    let address = Berth::open_locked(root)?.assign_address(name, bridge, subnet)?;
     let hold = net::hold_bridge(root, bridge, subnet)?;
     net::write_etc(&m.rootfs, name, address)?;
     Ok((net::bridge_mode(name, bridge, subnet, address), Some(hold)))
