@@ -315,62 +315,6 @@ pub fn spawn_detached(
     })
 }
 
-/// Runs `child` in a new process that outlives the caller, with the same
-/// stdio as [`spawn_detached`] gives a program, and returns like it; the
-/// process exits with `child`'s code. No exec: it is a copy of this one, so
-/// it starts in a fraction of the time. Only a single-threaded process can be
-/// copied safely (fork copies only the calling thread): with more threads
-/// this returns `None` and the caller spawns a program instead.
-pub fn fork_detached(
-    stderr: std::fs::File,
-    child: impl FnOnce() -> i32,
-) -> Result<Option<Detached>, CmdError> {
-    let failed = |source: std::io::Error| CmdError::Spawn {
-        prog: "a copy of berth".to_owned(),
-        source,
-    };
-    if !single_threaded() {
-        return Ok(None);
-    }
-    // What is still buffered would be written twice, once by the copy.
-    let _ = std::io::Write::flush(&mut std::io::stdout());
-    let null = std::fs::File::open("/dev/null").map_err(failed)?;
-    let (report, report_w) =
-        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| failed(e.into()))?;
-    // SAFETY: the process has one thread (checked just above), so the child
-    // is a complete copy: no lock can be held by a thread that is not there.
-    match unsafe { nix::unistd::fork() }.map_err(|e| failed(e.into()))? {
-        nix::unistd::ForkResult::Child => {
-            drop(report);
-            let wired = rustix::stdio::dup2_stdin(&null)
-                .and_then(|()| rustix::stdio::dup2_stdout(&report_w))
-                .and_then(|()| rustix::stdio::dup2_stderr(&stderr));
-            drop((null, report_w, stderr));
-            // Nothing of the caller's (a lock, a pipe) may live on in the copy;
-            // the caller's objects that own them are never used here again.
-            // SAFETY: close_range(2) takes three integers and touches no memory.
-            let closed = unsafe { libc::syscall(libc::SYS_close_range, 3_u32, u32::MAX, 0_u32) };
-            let code = match (wired, closed) {
-                (Ok(()), 0) => {
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(child)).unwrap_or(101)
-                }
-                _ => 126,
-            };
-            // Never back into the caller's code: this copy ends here.
-            std::process::exit(code)
-        }
-        nix::unistd::ForkResult::Parent { child } => Ok(Some(Detached {
-            pid: u32::try_from(child.as_raw()).unwrap_or(0),
-            stdout: report,
-        })),
-    }
-}
-
-/// Whether this process has exactly one thread.
-fn single_threaded() -> bool {
-    std::fs::read_dir("/proc/self/task").is_ok_and(|d| d.count() == 1)
-}
-
 /// Builds an owned argument list from mixed strings and paths.
 pub fn args<I, S>(items: I) -> Vec<OsString>
 where

@@ -175,9 +175,7 @@ pub fn start(root: &Path, name: &str, req: &StartRequest, monitor_exe: &Path) ->
     }
 }
 
-/// The monitor: a copy of this process running [`monitor`] (no exec, so it
-/// is ready sooner), or where that cannot be (this process has threads)
-/// `monitor_exe __monitor ROOT NAME JSON`.
+/// The monitor: `monitor_exe __monitor ROOT NAME JSON`.
 fn spawn_monitor(
     root: &Path,
     name: &str,
@@ -185,20 +183,6 @@ fn spawn_monitor(
     stderr: std::fs::File,
     monitor_exe: &Path,
 ) -> Result<berth_bdev::cmd::Detached> {
-    let log = stderr
-        .try_clone()
-        .map_err(BerthError::io("dup", monitor_exe))?;
-    let forked = berth_bdev::cmd::fork_detached(log, || match monitor(root, name, json) {
-        Ok(exit) => exit.shell_code(),
-        Err(e) => {
-            warn!(name, error = %e, "the monitor failed");
-            1
-        }
-    })
-    .map_err(berth_bdev::BdevError::from)?;
-    if let Some(m) = forked {
-        return Ok(m);
-    }
     let args: [&OsStr; 4] = [
         OsStr::new(MONITOR_COMMAND),
         root.as_os_str(),
