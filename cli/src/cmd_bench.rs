@@ -1,310 +1,283 @@
-//! `berth bench`: compare copy speed with `cp -a`, and clone speed across pools.
-//! Numbers are medians of several runs; they go to the README, not into tests.
+//! `berth bench`: the storage benchmark (no subcommand), and the single
+//! measurements on a user's own containers (`copy`, `clone`, `lifecycle`, `run`).
 
-use std::path::{Path, PathBuf};
+use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::sync::Mutex;
 
-use berth_bdev::cmd::{self, HostRunner};
-use berth_bdev::copy::{copy_tree, NoProgress};
-use berth_bdev::delete::remove_tree;
-use berth_bdev::plan::CloneMode;
-use berth_core::ops::{CloneRequest, DestroyRequest};
-use berth_core::Berth;
-use clap::{Args, Subcommand};
-use serde::Serialize;
+use berth_bench::model::{Measurement, Report, Suite, Unit};
+use berth_bench::{Plan, RootfsChoice};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::output::print_list;
+pub use crate::cmd_bench_tools::BenchCmd;
+use crate::output::{print_list, say, warning};
 use crate::Cli;
 
-#[derive(Subcommand, Debug)]
-pub enum BenchCmd {
-    /// berth's tree copy against `cp -a` on the same tree.
-    Copy(CopyArgs),
-    /// Snapshot clone and full copy of a container into each pool.
-    Clone(CloneArgs),
-    /// start → exec /bin/true → stop of a detached container, with `--lxc` next
-    /// to LXC's lxc-start -d → lxc-attach → lxc-stop on a copy of its rootfs.
-    Lifecycle(LifecycleArgs),
-    /// `berth run NAME -- /bin/true` next to its floor: the backend's own
-    /// mount, `unshare … chroot ROOTFS /bin/true`, unmount, alternating.
-    Run(RunBenchArgs),
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub cmd: Option<BenchCmd>,
+    #[command(flatten)]
+    pub suite: SuiteArgs,
 }
 
+/// `berth bench` with no subcommand. Backends get throw-away pools on
+/// loop-mounted images (a zfs-fuse zpool for zfs), removed afterwards.
 #[derive(Args, Debug)]
-pub struct RunBenchArgs {
-    /// A stopped container.
-    pub name: String,
-    #[arg(long, default_value_t = 11)]
-    pub runs: usize,
-}
-
-#[derive(Args, Debug)]
-pub struct LifecycleArgs {
-    /// A stopped container to start (its rootfs gets a small init script).
-    pub name: String,
-    #[arg(long, default_value_t = 5)]
-    pub runs: usize,
-    /// Measure LXC too (needs Debian's lxc package).
-    #[arg(long)]
-    pub lxc: bool,
-}
-
-#[derive(Args, Debug)]
-pub struct CopyArgs {
-    /// The tree to copy, e.g. a Debian minbase rootfs (`berth mount` one).
-    #[arg(long)]
-    pub from: PathBuf,
-    #[arg(long, default_value_t = 3)]
-    pub runs: usize,
-    /// Where to copy to (default: the state root's scratch directory); a tmpfs
-    /// here measures CPU and syscall cost instead of the disk.
-    #[arg(long)]
-    pub to: Option<PathBuf>,
-}
-
-#[derive(Args, Debug)]
-pub struct CloneArgs {
-    /// The container to clone.
-    pub name: String,
-    /// Pools to clone into (default: every pool).
+pub struct SuiteArgs {
+    /// Backends to measure on throw-away pools: a list, or `all` (the default
+    /// when no --pool is given). Those the host cannot run are listed with why.
     #[arg(long, value_delimiter = ',')]
+    pub backends: Vec<String>,
+    /// The user's pools to measure too (containers named bench-PID-… are made
+    /// and destroyed in them).
+    #[arg(long = "pool", value_name = "POOL")]
     pub pools: Vec<String>,
-    #[arg(long, default_value_t = 3)]
+    /// What containers are made from: minimal (built in, offline), debootstrap
+    /// (Debian minbase, cached), or a directory.
+    #[arg(long, default_value = "minimal")]
+    pub rootfs: String,
+    /// Suites: lifecycle, io, meta, scale, space, or all.
+    #[arg(long, value_delimiter = ',', default_value = "lifecycle,space")]
+    pub suite: Vec<String>,
+    /// Runs of each measurement (after which median, min and max are shown).
+    #[arg(long, default_value_t = 5, value_parser = crate::cmd_bench_tools::runs)]
     pub runs: usize,
+    /// N for the scale and space suites: snapshot clones made one after another.
+    #[arg(long, default_value_t = 100, value_parser = crate::cmd_bench_tools::runs)]
+    pub clones: usize,
+    /// Drop the page cache before every measured step (root).
+    #[arg(long)]
+    pub cold: bool,
+    /// Also write report.json, a CSV per suite, SVG charts and index.html here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v.get(v.len() / 2).copied().unwrap_or_default()
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1}", d.as_secs_f64() * 1000.0)
-}
-
-#[derive(Serialize)]
-struct CopyResult {
-    files: u64,
-    bytes: u64,
-    berth_ms: f64,
-    cp_a_ms: f64,
-    speedup: f64,
-}
-
-fn bench_copy(cli: &Cli, a: &CopyArgs) -> anyhow::Result<()> {
-    let scratch = a.to.clone().unwrap_or_else(|| cli.root.join("tmp"));
-    std::fs::create_dir_all(&scratch)?;
-    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-    let mut stats = None;
-    for _ in 0..a.runs.max(1) {
-        let dst = tempfile::Builder::new()
-            .prefix("bench-")
-            .tempdir_in(&scratch)?;
-        // Flush earlier runs' dirty pages so that writeback does not land in this one.
-        rustix::fs::sync();
-        let t = Instant::now();
-        stats = Some(copy_tree(&a.from, dst.path(), &NoProgress)?);
-        ours.push(t.elapsed());
-        remove_tree(dst.path(), &scratch)?;
-
-        let dst = tempfile::Builder::new()
-            .prefix("bench-")
-            .tempdir_in(&scratch)?;
-        let target: &Path = dst.path();
-        rustix::fs::sync();
-        let t = Instant::now();
-        cmd::run(
-            &HostRunner,
-            "cp",
-            &[
-                "-a",
-                "--",
-                &format!("{}/.", a.from.display()),
-                &target.display().to_string(),
-            ],
-        )?;
-        theirs.push(t.elapsed());
-        remove_tree(dst.path(), &scratch)?;
-    }
-    let (o, t) = (median(ours), median(theirs));
-    let s = stats.unwrap_or_default();
-    let r = CopyResult {
-        files: s.files,
-        bytes: s.bytes,
-        berth_ms: o.as_secs_f64() * 1000.0,
-        cp_a_ms: t.as_secs_f64() * 1000.0,
-        speedup: t.as_secs_f64() / o.as_secs_f64().max(1e-9),
-    };
-    print_list(
-        cli.format,
-        &["FILES", "BYTES", "BERTH_MS", "CP_A_MS", "CP_A/BERTH"],
-        vec![vec![
-            r.files.to_string(),
-            r.bytes.to_string(),
-            ms(o),
-            ms(t),
-            format!("{:.2}", r.speedup),
-        ]],
-        &r,
-    )
-}
-
-#[derive(Serialize)]
-struct CloneResult {
-    pool: String,
-    backend: String,
-    mode: String,
-    median_ms: Option<f64>,
-    error: Option<String>,
-}
-
-fn bench_clone(cli: &Cli, a: &CloneArgs) -> anyhow::Result<()> {
-    let pools: Vec<String> = if a.pools.is_empty() {
-        Berth::open(&cli.root, false)?
-            .pools()?
-            .into_iter()
-            .map(|p| p.name)
-            .collect()
-    } else {
-        a.pools.clone()
-    };
-    let mut results = Vec::new();
-    for pool in &pools {
-        for mode in [CloneMode::Snapshot, CloneMode::Copy] {
-            let b = Berth::open(&cli.root, true)?;
-            let backend = b.store().pool(pool)?.backend.to_string();
-            let req = CloneRequest {
-                mode,
-                pool: Some(pool.clone()),
-                backend: None,
-                ephemeral: false,
-                drop_xattrs: false,
-                size: None,
-                freeze: false,
-            };
-            let mut times = Vec::new();
-            let mut error = None;
-            for i in 0..a.runs.max(1) {
-                let dst = format!("{}-bench-{i}", a.name);
-                let t = Instant::now();
-                match b.clone_container(&a.name, &dst, &req, &NoProgress) {
-                    Ok(_) => {
-                        times.push(t.elapsed());
-                        b.destroy(&dst, DestroyRequest::default())?;
-                    }
-                    Err(e) => {
-                        error = Some(e.to_string());
-                        break;
-                    }
-                }
+impl SuiteArgs {
+    fn plan(&self) -> anyhow::Result<Plan> {
+        let mut suites = Vec::new();
+        for s in &self.suite {
+            if s == "all" {
+                suites = Suite::ALL.to_vec();
+                break;
             }
-            results.push(CloneResult {
-                pool: pool.clone(),
-                backend,
-                mode: format!("{mode:?}").to_lowercase(),
-                median_ms: (!times.is_empty()).then(|| median(times).as_secs_f64() * 1000.0),
-                error,
-            });
-        }
-    }
-    let rows = results
-        .iter()
-        .map(|r| {
-            vec![
-                r.pool.clone(),
-                r.backend.clone(),
-                r.mode.clone(),
-                r.median_ms
-                    .map_or_else(|| "-".to_owned(), |m| format!("{m:.1}")),
-                r.error.clone().unwrap_or_default(),
-            ]
-        })
-        .collect();
-    print_list(
-        cli.format,
-        &["POOL", "BACKEND", "MODE", "MEDIAN_MS", "NOTE"],
-        rows,
-        &results,
-    )
-}
-
-pub fn run(cli: &Cli, c: &BenchCmd) -> anyhow::Result<ExitCode> {
-    match c {
-        BenchCmd::Copy(a) => bench_copy(cli, a)?,
-        BenchCmd::Clone(a) => bench_clone(cli, a)?,
-        BenchCmd::Lifecycle(a) => bench_lifecycle(cli, a)?,
-        BenchCmd::Run(a) => bench_run(cli, a)?,
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-fn bench_run(cli: &Cli, a: &RunBenchArgs) -> anyhow::Result<()> {
-    use berth_core::ops::lifecycle::bench;
-    let exe = std::env::current_exe()?;
-    let steps = bench::bench_run(&cli.root, &a.name, a.runs, &exe)?;
-    print_steps(cli, &steps, "floor", "BERTH/FLOOR")
-}
-
-fn bench_lifecycle(cli: &Cli, a: &LifecycleArgs) -> anyhow::Result<()> {
-    use berth_core::ops::lifecycle::bench;
-    if a.lxc && !bench::have_lxc() {
-        anyhow::bail!("--lxc needs lxc-start, lxc-attach and lxc-stop (apt-get install lxc)");
-    }
-    let exe = std::env::current_exe()?;
-    let steps = bench::bench_lifecycle(&cli.root, &a.name, a.runs, &exe, a.lxc)?;
-    print_steps(cli, &steps, "lxc", "BERTH/LXC")
-}
-
-/// The steps as a table, each berth step with its ratio to the `reference`
-/// tool's step of the same name, or to its only step.
-fn print_steps(
-    cli: &Cli,
-    steps: &[berth_core::ops::lifecycle::bench::StepTimes],
-    reference: &str,
-    ratio_header: &str,
-) -> anyhow::Result<()> {
-    let theirs: Vec<_> = steps.iter().filter(|s| s.tool == reference).collect();
-    let reference_median = |step: &str| {
-        theirs
-            .iter()
-            .find(|s| s.step == step)
-            .or(match theirs.as_slice() {
-                [only] => Some(only),
-                _ => None,
-            })
-            .map(|s| s.median_ms)
-    };
-    let rows = steps
-        .iter()
-        .map(|s| {
-            let ratio = match (s.tool, reference_median(s.step)) {
-                ("berth", Some(r)) if r > 0.0 => format!("{:.2}", s.median_ms / r),
-                _ => "-".to_owned(),
+            let Some(x) = Suite::parse(s) else {
+                anyhow::bail!(
+                    "unknown suite {s:?}; choose from lifecycle, io, meta, scale, space or all"
+                );
             };
+            if !suites.contains(&x) {
+                suites.push(x);
+            }
+        }
+        let backends = if self.backends.iter().any(|b| b == "all") {
+            Vec::new()
+        } else {
+            self.backends.clone()
+        };
+        let rootfs = match self.rootfs.as_str() {
+            "minimal" => RootfsChoice::Minimal,
+            "debootstrap" => RootfsChoice::Debootstrap,
+            dir => RootfsChoice::Dir(PathBuf::from(dir)),
+        };
+        Ok(Plan {
+            backends,
+            pools: self.pools.clone(),
+            rootfs,
+            suites,
+            runs: self.runs,
+            cold: self.cold,
+            clones: self.clones,
+        })
+    }
+}
+
+pub fn run(cli: &Cli, a: &BenchArgs) -> anyhow::Result<ExitCode> {
+    if let Some(c) = &a.cmd {
+        return crate::cmd_bench_tools::run(cli, c);
+    }
+    let plan = a.suite.plan()?;
+    let berth = std::env::current_exe()?;
+    let bar = Bar::new();
+    let report = berth_bench::run(&cli.root, &berth, &plan, &bar);
+    bar.finish();
+    let report = report?;
+    print_report(cli, &report)?;
+    if let Some(dir) = &a.suite.out {
+        let written = berth_bench::output::write_dir(&report, dir)?;
+        warning(format!(
+            "wrote {} files to {}",
+            written.len(),
+            dir.display()
+        ));
+    }
+    let failed: Vec<&Measurement> = report.failures().collect();
+    for m in &failed {
+        warning(format!(
+            "{} {} on {}: {}",
+            m.suite.name(),
+            m.operation,
+            m.pool,
+            m.error.as_deref().unwrap_or_default()
+        ));
+    }
+    Ok(if failed.is_empty() && !report.results.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        if report.results.is_empty() {
+            warning("nothing was measured");
+        }
+        ExitCode::FAILURE
+    })
+}
+
+fn figure(v: f64, unit: Unit) -> String {
+    match unit {
+        Unit::Bytes => crate::output::human(v as u64),
+        _ => format!("{v:.1}"),
+    }
+}
+
+fn print_report(cli: &Cli, r: &Report) -> anyhow::Result<()> {
+    let rows = r
+        .results
+        .iter()
+        .map(|m| {
+            let berth = m.berth.map_or_else(
+                || "-".to_owned(),
+                |s| {
+                    format!(
+                        "{} [{}–{}]",
+                        figure(s.median, m.unit),
+                        figure(s.min, m.unit),
+                        figure(s.max, m.unit)
+                    )
+                },
+            );
+            let (prim, prim_cmd) = m.primitive.as_ref().map_or_else(
+                || ("-".to_owned(), String::new()),
+                |p| (figure(p.value.median, m.unit), p.command.clone()),
+            );
+            let reported = m
+                .reported
+                .map_or(String::new(), crate::output::human);
+            let note = [
+                m.error.as_deref(),
+                m.note.as_deref(),
+                (!reported.is_empty()).then_some(""),
+            ]
+            .into_iter()
+            .flatten()
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join("; ");
             vec![
-                s.tool.to_owned(),
-                s.step.to_owned(),
-                format!("{:.1}", s.median_ms),
-                format!("{:.1}", s.min_ms),
-                format!("{:.1}", s.max_ms),
-                s.runs.to_string(),
-                ratio,
+                m.suite.name().to_owned(),
+                m.backend.clone(),
+                m.operation.clone(),
+                m.unit.label().to_owned(),
+                berth,
+                m.berth.map_or(0, |s| s.runs).to_string(),
+                prim,
+                m.ratio
+                    .map_or_else(|| "-".to_owned(), |x| format!("{x:.2}")),
+                reported,
+                if m.error.is_some() {
+                    format!("FAILED: {note}")
+                } else {
+                    note
+                },
+                prim_cmd,
             ]
         })
         .collect();
     print_list(
         cli.format,
         &[
-            "TOOL",
-            "STEP",
-            "MEDIAN_MS",
-            "MIN_MS",
-            "MAX_MS",
+            "SUITE",
+            "BACKEND",
+            "OPERATION",
+            "UNIT",
+            "BERTH [MIN–MAX]",
             "RUNS",
-            ratio_header,
+            "PRIMITIVE",
+            "RATIO",
+            "INFO_SAYS",
+            "NOTE",
+            "PRIMITIVE_COMMAND",
         ],
         rows,
-        &steps,
-    )
+        r,
+    )?;
+    if cli.format == crate::Format::Text {
+        for s in &r.skipped {
+            say(format!("skipped {}: {}", s.backend, s.reason))?;
+        }
+        say(format!(
+            "{}; {} CPUs; rootfs {} ({} files, {}); {} runs{}; {:.0} s",
+            r.host.kernel,
+            r.host.cpus,
+            r.rootfs.source,
+            r.rootfs.files,
+            crate::output::human(r.rootfs.bytes),
+            r.settings.runs,
+            if r.settings.cold { ", cold cache" } else { "" },
+            r.seconds
+        ))?;
+    }
+    Ok(())
+}
+
+/// A progress bar on stderr when it is a terminal; Ctrl-C stops the run at
+/// the next step, after which everything made is removed.
+struct Bar {
+    bar: Mutex<Option<ProgressBar>>,
+}
+
+impl Bar {
+    fn new() -> Self {
+        Bar {
+            bar: Mutex::new(None),
+        }
+    }
+
+    fn finish(&self) {
+        if let Ok(mut b) = self.bar.lock() {
+            if let Some(b) = b.take() {
+                b.finish_and_clear();
+            }
+        }
+    }
+}
+
+impl berth_bench::Events for Bar {
+    fn begin(&self, total: u64) {
+        if !std::io::stderr().is_terminal() {
+            return;
+        }
+        let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+        if let Ok(style) = ProgressStyle::with_template("[{bar:30}] {pos}/{len} {elapsed} {msg}") {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        if let Ok(mut b) = self.bar.lock() {
+            *b = Some(bar);
+        }
+    }
+
+    fn step(&self, what: &str) {
+        if let Ok(b) = self.bar.lock() {
+            if let Some(b) = b.as_ref() {
+                b.inc(1);
+                b.set_message(what.to_owned());
+            }
+        }
+    }
+
+    fn cancelled(&self) -> bool {
+        berth_core::interrupt::requested()
+    }
 }

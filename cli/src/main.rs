@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod backend_args;
 mod cmd_bench;
+mod cmd_bench_tools;
 mod cmd_config;
 mod cmd_container;
 mod cmd_docs;
@@ -51,8 +52,12 @@ pub struct Cli {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
+    /// Aligned columns.
+    #[value(alias = "table")]
     Text,
     Json,
+    /// Comma-separated values with a header row (listings only).
+    Csv,
 }
 
 #[derive(Subcommand, Debug)]
@@ -118,9 +123,9 @@ pub enum Command {
     Config(cmd_config::ConfigCmd),
     /// Take, list, restore and remove snapshots.
     Snapshot(cmd_snapshot::SnapshotArgs),
-    /// Measure copies and clones.
-    #[command(subcommand)]
-    Bench(cmd_bench::BenchCmd),
+    /// The storage benchmark: every backend's lifecycle, I/O, metadata,
+    /// scaling and space figures next to its raw primitive.
+    Bench(cmd_bench::BenchArgs),
     /// Print a shell completion script (bash, zsh, fish, …) to stdout.
     Completions(cmd_docs::CompletionsArgs),
     /// Write man pages: berth.1 and one per subcommand (berth-create.1, …).

@@ -20,6 +20,13 @@ pub fn print_list<T: Serialize>(
         writeln!(out, "{text}")?;
         return Ok(());
     }
+    if format == Format::Csv {
+        for r in std::iter::once(headers.iter().map(|h| (*h).to_owned()).collect()).chain(rows) {
+            let cells: Vec<String> = r.iter().map(|c| csv_cell(c)).collect();
+            writeln!(out, "{}", cells.join(","))?;
+        }
+        return Ok(());
+    }
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in &rows {
         for (i, cell) in r.iter().enumerate() {
@@ -43,6 +50,15 @@ pub fn print_list<T: Serialize>(
         writeln!(out, "{}", line(r.iter().map(String::as_str).collect()))?;
     }
     Ok(())
+}
+
+/// A CSV field, quoted when it holds a comma, quote or line break (RFC 4180).
+pub fn csv_cell(c: &str) -> String {
+    if c.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", c.replace('"', "\"\""))
+    } else {
+        c.to_owned()
+    }
 }
 
 /// Prints one line to stdout.
@@ -116,6 +132,14 @@ mod tests {
         let other = anyhow::Error::from(std::io::Error::from(std::io::ErrorKind::NotFound));
         assert!(!is_closed_stdout(&other));
         assert!(!is_closed_stdout(&anyhow::anyhow!("broken pipe")));
+    }
+
+    #[test]
+    fn csv_cells_are_quoted_only_when_needed() {
+        assert_eq!(csv_cell("plain"), "plain");
+        assert_eq!(csv_cell("a,b"), "\"a,b\"");
+        assert_eq!(csv_cell("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_cell("two\nlines"), "\"two\nlines\"");
     }
 
     #[test]

@@ -41,6 +41,10 @@ pub use run::RunRequest;
 pub struct Berth {
     store: Store,
     runner: Arc<dyn Runner>,
+    /// Pools whose probe passed in this process: one command opens a pool
+    /// several times (source and target, cleanup), and a probe can cost
+    /// several helper commands (zfs: `zpool list`, `zfs get`).
+    probed: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Berth {
@@ -50,6 +54,7 @@ impl Berth {
         let b = Berth {
             store: Store::open(root, exclusive)?,
             runner: Arc::new(HostRunner),
+            probed: Default::default(),
         };
         if exclusive {
             if let Err(e) = b.collect_garbage() {
@@ -65,6 +70,7 @@ impl Berth {
         Ok(Berth {
             store: Store::open(root, true)?,
             runner: Arc::new(HostRunner),
+            probed: Default::default(),
         })
     }
 
@@ -78,8 +84,16 @@ impl Berth {
 
     /// Opens a pool's backend and checks that the host can run it.
     pub fn backend(&self, pool: &PoolConfig) -> Result<Box<dyn Backend>> {
-        let b = berth_backends::open(&self.with_default_path(pool), self.runner.clone())?;
-        b.probe()?;
+        let pool = self.with_default_path(pool);
+        let b = berth_backends::open(&pool, self.runner.clone())?;
+        let key = format!("{pool:?}");
+        let seen = |k: &str| self.probed.lock().is_ok_and(|p| p.contains(k));
+        if !seen(&key) {
+            b.probe()?;
+            if let Ok(mut p) = self.probed.lock() {
+                p.insert(key);
+            }
+        }
         Ok(b)
     }
 
@@ -286,14 +300,14 @@ impl Berth {
 }
 
 /// `PID-STARTTIME` of this process: names what it owns in shared directories.
-pub(crate) fn process_tag() -> String {
+pub fn process_tag() -> String {
     let pid = std::process::id();
     let start = crate::store::proc_starttime(pid).unwrap_or(0);
     format!("{pid}-{start}")
 }
 
 /// Whether the process a [`process_tag`] names still runs.
-pub(crate) fn tag_alive(tag: &str) -> bool {
+pub fn tag_alive(tag: &str) -> bool {
     let Some((pid, start)) = tag.split_once('-') else {
         return false;
     };

@@ -35,10 +35,17 @@ pub struct StepTimes {
 fn summary(tool: &'static str, step: &'static str, mut v: Vec<Duration>) -> StepTimes {
     v.sort();
     let ms = |d: Option<&Duration>| d.map_or(0.0, |d| (d.as_secs_f64() * 1e6).round() / 1e3);
+    let n = v.len();
+    // An even count's median is the mean of the two middle values.
+    let median = match n {
+        0 => 0.0,
+        _ if n % 2 == 1 => ms(v.get(n / 2)),
+        _ => ((ms(v.get(n / 2 - 1)) + ms(v.get(n / 2))) * 500.0).round() / 1e3,
+    };
     StepTimes {
         tool,
         step,
-        median_ms: ms(v.get(v.len() / 2)),
+        median_ms: median,
         min_ms: ms(v.first()),
         max_ms: ms(v.last()),
         runs: v.len(),
