@@ -39,9 +39,9 @@ done
 die() { echo "compare-lxc: $*" >&2; exit 1; }
 [[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "--runs wants a positive integer, not '$RUNS'"
 IFS=, read -r -a SELECTED <<<"$BACKENDS"
-for b in "${SELECTED[@]}"; do
-	[[ $b =~ ^(dir|overlay|btrfs|loop|zfs)$ ]] || die "unknown backend '$b'"
-done
+for b in "${SELECTED[@]}"; do [[ $b =~ ^(dir|overlay|btrfs|loop|zfs)$ ]] || die "unknown backend '$b'"; done
+[[ $ROOTFS_KIND == minimal || $ROOTFS_KIND == debootstrap || -d $ROOTFS_KIND ]] ||
+	die "--rootfs: '$ROOTFS_KIND' is neither minimal, debootstrap nor a directory"
 ((EUID == 0)) || die "run as root"
 
 if [[ -z $BERTH ]]; then
@@ -58,11 +58,7 @@ BERTH=$(realpath "$BERTH")
 
 need=(lxc-copy lxc-execute lxc-destroy rsync mkfs.ext4)
 for b in "${SELECTED[@]}"; do
-	case $b in
-	btrfs) need+=(mkfs.btrfs btrfs) ;;
-	loop) need+=(mkfs.xfs) ;;
-	zfs) need+=(zfs-fuse zpool zfs) ;;
-	esac
+	case $b in btrfs) need+=(mkfs.btrfs btrfs) ;; loop) need+=(mkfs.xfs) ;; zfs) need+=(zfs-fuse zpool zfs) ;; esac
 done
 for p in "${need[@]}"; do command -v "$p" >/dev/null || die "'$p' is missing (apt-get install it)"; done
 
@@ -71,8 +67,15 @@ T=$(mktemp -d /var/tmp/compare-lxc.XXXXXX)
 ZPOOL="" ZFS_FUSE_PID=""
 BERTH_CTRS=() LXC_CTRS=() POOLS=() # in creation order; torn down newest first
 
-b() { "$BERTH" --root "$T/berth" "$@"; }
-lx() { "$@" -l ERROR -o /dev/null; } # makes LXC print its errors on stderr at all
+# Never redirect a call of a shell function here: bash applies that redirection in
+# the shell itself, and a signal trap run meanwhile would inherit it. So these
+# redirect inside, and the timed commands are arrays of plain programs.
+BERTH_CMD=("$BERTH" --root "$T/berth")
+LXC_LOG=(-l ERROR -o /dev/null) # LXC prints its errors on stderr only with a log priority
+b() { "${BERTH_CMD[@]}" "$@" >/dev/null; }
+b_quiet() { "${BERTH_CMD[@]}" "$@" >/dev/null 2>&1; }
+track_berth() { [[ " ${BERTH_CTRS[*]} " == *" $1 "* ]] || BERTH_CTRS+=("$1"); }
+track_lxc() { [[ " ${LXC_CTRS[*]} " == *" $1|$2 "* ]] || LXC_CTRS+=("$1|$2"); }
 
 mounts_under_t() { # deepest first
 	awk -v t="$T" '$5 == t || index($5, t "/") == 1 { print length($5), $5 }' /proc/self/mountinfo |
@@ -82,15 +85,16 @@ loops_under_t() { losetup -l -n -O NAME,BACK-FILE | awk -v t="$T/" 'index($2, t)
 
 cleanup() {
 	local rc=$? i m n
-	trap - EXIT INT TERM
+	trap '' INT TERM # a second Ctrl-C must not cut the cleanup short
+	trap - EXIT
 	set +e
 	echo "compare-lxc: cleaning up $T" >&2
 	# clones are newer than their origins, so newest first never hits a dependent
 	for ((i = ${#LXC_CTRS[@]} - 1; i >= 0; i--)); do
-		lx lxc-destroy -f -P "${LXC_CTRS[i]%%|*}" -n "${LXC_CTRS[i]#*|}" >/dev/null 2>&1
+		lxc-destroy "${LXC_LOG[@]}" -f -P "${LXC_CTRS[i]%%|*}" -n "${LXC_CTRS[i]#*|}" >/dev/null 2>&1
 	done
-	for ((i = ${#BERTH_CTRS[@]} - 1; i >= 0; i--)); do b destroy -f "${BERTH_CTRS[i]}" >/dev/null 2>&1; done
-	for i in "${POOLS[@]}"; do b pool rm "$i" >/dev/null 2>&1; done
+	for ((i = ${#BERTH_CTRS[@]} - 1; i >= 0; i--)); do b_quiet destroy -f "${BERTH_CTRS[i]}"; done
+	for i in "${POOLS[@]}"; do b_quiet pool rm "$i"; done
 	if [[ -n $ZPOOL ]]; then
 		# zfs-fuse answers "pool is busy" for a while after heavy use
 		for i in 1 2 3 4 5 6; do zpool destroy -f "$ZPOOL" 2>/dev/null && break; sleep 2; done
@@ -122,12 +126,8 @@ cleanup() {
 	local left
 	left=$(grep -F "$T" /proc/self/mountinfo; losetup -a | grep -F "$T"; [[ ! -e $T ]] || echo "$T exists")
 	if [[ -n $ZPOOL ]] && zpool list "$ZPOOL" >/dev/null 2>&1; then left+=$'\n'"zpool $ZPOOL"; fi
-	if [[ -n ${left//$'\n'/} ]]; then
-		echo "compare-lxc: WARNING: left over:" >&2
-		echo "$left" >&2
-	else
-		echo "compare-lxc: nothing left over" >&2
-	fi
+	if [[ -n ${left//$'\n'/} ]]; then echo "compare-lxc: WARNING: left over:"$'\n'"$left" >&2
+	else echo "compare-lxc: nothing left over" >&2; fi
 	exit "$rc"
 }
 trap cleanup EXIT
@@ -143,7 +143,7 @@ make_fs() { # KIND: a 4 GiB sparse image of that filesystem mounted at $T/KIND (
 	truncate -s 4G "$img"
 	case $kind in
 	ext4) mkfs.ext4 -q -F "$img" ;;
-	btrfs) mkfs.btrfs -q "$img" ;; # below ~4 GiB btrfs can run out of metadata chunks
+	btrfs | btrfs2) mkfs.btrfs -q "$img" >/dev/null ;; # below ~4 GiB btrfs can run out of metadata chunks
 	xfs) mkfs.xfs -q -m reflink=1 "$img" ;;
 	esac
 	mkdir -p "$T/$kind"
@@ -154,17 +154,17 @@ lxc_config() { # LXCPATH NAME ROOTFS: the container dir lxc-create would have wr
 	mkdir -p "$1/$2"
 	printf '%s\n' "lxc.uts.name = $2" "lxc.rootfs.path = $3" \
 		"lxc.net.0.type = empty" "lxc.apparmor.profile = unconfined" >"$1/$2/config"
-	LXC_CTRS+=("$1|$2")
+	track_lxc "$1" "$2"
 }
 
 berth_source() { # BACKEND POOL [create args]: the berth source container of a backend
 	local name=$1-src pool=$2
 	shift 2
-	BERTH_CTRS+=("$name")
-	b create "$name" --pool "$pool" --from-dir "$ROOTFS" "$@" >/dev/null
+	track_berth "$name"
+	b create "$name" --pool "$pool" --from-dir "$ROOTFS" "$@"
 }
 
-berth_pool() { POOLS+=("$1"); b pool add "$@" >/dev/null; }
+berth_pool() { POOLS+=("$1"); b pool add "$@"; }
 
 start_zfs() {
 	zpool list >/dev/null 2>&1 && return 0
@@ -194,14 +194,19 @@ setup() { # BACKEND
 	overlay) # both sides layer over the dir source, as `lxc-copy -s -B overlay` does
 		setup dir
 		berth_pool cmp-overlay -B overlay --path "$T/ext4/berth-overlay"
-		BERTH_CTRS+=(overlay-src)
-		b clone dir-src overlay-src --snapshot --pool cmp-overlay >/dev/null
-		LXC_CTRS+=("$T/ext4/lxc|overlay-src")
-		lx lxc-copy -P "$T/ext4/lxc" -s -B overlay -n dir-src -N overlay-src
+		track_berth overlay-src
+		b clone dir-src overlay-src --snapshot --pool cmp-overlay
+		track_lxc "$T/ext4/lxc" overlay-src
+		lxc-copy "${LXC_LOG[@]}" -P "$T/ext4/lxc" -s -B overlay -n dir-src -N overlay-src
 		;;
 	btrfs)
 		make_fs btrfs
 		berth_pool cmp-btrfs -B btrfs --path "$T/btrfs/berth"
+		# within one btrfs, lxc-copy and berth both "copy" by snapshotting: copies
+		# go to a second one, so that both sides really copy data
+		make_fs btrfs2
+		berth_pool cmp-btrfs2 -B btrfs --path "$T/btrfs2/berth"
+		mkdir -p "$T/btrfs2/lxc"
 		berth_source btrfs cmp-btrfs
 		L=$T/btrfs/lxc # LXC's btrfs rootfs is a subvolume at $lxcpath/NAME/rootfs
 		lxc_config "$L" btrfs-src "btrfs:$L/btrfs-src/rootfs"
@@ -225,7 +230,7 @@ setup() { # BACKEND
 		start_zfs
 		ZPOOL=cmplxc$$
 		truncate -s 4G "$T/zfs.img"
-		zpool create -o cachefile=none -m none "$ZPOOL" "$T/zfs.img" 2>/dev/null
+		zpool create -o cachefile=none -m none "$ZPOOL" "$T/zfs.img"
 		berth_pool cmp-zfs -B zfs --dataset "$ZPOOL/berth" --path "$T/zmnt"
 		berth_source zfs cmp-zfs
 		# LXC wants the container's name as the dataset's last component
@@ -250,8 +255,13 @@ lxc_path() {
 reason() { # SIDE OUTFILE RC: the first error line, shortened
 	local msg
 	if [[ $1 == lxc ]]; then
-		msg=$(grep -m1 -E '^lxc-[a-z]+: ' "$2" |
-			sed -E 's/^lxc-[a-z]+: [^:]+: [^:]+: [^:]+: [0-9]+ //; s/ on "[^"]*lxc\/rootfs"//') || true
+		# the root cause is the line with an errno ("No such device - ..."), if any
+		msg=$({ grep -E '^lxc-[a-z]+: .*: [0-9]+ [A-Z][A-Za-z ]+ - ' "$2"; grep -E '^lxc-[a-z]+: ' "$2"; } |
+			head -n 1 | sed -E 's/^.*lxc-[a-z]+: [^:]+: [^:]+: [^:]+: [0-9]+ //; s/ on "[^"]*lxc\/rootfs"//') || true
+		# LXC's zfs driver mounts with type "zfs"; zfs-fuse gives the kernel none
+		if grep -q 'storage/zfs.c' "$2" && grep -qE 'Failed (to )?mount' "$2" && ! grep -qw zfs /proc/filesystems; then
+			msg="cannot mount zfs-fuse datasets: LXC mounts type \"zfs\", the kernel has none (ENODEV)"
+		fi
 	else
 		msg=$(grep -m1 'error:' "$2" | sed -E 's/.*error: //; s/;.*//') || true
 	fi
@@ -264,58 +274,58 @@ reason() { # SIDE OUTFILE RC: the first error line, shortened
 	fi
 }
 
+label() { case $1 in copy) echo copy ;; snap) echo "snapshot clone" ;; start) echo "start /bin/true" ;;
+	dcopy) echo "destroy copy" ;; dsnap) echo "destroy clone" ;; esac; }
+
 # run_op SIDE BACKEND OP: one timed run of one side of one operation
 run_op() {
-	local side=$1 bk=$2 op=$3 key="$2|$3|$1" L src dst
+	local side=$1 bk=$2 op=$3 key="$2|$3|$1" L src=$2-src dst=$2-cp pool=cmp-$2 newpath
 	[[ -z ${FAIL[$key]:-} ]] || return 0 # failed once: shown as such, not retried
 	L=$(lxc_path "$bk")
-	src=$bk-src
-	dst=$bk-cp
+	newpath=$L
 	[[ $op == snap || $op == dsnap ]] && dst=$bk-sn
+	[[ $bk == overlay && $op == snap ]] && src=dir-src
+	if [[ $bk == btrfs && ($op == copy || $op == dcopy) ]]; then
+		pool=cmp-btrfs2 newpath=$T/btrfs2/lxc
+		[[ $op == dcopy ]] && L=$newpath
+	fi
 	local cmd=()
 	case $side/$op in
-	berth/copy) cmd=(b clone "$src" "$dst" --copy --pool "cmp-$bk") ;;
-	lxc/copy) cmd=(lx lxc-copy -P "$L" -n "$src" -N "$dst" -B "$bk") ;;
-	berth/snap) cmd=(b clone "$src" "$dst" --snapshot --pool "cmp-$bk") ;;
-	lxc/snap) cmd=(lx lxc-copy -P "$L" -s -n "$src" -N "$dst" -B "$bk") ;;
-	berth/start) cmd=(b run --no-tty "$src" -- /bin/true) ;;
-	lxc/start) cmd=(lx lxc-execute -P "$L" -n "$src" -- /bin/true) ;;
-	berth/dcopy | berth/dsnap) cmd=(b destroy "$dst") ;;
-	lxc/dcopy | lxc/dsnap) cmd=(lx lxc-destroy -P "$L" -n "$dst") ;;
+	berth/copy) cmd=("${BERTH_CMD[@]}" clone "$src" "$dst" --copy --pool "$pool") ;;
+	lxc/copy) cmd=(lxc-copy "${LXC_LOG[@]}" -P "$L" -p "$newpath" -n "$src" -N "$dst" -B "$bk") ;;
+	berth/snap) cmd=("${BERTH_CMD[@]}" clone "$src" "$dst" --snapshot --pool "cmp-$bk") ;;
+	lxc/snap) cmd=(lxc-copy "${LXC_LOG[@]}" -P "$L" -s -n "$src" -N "$dst" -B "$bk") ;;
+	berth/start) cmd=("${BERTH_CMD[@]}" run --no-tty "$src" -- /bin/true) ;;
+	lxc/start) cmd=(lxc-execute "${LXC_LOG[@]}" -P "$L" -n "$src" -- /bin/true) ;;
+	berth/dcopy | berth/dsnap) cmd=("${BERTH_CMD[@]}" destroy "$dst") ;;
+	lxc/dcopy | lxc/dsnap) cmd=(lxc-destroy "${LXC_LOG[@]}" -P "$L" -n "$dst") ;;
 	esac
 	if [[ $bk == loop && $op == copy ]]; then # the same image size on both sides
 		if [[ $side == berth ]]; then cmd+=(--size "${LOOP_MB}M"); else cmd+=(-L "${LOOP_MB}M"); fi
 	fi
-	[[ $bk == overlay && $op == snap ]] && cmd[3]=dir-src # berth/lxc: the dir source
-	[[ $bk == overlay && $op == snap && $side == lxc ]] && cmd[6]=dir-src
 	case $op in # a destroy needs this run's clone
 	dcopy | dsnap)
 		local made="$bk|${op#d}|$side"
 		if [[ -z ${MADE[$made]:-} ]]; then
-			FAIL[$key]="n/a (no ${op#d} to destroy)"
+			FAIL[$key]="n/a (no $(label "${op#d}"))"
 			return 0
 		fi
 		unset "MADE[$made]"
-		[[ $side == berth ]] && BERTH_CTRS=("${BERTH_CTRS[@]/#$dst/}")
 		;;
 	copy | snap)
-		if [[ $side == berth ]]; then BERTH_CTRS+=("$dst"); else LXC_CTRS+=("$L|$dst"); fi
+		if [[ $side == berth ]]; then track_berth "$dst"; else track_lxc "$newpath" "$dst"; fi
 		;;
 	esac
 	local t0 t1 rc=0
 	t0=${EPOCHREALTIME/./}
 	"${cmd[@]}" >"$T/out" 2>&1 || rc=$?
 	t1=${EPOCHREALTIME/./}
-	if ((rc == 0)); then
-		SAMPLES[$key]+=" $((t1 - t0))"
-		[[ $op == copy || $op == snap ]] && MADE[$key]=1
-		return 0
-	fi
+	if ((rc == 0)); then SAMPLES[$key]+=" $((t1 - t0))" MADE[$key]=1 && return 0; fi
 	FAIL[$key]=$(reason "$side" "$T/out" "$rc")
 	# a failed clone can leave a config, a dataset or a snapshot behind: clear it
 	if [[ $op == copy || $op == snap ]]; then
-		if [[ $side == berth ]]; then b destroy -f "$dst" >/dev/null 2>&1 || true
-		else lx lxc-destroy -f -P "$L" -n "$dst" >/dev/null 2>&1 || true; fi
+		if [[ $side == berth ]]; then b_quiet destroy -f "$dst" || true
+		else lxc-destroy "${LXC_LOG[@]}" -f -P "$newpath" -n "$dst" >/dev/null 2>&1 || true; fi
 	fi
 }
 
@@ -326,18 +336,18 @@ median_ms() { # microsecond samples → median in ms
 
 what() { # BACKEND OP: what each side of the pair does
 	case $1/$2 in
-	dir/copy) echo "dir -> dir full copy (lxc: rsync)" ;;
+	dir/copy) echo "berth: copies the tree; lxc: rsync" ;;
 	dir/snap) echo "dir cannot share data: see the overlay row" ;;
-	overlay/copy) echo "full copy of the overlay clone into the overlay pool" ;;
-	overlay/snap) echo "overlay layer over the dir source (lxc -s -B overlay)" ;;
-	overlay/start) echo "the overlay clone of the dir source" ;;
-	btrfs/copy) echo "subvolume -> new subvolume, full copy" ;;
-	btrfs/snap) echo "btrfs subvolume snapshot" ;;
-	loop/copy) echo "ext4 image -> new ${LOOP_MB}M ext4 image" ;;
+	overlay/copy) echo "berth: copies the overlay clone's layers into a new overlay volume" ;;
+	overlay/snap) echo "both: an overlay layer over the dir source (lxc -s -B overlay)" ;;
+	overlay/start) echo "on the overlay clone; berth confined; lxc bare config (no /proc, seccomp, cap drop)" ;;
+	btrfs/copy) echo "into a 2nd btrfs, both copy files (within one, both would snapshot)" ;;
+	btrfs/snap) echo "both: btrfs subvolume snapshot" ;;
+	loop/copy) echo "berth: copies the image (reflinked on xfs); lxc: mkfs.ext4 ${LOOP_MB}M + rsync" ;;
 	loop/snap) echo "berth: reflinked image on xfs" ;;
-	zfs/copy) echo "dataset -> new dataset, full copy" ;;
-	zfs/snap) echo "zfs snapshot + clone" ;;
-	*/start) echo "berth confined (seccomp, caps); lxc: bare config" ;;
+	zfs/copy) echo "berth: zfs send | recv; lxc: new dataset + rsync" ;;
+	zfs/snap) echo "both: zfs snapshot + clone" ;;
+	*/start) echo "berth confined (seccomp, caps); lxc bare config (no /proc, seccomp, cap drop)" ;;
 	*) echo "" ;;
 	esac
 }
@@ -346,18 +356,15 @@ what() { # BACKEND OP: what each side of the pair does
 say "berth: $BERTH; runs: $RUNS; backends: ${SELECTED[*]}; temp: $T"
 case $ROOTFS_KIND in
 minimal | debootstrap)
-	BERTH_CTRS+=(base)
-	if [[ $ROOTFS_KIND == minimal ]]; then b create base >/dev/null; else b create base -t debootstrap >/dev/null; fi
-	mnt=$(b mount base | tail -n 1)
+	track_berth base
+	if [[ $ROOTFS_KIND == minimal ]]; then b create base; else b create base -t debootstrap; fi
+	mnt=$("${BERTH_CMD[@]}" mount base | tail -n 1)
 	mkdir -p "$T/rootfs"
 	cp -a "$mnt/." "$T/rootfs/"
-	b umount base >/dev/null
+	b umount base
 	ROOTFS=$T/rootfs
 	;;
-*)
-	[[ -d $ROOTFS_KIND ]] || die "--rootfs: '$ROOTFS_KIND' is neither minimal, debootstrap nor a directory"
-	ROOTFS=$(realpath "$ROOTFS_KIND")
-	;;
+*) ROOTFS=$(realpath "$ROOTFS_KIND") ;;
 esac
 ROOT_MB=$(du -sm "$ROOTFS" | cut -f1)
 LOOP_MB=$((ROOT_MB + ROOT_MB / 4 + 64)) # berth's own default size for a copy into loop
@@ -375,9 +382,6 @@ for bk in "${SELECTED[@]}"; do
 		done
 	done
 done
-
-label() { case $1 in copy) echo copy ;; snap) echo "snapshot clone" ;; start) echo "start /bin/true" ;;
-	dcopy) echo "destroy copy" ;; dsnap) echo "destroy clone" ;; esac; }
 
 echo
 echo "berth $("$BERTH" --version | awk '{ print $NF }') vs $(lxc-copy --version 2>/dev/null | sed 's/^/LXC /'); rootfs $ROOTFS_KIND ($ROOT_MB MiB); medians of $RUNS runs, ms"

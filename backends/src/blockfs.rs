@@ -451,6 +451,7 @@ mod tests {
             args: String::new(),
             status,
             stderr: String::new(),
+            stdout: String::new(),
         };
         assert!(fsck_fixed(&failed(ExitStatus::Code(1))));
         assert!(!fsck_fixed(&failed(ExitStatus::Code(4))));

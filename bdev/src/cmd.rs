@@ -53,6 +53,9 @@ pub enum CmdError {
         args: String,
         status: ExitStatus,
         stderr: String,
+        /// What it printed before failing: `zfs get` of several datasets lists
+        /// the ones that exist even when others do not.
+        stdout: String,
     },
 
     #[error("scripted runner: unexpected call {prog} {args}")]
@@ -64,6 +67,14 @@ impl CmdError {
     pub fn stderr(&self) -> &str {
         match self {
             CmdError::Failed { stderr, .. } => stderr,
+            _ => "",
+        }
+    }
+
+    /// The captured stdout of a failed command, empty for other errors.
+    pub fn stdout(&self) -> &str {
+        match self {
+            CmdError::Failed { stdout, .. } => stdout,
             _ => "",
         }
     }
@@ -119,6 +130,7 @@ fn check(prog: &str, args: &[&OsStr], out: std::process::Output) -> Result<CmdOu
             args: join_args(args),
             status: out.status.into(),
             stderr,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         });
     }
     Ok(CmdOutput {
@@ -182,10 +194,14 @@ impl Runner for HostRunner {
     }
 }
 
+/// A scripted answer: stdout, or the (stdout, stderr) of a failure.
+type Answer = Result<String, (String, String)>;
+
 /// A test double: answers calls from a script, in order, and records them.
 #[derive(Debug, Default)]
 pub struct ScriptedRunner {
-    script: Mutex<Vec<(String, Result<String, String>)>>,
+    /// Expected prefix, and the answer.
+    script: Mutex<Vec<(String, Answer)>>,
     calls: Mutex<Vec<String>>,
 }
 
@@ -201,10 +217,15 @@ impl ScriptedRunner {
 
     /// Expects a call whose line starts with `prefix`; fails it with `stderr`.
     pub fn fail(self, prefix: &str, stderr: &str) -> Self {
-        self.push(prefix, Err(stderr.to_owned()))
+        self.fail_with(prefix, "", stderr)
     }
 
-    fn push(self, prefix: &str, answer: Result<String, String>) -> Self {
+    /// Like `fail`, for a command that printed `stdout` before failing.
+    pub fn fail_with(self, prefix: &str, stdout: &str, stderr: &str) -> Self {
+        self.push(prefix, Err((stdout.to_owned(), stderr.to_owned())))
+    }
+
+    fn push(self, prefix: &str, answer: Answer) -> Self {
         if let Ok(mut s) = self.script.lock() {
             s.push((prefix.to_owned(), answer));
         }
@@ -234,11 +255,12 @@ impl ScriptedRunner {
                     stdout,
                     stderr: String::new(),
                 }),
-                Err(stderr) => Err(CmdError::Failed {
+                Err((stdout, stderr)) => Err(CmdError::Failed {
                     prog: prog.to_owned(),
                     args: args.to_owned(),
                     status: ExitStatus::Code(1),
                     stderr,
+                    stdout,
                 }),
             },
             _ => Err(CmdError::Unexpected {
@@ -334,6 +356,12 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("oops"), "{msg}");
         assert!(msg.contains("exit code 3"), "{msg}");
+    }
+
+    #[test]
+    fn host_runner_keeps_the_stdout_of_a_failure() {
+        let err = run(&HostRunner, "sh", &["-c", "echo partial; exit 1"]).unwrap_err();
+        assert_eq!(err.stdout().trim(), "partial");
     }
 
     #[test]

@@ -336,17 +336,19 @@ fn measure_pool(
 
 fn teardown(s: &Session, t: Target) -> Result<()> {
     if t.root == s.store() {
-        // Anything a failed step left in the throw-away pool goes with it.
-        let b = Berth::open(&t.root, true)?;
-        for c in b.store().containers()? {
-            if c.pool == t.pool.name {
-                let _ = s.berth_output(
-                    &t.root,
-                    &["destroy", "--force", "--with-snapshots", &c.name],
-                );
-            }
+        // Anything a failed step left in the throw-away pool goes with it. The
+        // store is let go before: each destroy is a berth command that locks it.
+        let left: Vec<String> = Berth::open(&t.root, false)?
+            .store()
+            .containers()?
+            .into_iter()
+            .filter(|c| c.pool == t.pool.name)
+            .map(|c| c.name)
+            .collect();
+        for name in left {
+            let _ = s.berth_output(&t.root, &["destroy", "--force", "--with-snapshots", &name]);
         }
-        b.pool_rm(&t.pool.name)?;
+        Berth::open(&t.root, true)?.pool_rm(&t.pool.name)?;
     }
     t.teardown
         .run_now()

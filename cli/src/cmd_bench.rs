@@ -162,9 +162,7 @@ fn print_report(cli: &Cli, r: &Report) -> anyhow::Result<()> {
                 || ("-".to_owned(), String::new()),
                 |p| (figure(p.value.median, m.unit), p.command.clone()),
             );
-            let reported = m
-                .reported
-                .map_or(String::new(), crate::output::human);
+            let reported = m.reported.map_or(String::new(), crate::output::human);
             let note = [
                 m.error.as_deref(),
                 m.note.as_deref(),

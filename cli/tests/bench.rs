@@ -177,6 +177,24 @@ fn a_killed_benchmark_is_cleaned_up_by_the_next_one() {
     assert_left_nothing(&s);
 }
 
+#[test]
+fn an_interrupted_benchmark_removes_what_it_made_before_it_exits() {
+    let s = Store::new();
+    let root = s.root().to_string_lossy().into_owned();
+    let bin = s.bin().to_string_lossy().into_owned();
+    // One SIGINT to berth alone, as Ctrl-C sends it (its children get their
+    // own from the terminal; here they finish their step).
+    let script = format!(
+        "{bin} --root {root} bench --backends btrfs,overlay --suite lifecycle --runs 200 & \
+         p=$!; sleep 2.5; kill -INT $p; wait $p"
+    );
+    let r = berth_bdev::cmd::run(&berth_bdev::cmd::HostRunner, "sh", &["-c", &script]);
+    let e = r.expect_err("an interrupted benchmark does not succeed");
+    assert!(e.stderr().contains("interrupted"), "{e}");
+    // No later command: the interrupted run itself left nothing.
+    assert_left_nothing(&s);
+}
+
 fn has_entries(dir: &Path) -> bool {
     std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some())
 }

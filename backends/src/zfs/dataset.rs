@@ -2,11 +2,11 @@
 //! properties, destroy with clear refusals, and the mount bookkeeping.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use berth_bdev::cmd::{self, CmdError, CmdOutput};
-use berth_bdev::mount;
+use berth_bdev::mount::{self, MountInfo};
 use berth_bdev::{BdevError, Result, Revert};
 use tracing::{debug, warn};
 
@@ -42,6 +42,23 @@ impl Zfs {
                 what: "zfs dataset",
                 name: dataset.to_owned(),
             }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// One `zfs get` of `props` on several datasets: dataset → property → value
+    /// for those that exist; a missing one is simply absent.
+    pub(super) fn get_many(
+        &self,
+        datasets: &[&str],
+        props: &str,
+    ) -> Result<BTreeMap<String, BTreeMap<String, String>>> {
+        let mut args = vec!["get", "-Hp", "-o", "name,property,value", props];
+        args.extend(datasets);
+        match self.zfs(&args) {
+            Ok(out) => Ok(parse::named_props(&out.stdout)),
+            // zfs still lists the datasets that exist, and fails for the others.
+            Err(e) if parse::only_missing(e.stderr()) => Ok(parse::named_props(e.stdout())),
             Err(e) => Err(e.into()),
         }
     }
@@ -107,12 +124,32 @@ impl Zfs {
         }
     }
 
-    /// Whether `dataset` is mounted; fails unless its mountpoint is `mp`, where
-    /// the pool expects it (binding `mp` would show an empty directory).
-    pub(super) fn mounted_at(&self, dataset: &str, mp: &str) -> Result<bool> {
-        let props = self.get(dataset, "mounted,mountpoint")?;
+    /// Mounts `dataset` at `mp`, its own mountpoint, unless the mount table shows
+    /// it there already. A dataset whose `mountpoint` is elsewhere is refused
+    /// (binding `mp` would show an empty directory); the property is read only
+    /// when the mount did not land at `mp`.
+    pub(super) fn mount_at_own(&self, dataset: &str, mp: &str) -> Result<()> {
+        if mounted_at(dataset, Path::new(mp)) {
+            return Ok(());
+        }
+        let mounted = match self.zfs_retry(&["mount", dataset]) {
+            Ok(_) => Ok(true),
+            // At `mp` by a concurrent mount, or elsewhere: the check below tells.
+            Err(e) if parse::is_already_mounted(e.stderr()) => Ok(false),
+            Err(e) => Err(e),
+        };
+        if mounted.is_ok() && mounted_at(dataset, Path::new(mp)) {
+            return Ok(());
+        }
+        let props = self.get(dataset, "mountpoint")?;
         let actual = props.get("mountpoint").map(String::as_str).unwrap_or("-");
         if actual != mp {
+            if matches!(mounted, Ok(true)) {
+                // This mount put it there: take it back.
+                if let Err(e) = self.zfs_unmount(dataset) {
+                    warn!(%dataset, error = %e, "could not unmount a dataset mounted at the wrong place");
+                }
+            }
             return Err(BdevError::PoolSetting {
                 pool: self.pool.clone(),
                 reason: format!(
@@ -121,19 +158,31 @@ impl Zfs {
                 hint: format!("`zfs set mountpoint={mp} {dataset}` or give the pool that path"),
             });
         }
-        Ok(props.get("mounted").map(String::as_str) == Some("yes"))
+        // Where it belongs (the mount table may spell the path differently).
+        mounted.map(drop).map_err(Into::into)
     }
 
-    /// zfs-fuse may mount a fresh clone despite `canmount=noauto`; undo that.
+    /// zfs-fuse mounts a fresh clone despite `canmount=noauto`; undo that. The
+    /// mount table answers without a command when nothing is mounted.
     pub(super) fn ensure_unmounted(&self, dataset: &str) -> Result<()> {
-        let p = self.get(dataset, "mounted")?;
-        if p.get("mounted").map(String::as_str) == Some("yes") {
+        self.unmount_if_listed(dataset, &mount::mounts())
+    }
+
+    /// Unmounts `dataset` if the mount `table` lists it.
+    pub(super) fn unmount_if_listed(&self, dataset: &str, table: &[MountInfo]) -> Result<()> {
+        if table
+            .iter()
+            .any(|m| m.source == dataset && m.fstype.contains("zfs"))
+        {
             self.zfs_unmount(dataset)?;
         }
         Ok(())
     }
 
-    /// Clones `origin` (a snapshot) as `PARENT/name`, unmounted, with `refquota`.
+    /// Clones `origin` (a snapshot) as `PARENT/name` with `refquota`: unmounted,
+    /// or for the `read_only` clone that mounts a snapshot, left as zfs-fuse
+    /// mounts it (at `mountpoint`, where `mount` wants it). A taken name is
+    /// `Exists`.
     pub(super) fn clone_snapshot(
         &self,
         origin: &str,
@@ -153,11 +202,14 @@ impl Zfs {
             args.extend(["-o", "readonly=on"]);
         }
         args.extend([origin, dataset]);
-        self.zfs(&args)?;
+        self.zfs(&args).map_err(|e| exists_or(e, dataset))?;
         let (this, ds) = (self.clone(), dataset.to_owned());
         rv.add(format!("destroy clone {dataset}"), move || {
             this.destroy_dataset(&ds, false)
         });
+        if read_only {
+            return Ok(());
+        }
         self.ensure_unmounted(dataset)
     }
 
@@ -185,8 +237,9 @@ impl Zfs {
     pub(super) fn release(&self, t: &Target) -> Result<()> {
         if let Some(snap) = &t.snap {
             let tmp = format!("{}:{snap}", t.dataset());
-            if self.exists(&tmp)? {
-                self.destroy_dataset(&tmp, false)?;
+            match self.destroy_dataset(&tmp, false) {
+                Ok(()) | Err(BdevError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
             }
             // The mount point and its parents, while empty.
             let mp = PathBuf::from(self.snap_mountpoint(&t.name, snap));
@@ -220,10 +273,35 @@ impl Zfs {
         }
     }
 
+    /// The origin (`None` unless a clone) and the snapshot names of `dataset`,
+    /// in one command.
+    pub(super) fn origin_and_snapshots(
+        &self,
+        dataset: &str,
+    ) -> Result<(Option<String>, Vec<String>)> {
+        let args = [
+            "list",
+            "-H",
+            "-o",
+            "name,origin",
+            "-t",
+            "filesystem,snapshot",
+            "-r",
+            dataset,
+        ];
+        match self.zfs(&args) {
+            Ok(out) => Ok(parse::origin_and_snapshots(&out.stdout, dataset)),
+            Err(e) if parse::is_missing(e.stderr()) => Err(BdevError::NotFound {
+                what: "zfs dataset",
+                name: dataset.to_owned(),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Destroys a volume with its snapshots (zfs refuses if a clone depends on any),
-    /// then the hidden snapshot it was cloned from.
-    pub(super) fn destroy_now(&self, t: &Target) -> Result<()> {
-        let origin = parse::origin(&self.get(t.dataset(), "origin")?);
+    /// then the hidden snapshot it was cloned from, its `origin`.
+    pub(super) fn destroy_now(&self, t: &Target, origin: Option<String>) -> Result<()> {
         self.destroy_dataset(t.dataset(), true)?;
         self.drop_hidden_origin(origin);
         let _ = std::fs::remove_dir(self.mountpoint(&t.name));
@@ -235,4 +313,34 @@ impl Zfs {
             self.get(dataset, "refquota")?.get("refquota"),
         ))
     }
+}
+
+/// A failed `zfs create`/`clone`/`snapshot`: `Exists` when the name is taken.
+pub(super) fn exists_or(e: CmdError, dataset: &str) -> BdevError {
+    if parse::is_exists(e.stderr()) {
+        BdevError::Exists {
+            what: if dataset.contains('@') {
+                "zfs snapshot"
+            } else {
+                "zfs dataset"
+            },
+            name: dataset.to_owned(),
+        }
+    } else {
+        e.into()
+    }
+}
+
+/// Whether the mount table shows `dataset` at `mp` (also when `mp`'s parent is
+/// reached through a symlink, which the table shows resolved).
+fn mounted_at(dataset: &str, mp: &Path) -> bool {
+    let resolved = mp
+        .parent()
+        .zip(mp.file_name())
+        .and_then(|(dir, name)| Some(std::fs::canonicalize(dir).ok()?.join(name)));
+    mount::mounts().iter().any(|m| {
+        m.source == dataset
+            && m.fstype.contains("zfs")
+            && (m.mount_point == mp || Some(&m.mount_point) == resolved.as_ref())
+    })
 }

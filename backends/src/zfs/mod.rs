@@ -17,7 +17,15 @@
 //! use. A snapshot cannot be mounted at all through zfs-fuse (no `.zfs` directory),
 //! so a read-only mount of `PARENT/NAME@SNAP` goes through a temporary read-only
 //! clone `PARENT/NAME:SNAP` (`:` never occurs in volume names), destroyed on unmount.
+//!
+//! Speed: every `zfs` command costs milliseconds (more under zfs-fuse), so each
+//! operation runs as few as it can without losing a check: a taken name is the
+//! refusal of `zfs create`/`snapshot`/`clone` itself, one `zfs get` of several
+//! datasets answers what a clone or copy must know, the mount table (not a
+//! `zfs get`) says what is mounted, and diagnostic queries (`zpool list`, the
+//! `mountpoint`) run only after the fast path failed.
 
+mod clone;
 mod dataset;
 mod names;
 mod parse;
@@ -36,7 +44,7 @@ use berth_bdev::{
     Backend, BdevError, Caps, CreateOpts, PoolConfig, Registration, Result, Revert, SpecForm, Tool,
     Usage, UsageKind, VolumeSpec,
 };
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::layout::Located;
 use crate::lookup;
@@ -120,6 +128,47 @@ impl Zfs {
             runner,
         })
     }
+
+    /// Says why the probe's `zfs get` of the parent failed (daemon down, zpool
+    /// missing), or makes the missing parent: berth's own, it never mounts
+    /// (volumes carry their own mountpoints).
+    fn probe_failed(&self, get: BdevError) -> Result<()> {
+        let pools =
+            cmd::run(&*self.runner, "zpool", &["list", "-H", "-o", "name"]).map_err(|e| {
+                BdevError::Unavailable {
+                    backend: NAME,
+                    missing: format!(
+                        "the ZFS daemon does not answer `zpool list` ({})",
+                        e.stderr()
+                    ),
+                    hint: "start it with `zfs-fuse` (or `service zfs-fuse start`)".to_owned(),
+                }
+            })?;
+        let zpool = self.parent.split('/').next().unwrap_or(&self.parent);
+        if !parse::pool_names(&pools.stdout).iter().any(|p| p == zpool) {
+            return Err(BdevError::Unavailable {
+                backend: NAME,
+                missing: format!("zpool {zpool:?} does not exist"),
+                hint: format!(
+                    "create it with `zpool create {zpool} DEVICE` or pick another --dataset"
+                ),
+            });
+        }
+        if !matches!(get, BdevError::NotFound { .. }) {
+            return Err(get);
+        }
+        self.zfs(&["create", "-o", "canmount=off", &self.parent])
+            .map_err(|e| BdevError::Unavailable {
+                backend: NAME,
+                missing: format!(
+                    "parent dataset {:?} cannot be created ({})",
+                    self.parent,
+                    e.stderr()
+                ),
+                hint: "create its parent datasets with `zfs create`".to_owned(),
+            })?;
+        Ok(())
+    }
 }
 
 impl Backend for Zfs {
@@ -172,40 +221,10 @@ impl Backend for Zfs {
                 hint: "`modprobe fuse` for zfs-fuse (or install the zfs kernel module)".to_owned(),
             });
         }
-        let pools =
-            cmd::run(&*self.runner, "zpool", &["list", "-H", "-o", "name"]).map_err(|e| {
-                BdevError::Unavailable {
-                    backend: NAME,
-                    missing: format!(
-                        "the ZFS daemon does not answer `zpool list` ({})",
-                        e.stderr()
-                    ),
-                    hint: "start it with `zfs-fuse` (or `service zfs-fuse start`)".to_owned(),
-                }
-            })?;
-        let zpool = self.parent.split('/').next().unwrap_or(&self.parent);
-        if !parse::pool_names(&pools.stdout).iter().any(|p| p == zpool) {
-            return Err(BdevError::Unavailable {
-                backend: NAME,
-                missing: format!("zpool {zpool:?} does not exist"),
-                hint: format!(
-                    "create it with `zpool create {zpool} DEVICE` or pick another --dataset"
-                ),
-            });
-        }
-        // The parent is berth's own; make it when its zpool is there. It never
-        // mounts: volumes carry their own mountpoints.
-        if !self.exists(&self.parent)? {
-            self.zfs(&["create", "-o", "canmount=off", &self.parent])
-                .map_err(|e| BdevError::Unavailable {
-                    backend: NAME,
-                    missing: format!(
-                        "parent dataset {:?} cannot be created ({})",
-                        self.parent,
-                        e.stderr()
-                    ),
-                    hint: "create its parent datasets with `zfs create`".to_owned(),
-                })?;
+        // One query answers the usual case: the daemon runs, and the zpool and
+        // the parent exist. Only a failure asks `zpool list` which it is.
+        if let Err(e) = self.get(&self.parent, "type") {
+            self.probe_failed(e)?;
         }
         create_dir_all(&self.root)
     }
@@ -235,12 +254,6 @@ impl Backend for Zfs {
     fn create(&self, name: &str, opts: &CreateOpts, rv: &mut Revert) -> Result<VolumeSpec> {
         validate_name(name)?;
         let dataset = format!("{}/{name}", self.parent);
-        if self.exists(&dataset)? {
-            return Err(BdevError::Exists {
-                what: "zfs dataset",
-                name: dataset,
-            });
-        }
         let mp = format!("mountpoint={}", self.mountpoint_str(name));
         let quota = opts.size.map(|q| format!("refquota={q}"));
         let mut args = vec!["create", "-o", "canmount=noauto", "-o", &mp];
@@ -248,7 +261,9 @@ impl Backend for Zfs {
             args.extend(["-o", q]);
         }
         args.push(&dataset);
-        self.zfs(&args)?;
+        // zfs refuses a taken name: no query first.
+        self.zfs(&args)
+            .map_err(|e| dataset::exists_or(e, &dataset))?;
         let (this, ds) = (self.clone(), dataset.clone());
         rv.add(format!("destroy {dataset}"), move || {
             this.destroy_dataset(&ds, true)
@@ -267,35 +282,14 @@ impl Backend for Zfs {
             Some(snap) => {
                 let tmp = format!("{}:{snap}", t.dataset());
                 let mp = self.snap_mountpoint(&t.name, snap);
-                if self.exists(&tmp)? {
-                    if mount::mounts()
-                        .iter()
-                        .any(|m| m.source == tmp && m.mount_point != Path::new(&mp))
-                    {
-                        return Err(BdevError::Exists {
-                            what: "mount of zfs snapshot",
-                            name: t.at.clone(),
-                        });
-                    }
-                    // Left by a crash: nothing uses it.
-                    self.destroy_dataset(&tmp, false)?;
-                }
-                let mut rv = Revert::new();
-                self.clone_snapshot(&t.at, &tmp, &mp, None, true, &mut rv)?;
-                rv.commit();
+                self.clone_for_mount(&t, &tmp, &mp)?;
                 (tmp, mp)
             }
         };
         // Registered before anything can fail below, so the guard's drop undoes it.
         let (this, t2) = (self.clone(), t);
         guard.on_release(format!("release {dataset}"), move || this.release(&t2));
-        if !self.mounted_at(&dataset, &mp)? {
-            match self.zfs_retry(&["mount", &dataset]) {
-                // Another mount of it won the race: use that.
-                Err(e) if parse::is_already_mounted(e.stderr()) => {}
-                r => drop(r?),
-            }
-        }
+        self.mount_at_own(&dataset, &mp)?;
         mount::bind(Path::new(&mp), at, read_only)?;
         guard.set_mounted();
         Ok(guard)
@@ -312,7 +306,7 @@ impl Backend for Zfs {
         if t.is_snapshot() {
             return self.destroy_snapshot(v);
         }
-        let snaps = match self.snapshots(t.dataset()) {
+        let (origin, snaps) = match self.origin_and_snapshots(t.dataset()) {
             Err(BdevError::NotFound { .. }) => {
                 lookup::already_gone(v);
                 let _ = std::fs::remove_dir(self.mountpoint(&t.name));
@@ -323,7 +317,7 @@ impl Backend for Zfs {
         let (own, user): (Vec<_>, Vec<_>) =
             snaps.iter().partition(|s| s.starts_with(RESERVED_PREFIX));
         if user.is_empty() {
-            return self.destroy_now(&t);
+            return self.destroy_now(&t, origin);
         }
         // Snapshots outlive their volume (a restore replaces the volume and keeps
         // them), but zfs keeps them inside the dataset: the dataset lingers,
@@ -390,13 +384,9 @@ impl Backend for Zfs {
         }
         t.refuse_snapshot(v, "snapshotted", "snapshot the volume it was taken of")?;
         let full = format!("{}@{snap}", t.dataset());
-        if self.exists(&full)? {
-            return Err(BdevError::Exists {
-                what: "zfs snapshot",
-                name: full,
-            });
-        }
-        self.zfs(&["snapshot", &full])?;
+        // zfs refuses a taken name: no query first.
+        self.zfs(&["snapshot", &full])
+            .map_err(|e| dataset::exists_or(e, &full))?;
         let (this, f) = (self.clone(), full.clone());
         rv.add(format!("destroy {full}"), move || {
             this.destroy_dataset(&f, false)
@@ -428,58 +418,24 @@ impl Backend for Zfs {
             Err(BdevError::NotFound { .. }) => return Ok(()),
             r => r?,
         };
-        if marked.get(DESTROYED_PROP).map(String::as_str) == Some("on")
-            && !self
-                .snapshots(t.dataset())?
-                .iter()
-                .any(|s| !s.starts_with(RESERVED_PREFIX))
-        {
-            self.destroy_now(&Located {
+        if marked.get(DESTROYED_PROP).map(String::as_str) != Some("on") {
+            return Ok(());
+        }
+        let (origin, snaps) = self.origin_and_snapshots(t.dataset())?;
+        if !snaps.iter().any(|s| !s.starts_with(RESERVED_PREFIX)) {
+            let volume = Located {
                 at: t.dataset().to_owned(),
                 name: t.name,
                 snap: None,
-            })?;
+            };
+            self.destroy_now(&volume, origin)?;
         }
         Ok(())
     }
 
     fn snapshot_clone(&self, src: &VolumeSpec, name: &str, rv: &mut Revert) -> Result<VolumeSpec> {
         validate_name(name)?;
-        let src_ds = ZfsSpec::from_spec(src)?.dataset;
-        let dataset = format!("{}/{name}", self.parent);
-        if self.exists(&dataset)? {
-            return Err(BdevError::Exists {
-                what: "zfs dataset",
-                name: dataset,
-            });
-        }
-        let (origin, quota_of) = match src_ds.split_once('@') {
-            Some((base, _)) => (src_ds.clone(), base.to_owned()),
-            None => {
-                let hidden = format!("{src_ds}@{CLONE_SNAP_PREFIX}{name}");
-                if self.exists(&hidden)? {
-                    // Left by an earlier clone of the same name whose cleanup failed;
-                    // no clone of ours depends on it any more (the name is free).
-                    self.destroy_dataset(&hidden, false)?;
-                }
-                self.zfs(&["snapshot", &hidden])?;
-                let (this, h) = (self.clone(), hidden.clone());
-                rv.add(format!("destroy {hidden}"), move || {
-                    this.destroy_dataset(&h, false)
-                });
-                (hidden, src_ds.clone())
-            }
-        };
-        let quota = self.refquota_of(&quota_of)?;
-        self.clone_snapshot(
-            &origin,
-            &dataset,
-            &self.mountpoint_str(name),
-            quota,
-            false,
-            rv,
-        )?;
-        Ok(ZfsSpec::spec(dataset))
+        self.clone_volume(src, name, rv)
     }
 
     fn copy_clone(
@@ -496,63 +452,7 @@ impl Backend for Zfs {
                 "native copy from another backend",
             ));
         }
-        let src_ds = ZfsSpec::from_spec(src)?.dataset;
-        let dataset = format!("{}/{name}", self.parent);
-        if self.exists(&dataset)? {
-            return Err(BdevError::Exists {
-                what: "zfs dataset",
-                name: dataset,
-            });
-        }
-        // A live volume is sent through a temporary snapshot, removed on both sides
-        // whatever happens.
-        let (sent, base, temp) = match src_ds.split_once('@') {
-            Some((base, _)) => (src_ds.clone(), base.to_owned(), None),
-            None => {
-                let t = format!("{src_ds}@{COPY_SNAP_PREFIX}{name}");
-                if self.exists(&t)? {
-                    // Left by a copy of the same name that was killed; the
-                    // caller holds `name`, so nothing sends it any more.
-                    self.destroy_dataset(&t, false)?;
-                }
-                self.zfs(&["snapshot", &t])?;
-                (t.clone(), src_ds.clone(), Some(t))
-            }
-        };
-        let result = (|| -> Result<()> {
-            let a1 = cmd::args(["send", sent.as_str()]);
-            let a2 = cmd::args(["recv", "-u", dataset.as_str()]);
-            let a1: Vec<&std::ffi::OsStr> = a1.iter().map(|a| a.as_os_str()).collect();
-            let a2: Vec<&std::ffi::OsStr> = a2.iter().map(|a| a.as_os_str()).collect();
-            self.runner.pipe(("zfs", &a1), ("zfs", &a2))?;
-            let (this, ds) = (self.clone(), dataset.clone());
-            rv.add(format!("destroy {dataset}"), move || {
-                this.destroy_dataset(&ds, true)
-            });
-            let snap = sent.split_once('@').map(|(_, s)| s).unwrap_or_default();
-            self.destroy_dataset(&format!("{dataset}@{snap}"), false)?;
-            self.zfs(&["set", "canmount=noauto", &dataset])?;
-            self.zfs(&[
-                "set",
-                &format!("mountpoint={}", self.mountpoint_str(name)),
-                &dataset,
-            ])?;
-            let quota = match opts.size {
-                Some(s) => Some(s),
-                None => self.refquota_of(&base)?,
-            };
-            if let Some(q) = quota {
-                self.zfs(&["set", &format!("refquota={q}"), &dataset])?;
-            }
-            self.ensure_unmounted(&dataset)
-        })();
-        if let Some(t) = temp {
-            if let Err(e) = self.destroy_dataset(&t, false) {
-                warn!(snapshot = %t, error = %e, "could not destroy the temporary copy snapshot");
-            }
-        }
-        result?;
-        Ok(ZfsSpec::spec(dataset))
+        self.copy_volume(src, name, opts, rv)
     }
 
     fn resize(&self, v: &VolumeSpec, size: u64) -> Result<()> {

@@ -16,6 +16,40 @@ pub fn props(text: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Parses `zfs get -Hp -o name,property,value P1,P2… DS1 DS2…` into dataset →
+/// property → value; a dataset that does not exist has no entry.
+pub fn named_props(text: &str) -> BTreeMap<String, BTreeMap<String, String>> {
+    let mut out: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for l in text.lines() {
+        let mut f = l.splitn(3, '\t');
+        if let (Some(name), Some(prop), Some(value)) = (f.next(), f.next(), f.next()) {
+            out.entry(name.trim().to_owned())
+                .or_default()
+                .insert(prop.trim().to_owned(), value.trim_end().to_owned());
+        }
+    }
+    out
+}
+
+/// The origin and the snapshot names (after `@`) of `dataset`, from
+/// `zfs list -H -o name,origin -t filesystem,snapshot -r DATASET`.
+pub fn origin_and_snapshots(text: &str, dataset: &str) -> (Option<String>, Vec<String>) {
+    let mut origin = None;
+    let mut snaps = Vec::new();
+    for l in text.lines() {
+        let (name, o) = l.split_once('\t').unwrap_or((l, "-"));
+        let name = name.trim();
+        if name == dataset {
+            origin = Some(o.trim())
+                .filter(|o| o.contains('@'))
+                .map(str::to_owned);
+        } else if let Some(s) = name.strip_prefix(dataset).and_then(|r| r.strip_prefix('@')) {
+            snaps.push(s.to_owned());
+        }
+    }
+    (origin, snaps)
+}
+
 /// A byte count from `-p` output; `-`, `none` and `0` (no quota) read as `None`.
 pub fn bytes_opt(v: Option<&String>) -> Option<u64> {
     v.and_then(|s| s.parse::<u64>().ok()).filter(|n| *n > 0)
@@ -29,11 +63,6 @@ pub fn bytes(map: &BTreeMap<String, String>, key: &'static str) -> Result<u64> {
             what: "zfs get output",
             reason: format!("no numeric {key:?} in {map:?}"),
         })
-}
-
-/// The `origin` property: `None` for a dataset that is not a clone (`-`).
-pub fn origin(map: &BTreeMap<String, String>) -> Option<String> {
-    map.get("origin").filter(|o| o.contains('@')).cloned()
 }
 
 /// Snapshot names (after `@`) of `dataset` from `zfs list -H -o name -t snapshot -r`.
@@ -97,6 +126,20 @@ pub fn is_missing(stderr: &str) -> bool {
     stderr.contains("does not exist") || stderr.contains("could not find any snapshots")
 }
 
+/// Whether every line of `stderr` says that a dataset does not exist (and there
+/// is at least one): what `zfs get` of several datasets prints for the missing.
+pub fn only_missing(stderr: &str) -> bool {
+    let mut lines = stderr.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next();
+    first.is_some_and(|l| l.contains("dataset does not exist"))
+        && lines.all(|l| l.contains("dataset does not exist"))
+}
+
+/// Whether `zfs create`, `clone` or `snapshot` failed because the name is taken.
+pub fn is_exists(stderr: &str) -> bool {
+    stderr.contains("dataset already exists")
+}
+
 /// Whether `zfs mount` failed because the dataset is mounted already.
 pub fn is_already_mounted(stderr: &str) -> bool {
     stderr.contains("already mounted")
@@ -119,15 +162,52 @@ mod tests {
         assert_eq!(bytes(&m, "used").unwrap(), 0);
         assert_eq!(bytes(&m, "referenced").unwrap(), 21_118_976);
         assert_eq!(bytes_opt(m.get("refquota")), None);
-        assert_eq!(origin(&m).as_deref(), Some("tpool/b/v1@berth-clone-c1"));
         assert_eq!(m.get("mounted").map(String::as_str), Some("yes"));
 
         let v1 = props("used\t21118976\nreferenced\t21118976\nrefquota\t268435456\norigin\t-\n");
         assert_eq!(bytes_opt(v1.get("refquota")), Some(268_435_456));
-        assert_eq!(origin(&v1), None);
         // Snapshots have no refquota.
         assert_eq!(bytes_opt(props("refquota\t-\n").get("refquota")), None);
         assert!(bytes(&props("used\t-\n"), "used").is_err());
+    }
+
+    #[test]
+    fn get_of_several_datasets_is_parsed() {
+        // zfs get -Hp -o name,property,value type,refquota ztrace/berth/c1@berth-clone-c2
+        //   ztrace/berth/nope ztrace/berth/c2 (exit 1)
+        let text = "ztrace/berth/c1@berth-clone-c2\ttype\tsnapshot\n\
+                    ztrace/berth/c1@berth-clone-c2\trefquota\t-\n\
+                    ztrace/berth/c2\ttype\tfilesystem\nztrace/berth/c2\trefquota\t0\n";
+        let m = named_props(text);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m["ztrace/berth/c1@berth-clone-c2"]["type"], "snapshot");
+        assert_eq!(bytes_opt(m["ztrace/berth/c2"].get("refquota")), None);
+        assert!(!m.contains_key("ztrace/berth/nope"));
+        assert!(named_props("").is_empty());
+
+        let missing = "cannot open 'ztrace/berth/nope': dataset does not exist\n\
+                       cannot open 'ztrace/berth/c1@x': dataset does not exist\n";
+        assert!(only_missing(missing));
+        assert!(!only_missing(""));
+        assert!(!only_missing(
+            "cannot open 'a/b': dataset does not exist\ninternal error: failed to initialize ZFS library"
+        ));
+        assert!(is_exists(
+            "cannot create snapshot 'ztrace/berth/c1@x1': dataset already exists"
+        ));
+        assert!(!is_exists(missing));
+    }
+
+    #[test]
+    fn origin_and_snapshot_list_is_parsed() {
+        // zfs list -H -o name,origin -t filesystem,snapshot -r ztrace/berth/c2
+        let text = "ztrace/berth/c2\tztrace/berth/c1@berth-clone-c2\n\
+                    ztrace/berth/c2@s1\t-\nztrace/berth/c2@berth-copy-x\t-\n";
+        let (origin, snaps) = origin_and_snapshots(text, "ztrace/berth/c2");
+        assert_eq!(origin.as_deref(), Some("ztrace/berth/c1@berth-clone-c2"));
+        assert_eq!(snaps, ["s1", "berth-copy-x"]);
+        let (origin, snaps) = origin_and_snapshots("ztrace/berth/c1\t-\n", "ztrace/berth/c1");
+        assert_eq!((origin, snaps.len()), (None, 0));
     }
 
     #[test]
