@@ -138,6 +138,7 @@ fn measure_all(
     events: &dyn Events,
 ) -> Result<Measured> {
     let (rootfs, info) = make_rootfs(s, &plan.rootfs)?;
+    check_space(s, plan, info.bytes)?;
     let tarball = s.dir.join("rootfs.tar");
     if plan.wants(Suite::Meta) {
         cmd::run(
@@ -162,7 +163,6 @@ fn measure_all(
     };
 
     let mut skipped = Vec::new();
-    let mut targets: Vec<Target> = Vec::new();
     let chosen: Vec<&pools::Kind> = if plan.backends.is_empty() && plan.pools.is_empty() {
         pools::KINDS.iter().collect()
     } else {
@@ -172,89 +172,110 @@ fn measure_all(
             .collect()
     };
     events.begin((chosen.len() + user_pools.len()) as u64 * step_count(plan));
-    for k in chosen {
-        events.step(&format!("{}: making a throw-away pool", k.backend));
-        let dir = s.dir.join(k.backend);
-        let made = berth_bdev::fsutil::create_dir_all(&dir)
-            .map_err(|e| e.to_string())
-            .and_then(|()| (k.scratch)(s, &dir))
-            .and_then(|t| {
-                let b = Berth::open(&t.root, true).map_err(|e| e.to_string())?;
-                b.pool_add(&t.pool).map_err(|e| e.to_string())?;
-                Ok(t)
-            });
-        match made {
-            Ok(t) => targets.push(t),
-            Err(reason) => skipped.push(Skipped {
-                backend: k.backend.to_owned(),
-                reason,
-            }),
-        }
-        if events.cancelled() {
-            break;
-        }
-    }
-    for p in user_pools {
-        targets.push(user_target(s, p));
-    }
-
     let mut results = Vec::new();
     let mut points = Vec::new();
     let mut filesystems = Vec::new();
-    let mut outcome = Ok(());
-    for t in &mut targets {
+    // One pool at a time, made, measured and removed before the next: a
+    // sparse scratch image keeps the blocks its peak used until it is deleted,
+    // so pools kept side by side would add up on the host's disk.
+    let mut todo: Vec<Result<Target, (&str, String)>> = Vec::new();
+    for p in user_pools {
+        todo.push(Ok(user_target(s, p)));
+    }
+    let mut kinds = chosen.into_iter();
+    loop {
+        let next = match todo.pop() {
+            Some(t) => t,
+            None => match kinds.next() {
+                Some(k) => make_target(s, k).map_err(|reason| (k.backend, reason)),
+                None => break,
+            },
+        };
+        let mut t = match next {
+            Ok(t) => t,
+            Err((backend, reason)) => {
+                skipped.push(Skipped {
+                    backend: backend.to_owned(),
+                    reason,
+                });
+                continue;
+            }
+        };
         filesystems.push(PoolFs {
             backend: t.pool.backend.clone(),
             pool: t.pool.name.clone(),
             under: t.under.clone(),
         });
-        if outcome.is_ok() {
-            outcome = measure_pool(
-                s,
-                t,
-                plan,
-                &rootfs,
-                &tarball,
-                &big_rootfs,
-                events,
-                &mut results,
-                &mut points,
-            );
-            if let Err(e) = &outcome {
-                if !matches!(e, BenchError::Interrupted) {
-                    // One pool's failure is a row of the report, not the end of the run.
-                    let mut m = Measurement::new(
-                        plan.suites.first().copied().unwrap_or(Suite::Lifecycle),
-                        &t.pool.backend,
-                        &t.pool.name,
-                        "(pool)",
-                        crate::model::Unit::Ms,
-                    );
-                    m.error = Some(e.to_string());
-                    results.push(m);
-                    outcome = Ok(());
-                }
-            }
-        }
-    }
-    // Teardown in reverse, whatever happened; a failed one is a failed row.
-    for t in targets.into_iter().rev() {
+        let outcome = measure_pool(
+            s,
+            &mut t,
+            plan,
+            &rootfs,
+            &tarball,
+            &big_rootfs,
+            events,
+            &mut results,
+            &mut points,
+        );
         let (backend, pool) = (t.pool.backend.clone(), t.pool.name.clone());
-        if let Err(e) = teardown(s, t) {
-            warn!(error = %e, "benchmark pool teardown");
+        let row = |operation: &str, e: &BenchError| {
             let mut m = Measurement::new(
-                Suite::Lifecycle,
+                plan.suites.first().copied().unwrap_or(Suite::Lifecycle),
                 &backend,
                 &pool,
-                "(teardown)",
+                operation,
                 crate::model::Unit::Ms,
             );
             m.error = Some(e.to_string());
-            results.push(m);
+            m
+        };
+        // Removed whatever happened; a failed removal is a failed row.
+        if let Err(e) = teardown(s, t) {
+            warn!(error = %e, "benchmark pool teardown");
+            results.push(row("(teardown)", &e));
+        }
+        match outcome {
+            Err(BenchError::Interrupted) => return Err(BenchError::Interrupted),
+            // One pool's failure is a row of the report, not the end of the run.
+            Err(e) => results.push(row("(pool)", &e)),
+            Ok(()) => {}
         }
     }
-    outcome?;
     Ok((results, points, skipped, filesystems, info))
+}
+
+/// Refuses to start when the disk under the run's directory cannot hold the
+/// busiest pool: its copies of the rootfs (at most ten at a time, see
+/// `suites::MAX_COPIES`), and with the scale suite the 10× rootfs and a copy of it.
+fn check_space(s: &Session, plan: &Plan, rootfs_bytes: u64) -> Result<()> {
+    let copies: u64 = if plan.wants(Suite::Scale) { 35 } else { 15 };
+    let need = rootfs_bytes.saturating_mul(copies) + (1 << 30);
+    let st =
+        rustix::fs::statvfs(&s.dir).map_err(|e| BenchError::io("statvfs", &s.dir)(e.into()))?;
+    let free = st.f_bavail.saturating_mul(st.f_frsize);
+    if free < need {
+        let h = berth_bdev::space::human;
+        return Err(BenchError::Invalid(format!(
+            "the benchmark needs about {} free under {} (the rootfs is {}; each pool holds \
+             up to {copies} copies of it at a time), and there are {}: free some space, use a \
+             smaller --rootfs, or leave out --suite scale",
+            h(need),
+            s.dir.display(),
+            h(rootfs_bytes),
+            h(free)
+        )));
+    }
+    Ok(())
+}
+
+/// A throw-away pool of backend `k`, added to the run's store; or why not.
+fn make_target(s: &Session, k: &pools::Kind) -> std::result::Result<Target, String> {
+    let dir = s.dir.join(k.backend);
+    berth_bdev::fsutil::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let t = (k.scratch)(s, &dir)?;
+    let b = Berth::open(&t.root, true).map_err(|e| e.to_string())?;
+    b.pool_add(&t.pool).map_err(|e| e.to_string())?;
+    Ok(t)
 }
 
 fn step_count(plan: &Plan) -> u64 {
@@ -426,7 +447,8 @@ fn make_rootfs(s: &Session, choice: &RootfsChoice) -> Result<(PathBuf, model::Ro
     ))
 }
 
-fn tree_size(dir: &Path) -> (u64, u64) {
+/// Entries and bytes of regular files under `dir`.
+pub(crate) fn tree_size(dir: &Path) -> (u64, u64) {
     let mut stack = vec![dir.to_path_buf()];
     let (mut files, mut bytes) = (0, 0);
     while let Some(d) = stack.pop() {

@@ -84,6 +84,8 @@ pub enum BerthError {
 
     #[error(transparent)]
     Bdev(#[from] BdevError),
+    #[error(transparent)]
+    Image(#[from] crate::images::ImageError),
 
     #[error(transparent)]
     Template(#[from] crate::templates::TemplateError),

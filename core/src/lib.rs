@@ -6,6 +6,7 @@
 pub mod confine;
 pub mod damage;
 pub mod error;
+pub mod images;
 pub mod interrupt;
 pub mod journal;
 pub mod locks;

@@ -18,6 +18,9 @@ use crate::session::{self, Session};
 use crate::stats::Summary;
 use crate::Plan;
 
+/// Where clones are full copies, N of them would take N times the rootfs.
+pub const MAX_COPIES: usize = 10;
+
 /// Told about progress; asked whether to stop.
 pub trait Events: Sync {
     /// The run has `total` steps.
@@ -85,8 +88,21 @@ impl Ctx<'_> {
         } else {
             (
                 "--copy",
-                Some(format!("{} has no snapshot clone: copies", self.backend())),
+                Some(format!(
+                    "{} has no snapshot clone: copies (at most {MAX_COPIES})",
+                    self.backend()
+                )),
             )
+        }
+    }
+
+    /// How many clones the scale and space suites make: N, but at most
+    /// [`MAX_COPIES`] where each clone is a full copy.
+    pub fn clones(&self) -> usize {
+        if self.caps.snapshot_clone {
+            self.plan.clones
+        } else {
+            self.plan.clones.min(MAX_COPIES)
         }
     }
 

@@ -18,7 +18,7 @@ pub fn run(
     out: &mut Vec<Measurement>,
     points: &mut Vec<ScalePoint>,
 ) -> Result<()> {
-    let n = cx.plan.clones;
+    let n = cx.clones();
     let (_, note) = cx.clone_mode();
     let mut names = Vec::new();
     let mut times = Vec::new();
@@ -86,12 +86,23 @@ pub fn run(
     Ok(())
 }
 
+/// Bytes of the regular files under `dir`.
+fn tree_bytes(dir: &Path) -> u64 {
+    crate::run::tree_size(dir).1
+}
+
 /// Clone and copy of a container from the 10× rootfs next to the same from the 1× one.
 fn big(cx: &Ctx<'_>, rootfs: &Path, out: &mut Vec<Measurement>) -> Result<()> {
     cx.events.step(&format!("{}: 10x rootfs", cx.pool()));
     let big = cx.name("big");
+    // A block-backed volume is sized for the 10x tree (the pool's default fits
+    // a rootfs, not ten).
+    let size = format!("{}M", (tree_bytes(rootfs) >> 20) * 3 / 2 + 512);
     let rootfs = rootfs.to_string_lossy().into_owned();
     let mut args = vec!["create", &big, "--from-dir", &rootfs, "--pool", cx.pool()];
+    if cx.caps.size_limit {
+        args.extend(["--size", &size]);
+    }
     if cx.caps.lacks_xattrs {
         args.push("--drop-xattrs");
     }

@@ -121,7 +121,7 @@ pub fn run(cx: &Ctx<'_>, out: &mut Vec<Measurement>) -> Result<()> {
     let _ = cx.destroy(&first);
 
     // N clones, per clone.
-    let n = cx.plan.clones;
+    let n = cx.clones();
     let mut p = cx.row(Suite::Space, op::SPACE_PER_CLONE, Unit::Bytes);
     p.note = Some(match &note {
         Some(copies) => format!("N = {n}; {copies}"),
