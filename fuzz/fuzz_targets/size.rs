@@ -14,6 +14,7 @@ use libfuzzer_sys::fuzz_target;
 enum Format {
     Text,
     Json,
+    Csv,
 }
 
 #[allow(dead_code)]
