@@ -5,7 +5,7 @@
 
 use crate::error::Result;
 use crate::model::{Measurement, Suite, Unit};
-use crate::suites::space::write_incompressible;
+use crate::suites::space::write_incompressible_file;
 use crate::suites::Ctx;
 
 const INHERITED: &str = "bench-inherited-64m";
@@ -15,7 +15,7 @@ pub fn run(cx: &Ctx<'_>, out: &mut Vec<Measurement>) -> Result<()> {
     let clone = cx.name("io");
     let prepared = (|| -> Result<()> {
         let src = cx.mount(&cx.src)?;
-        let written = write_incompressible(&src.join(INHERITED), 64, 11);
+        let written = write_incompressible_file(&src.join(INHERITED), 64, 11);
         cx.umount(&cx.src)?;
         written?;
         cx.clone_src(&cx.src, &clone)?;

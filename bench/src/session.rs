@@ -54,7 +54,10 @@ impl Session {
     pub fn berth(&self, root: &Path, args: &[&str]) -> Result<Duration> {
         let mut all: Vec<&OsStr> = vec![OsStr::new("--root"), root.as_os_str()];
         all.extend(args.iter().map(OsStr::new));
-        timed(&self.berth.to_string_lossy(), &all)
+        Ok(berth_core::ops::lifecycle::bench::timed(
+            self.berth.as_os_str(),
+            &all,
+        )?)
     }
 
     /// Like [`Session::berth`], returning stdout too.
@@ -73,9 +76,10 @@ impl Session {
 
 /// Runs a program and returns its wall time.
 pub fn timed(prog: &str, args: &[&OsStr]) -> Result<Duration> {
-    let t = Instant::now();
-    HostRunner.run(prog, args)?;
-    Ok(t.elapsed())
+    Ok(berth_core::ops::lifecycle::bench::timed(
+        OsStr::new(prog),
+        args,
+    )?)
 }
 
 /// Runs a sequence of commands, each `[prog, args…]`, and returns their summed wall time.

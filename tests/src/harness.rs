@@ -75,22 +75,7 @@ impl Drop for ScratchFs {
     }
 }
 
-/// Writes `mib` MiB of bytes that no compression shrinks (xorshift64 from `seed`),
-/// so that space figures measure real data.
-pub fn write_incompressible(out: &mut impl Write, mib: usize, seed: u64) -> std::io::Result<()> {
-    let mut x = seed | 1;
-    let mut buf = vec![0u8; 1 << 20];
-    for _ in 0..mib {
-        for chunk in buf.chunks_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            chunk.copy_from_slice(&x.to_le_bytes());
-        }
-        out.write_all(&buf)?;
-    }
-    Ok(())
-}
+pub use berth_bench::suites::space::write_incompressible;
 
 /// Writes `mib` MiB of incompressible data under `root` as 4 MiB files
 /// `data/f0`, `data/f1` …, synced.

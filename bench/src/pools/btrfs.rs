@@ -2,30 +2,15 @@
 
 use std::path::{Path, PathBuf};
 
-use berth_bdev::revert::Revert;
-use berth_bdev::{PoolConfig, VolumeSpec};
+use berth_bdev::VolumeSpec;
 
-use super::{arg, argv, Commands, Kind, Native, NativeOp, ScratchFs, SpaceProbe, Target};
+use super::scratch::scratch_pool;
+use super::{arg, argv, Commands, Kind, Native, NativeOp};
 use crate::error::Result;
-
-/// Below ~4 GiB a btrfs runs out of metadata chunks.
-const SCRATCH: u64 = 16 << 30;
 
 pub const KIND: Kind = Kind {
     backend: "btrfs",
-    scratch: |s, dir| {
-        let mut rv = Revert::new();
-        let fs = ScratchFs::make(dir, "btrfs", SCRATCH, &mut rv)?;
-        let pool = PoolConfig::new("bench-btrfs", "btrfs").with_path(fs.mnt.join("pool"));
-        Ok(Target {
-            native: Some(Box::new(Subvolumes::new(&fs.mnt.join("native")))),
-            pool,
-            root: s.store(),
-            under: ScratchFs::describe("btrfs", SCRATCH),
-            space: SpaceProbe::Filesystem(fs.mnt),
-            teardown: rv,
-        })
-    },
+    scratch: |s, dir| scratch_pool(s, dir, "btrfs", "btrfs"),
     native: |_, work| Some(Box::new(Subvolumes::new(work))),
 };
 

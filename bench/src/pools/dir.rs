@@ -2,38 +2,17 @@
 
 use std::path::{Path, PathBuf};
 
-use berth_bdev::revert::Revert;
-use berth_bdev::{PoolConfig, VolumeSpec};
+use berth_bdev::VolumeSpec;
 
-use super::{arg, argv, Commands, Kind, Native, NativeOp, ScratchFs, SpaceProbe, Target};
+use super::scratch::scratch_pool;
+use super::{arg, argv, Commands, Kind, Native, NativeOp};
 use crate::error::Result;
-use crate::session::Session;
 
 pub const KIND: Kind = Kind {
     backend: "dir",
-    scratch: |s, dir| tree_scratch(s, dir, "dir"),
+    scratch: |s, dir| scratch_pool(s, dir, "dir", "ext4"),
     native: |_, work| Some(Box::new(Trees::new(work, Union::None))),
 };
-
-/// Scratch size of the filesystems under tree pools (sparse: costs what is used).
-pub const TREE_SCRATCH: u64 = 16 << 30;
-
-/// A pool of `backend` in `dir/ext4-mnt/pool`, with the primitives' work space
-/// beside it on the same filesystem.
-pub fn tree_scratch(s: &Session, dir: &Path, backend: &str) -> std::result::Result<Target, String> {
-    let mut rv = Revert::new();
-    let fs = ScratchFs::make(dir, "ext4", TREE_SCRATCH, &mut rv)?;
-    let pool = PoolConfig::new(&format!("bench-{backend}"), backend).with_path(fs.mnt.join("pool"));
-    let work = fs.mnt.join("native");
-    Ok(Target {
-        native: super::kind(backend).and_then(|k| (k.native)(&pool, &work)),
-        pool,
-        root: s.store(),
-        under: ScratchFs::describe("ext4", TREE_SCRATCH),
-        space: SpaceProbe::Filesystem(fs.mnt),
-        teardown: rv,
-    })
-}
 
 /// Which union layer a snapshot clone of a tree makes.
 #[derive(Clone, Copy)]

@@ -3,29 +3,15 @@
 
 use std::path::{Path, PathBuf};
 
-use berth_bdev::revert::Revert;
-use berth_bdev::{PoolConfig, VolumeSpec};
+use berth_bdev::VolumeSpec;
 
-use super::{arg, argv, Commands, Kind, Native, NativeOp, ScratchFs, SpaceProbe, Target};
+use super::scratch::scratch_pool;
+use super::{arg, argv, Commands, Kind, Native, NativeOp};
 use crate::error::Result;
-
-const SCRATCH: u64 = 16 << 30;
 
 pub const KIND: Kind = Kind {
     backend: "loop",
-    scratch: |s, dir| {
-        let mut rv = Revert::new();
-        let fs = ScratchFs::make(dir, "xfs", SCRATCH, &mut rv)?;
-        let pool = PoolConfig::new("bench-loop", "loop").with_path(fs.mnt.join("pool"));
-        Ok(Target {
-            native: Some(Box::new(Images::new(&fs.mnt.join("native")))),
-            pool,
-            root: s.store(),
-            under: format!("{} (reflink=1)", ScratchFs::describe("xfs", SCRATCH)),
-            space: SpaceProbe::Filesystem(fs.mnt),
-            teardown: rv,
-        })
-    },
+    scratch: |s, dir| scratch_pool(s, dir, "loop", "xfs"),
     native: |_, work| Some(Box::new(Images::new(work))),
 };
 

@@ -3,30 +3,16 @@
 
 use std::path::{Path, PathBuf};
 
-use berth_bdev::revert::Revert;
-use berth_bdev::{PoolConfig, VolumeSpec};
+use berth_bdev::VolumeSpec;
 
-use super::{arg, argv, Commands, Kind, Native, NativeOp, ScratchFs, SpaceProbe, Target};
+use super::scratch::scratch_pool;
+use super::{arg, argv, Commands, Kind, Native, NativeOp};
 use crate::error::Result;
-
-const SCRATCH: u64 = 16 << 30;
 
 pub const KIND: Kind = Kind {
     backend: "qcow2",
-    scratch: |s, dir| {
-        let mut rv = Revert::new();
-        // btrfs underneath: berth reflinks qcow2 snapshots where it can.
-        let fs = ScratchFs::make(dir, "btrfs", SCRATCH, &mut rv)?;
-        let pool = PoolConfig::new("bench-qcow2", "qcow2").with_path(fs.mnt.join("pool"));
-        Ok(Target {
-            native: Some(Box::new(Qcow2Images::new(&fs.mnt.join("native")))),
-            pool,
-            root: s.store(),
-            under: ScratchFs::describe("btrfs", SCRATCH),
-            space: SpaceProbe::Filesystem(fs.mnt),
-            teardown: rv,
-        })
-    },
+    // btrfs underneath: berth reflinks qcow2 snapshots where it can.
+    scratch: |s, dir| scratch_pool(s, dir, "qcow2", "btrfs"),
     native: |_, work| Some(Box::new(Qcow2Images::new(work))),
 };
 

@@ -9,7 +9,29 @@ use berth_bdev::loopdev::{self, LoopDevice};
 use berth_bdev::mount::{self, FsOpt, MountGuard};
 use berth_bdev::revert::Revert;
 
-use super::Skip;
+use super::{PoolConfig, Skip, SpaceProbe, Target};
+use crate::session::Session;
+
+/// Sparse size of every scratch filesystem: it costs only what is used, and
+/// btrfs below ~4 GiB runs out of metadata chunks.
+pub const SCRATCH_SIZE: u64 = 16 << 30;
+
+/// A throw-away pool of `backend` in `dir/FSTYPE-mnt/pool` on a new scratch
+/// `fstype`, with the primitives' work space beside it on the same filesystem.
+pub fn scratch_pool(s: &Session, dir: &Path, backend: &str, fstype: &str) -> Result<Target, Skip> {
+    let mut rv = Revert::new();
+    let fs = ScratchFs::make(dir, fstype, SCRATCH_SIZE, &mut rv)?;
+    let pool = PoolConfig::new(&format!("bench-{backend}"), backend).with_path(fs.mnt.join("pool"));
+    let work = fs.mnt.join("native");
+    Ok(Target {
+        native: super::kind(backend).and_then(|k| (k.native)(&pool, &work)),
+        pool,
+        root: s.store(),
+        under: ScratchFs::describe(fstype, SCRATCH_SIZE),
+        space: SpaceProbe::Filesystem(fs.mnt),
+        teardown: rv,
+    })
+}
 
 pub struct ScratchFs {
     pub mnt: PathBuf,
@@ -71,8 +93,9 @@ impl ScratchFs {
     }
 
     pub fn describe(fstype: &str, size: u64) -> String {
+        let reflink = if fstype == "xfs" { " (reflink=1)" } else { "" };
         format!(
-            "{fstype} on a {} GiB sparse image, loop-mounted",
+            "{fstype}{reflink} on a {} GiB sparse image, loop-mounted",
             size >> 30
         )
     }

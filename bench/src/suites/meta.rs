@@ -8,6 +8,7 @@ use std::time::Duration;
 use super::{Ctx, Pair};
 use crate::error::Result;
 use crate::model::{op, Measurement, Suite, Unit};
+use crate::pools::argv;
 use crate::session::{self, timed_all};
 
 pub fn run(cx: &Ctx<'_>, tarball: &Path, out: &mut Vec<Measurement>) -> Result<()> {
@@ -61,8 +62,4 @@ pub fn run(cx: &Ctx<'_>, tarball: &Path, out: &mut Vec<Measurement>) -> Result<(
         out.push(m);
     }
     Ok(())
-}
-
-fn argv(parts: &[&str]) -> Vec<String> {
-    crate::pools::argv(parts)
 }

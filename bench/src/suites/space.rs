@@ -16,7 +16,6 @@ use crate::stats::Summary;
 
 /// Bytes the pool's storage uses now, after flushing it.
 pub fn used(probe: &SpaceProbe) -> Result<Option<u64>> {
-    rustix::fs::sync();
     match probe {
         SpaceProbe::Filesystem(mnt) => {
             let dir = std::fs::File::open(mnt).map_err(BenchError::io("open", mnt))?;
@@ -26,6 +25,8 @@ pub fn used(probe: &SpaceProbe) -> Result<Option<u64>> {
             Ok(Some((st.f_blocks - st.f_bfree) * st.f_frsize))
         }
         SpaceProbe::ZfsDataset(ds) => {
+            // zfs-fuse's datasets are several mounts: flush them all.
+            rustix::fs::sync();
             let out = cmd::run(
                 &HostRunner,
                 "zfs",
@@ -55,9 +56,9 @@ fn bytes(v: u64) -> Option<Summary> {
     Summary::of(&[v as f64])
 }
 
-/// Writes `mib` MiB that no compression shrinks (xorshift64), synced.
-pub fn write_incompressible(path: &Path, mib: usize, seed: u64) -> Result<()> {
-    let mut f = std::fs::File::create(path).map_err(BenchError::io("create", path))?;
+/// Writes `mib` MiB of bytes that no compression shrinks (xorshift64 from
+/// `seed`), so that space figures measure real data.
+pub fn write_incompressible(out: &mut impl Write, mib: usize, seed: u64) -> std::io::Result<()> {
     let mut x = seed | 1;
     let mut buf = vec![0u8; 1 << 20];
     for _ in 0..mib {
@@ -67,8 +68,15 @@ pub fn write_incompressible(path: &Path, mib: usize, seed: u64) -> Result<()> {
             x ^= x << 17;
             chunk.copy_from_slice(&x.to_le_bytes());
         }
-        f.write_all(&buf).map_err(BenchError::io("write", path))?;
+        out.write_all(&buf)?;
     }
+    Ok(())
+}
+
+/// [`write_incompressible`] into a new file at `path`, synced.
+pub fn write_incompressible_file(path: &Path, mib: usize, seed: u64) -> Result<()> {
+    let mut f = std::fs::File::create(path).map_err(BenchError::io("create", path))?;
+    write_incompressible(&mut f, mib, seed).map_err(BenchError::io("write", path))?;
     f.sync_all().map_err(BenchError::io("fsync", path))
 }
 
@@ -103,7 +111,7 @@ pub fn run(cx: &Ctx<'_>, out: &mut Vec<Measurement>) -> Result<()> {
     let mut w = cx.row(Suite::Space, op::SPACE_WRITE, Unit::Bytes);
     let written = (|| -> Result<u64> {
         let rootfs = cx.mount(&first)?;
-        let r = write_incompressible(&rootfs.join("bench-1mib"), 1, 7);
+        let r = write_incompressible_file(&rootfs.join("bench-1mib"), 1, 7);
         cx.umount(&first)?;
         r?;
         Ok(used(probe)?.unwrap_or(0))

@@ -52,7 +52,8 @@ fn summary(tool: &'static str, step: &'static str, mut v: Vec<Duration>) -> Step
     }
 }
 
-fn timed(prog: &OsStr, args: &[&OsStr]) -> Result<Duration> {
+/// Runs a program and returns its wall time.
+pub fn timed(prog: &OsStr, args: &[&OsStr]) -> Result<Duration> {
     let t = Instant::now();
     HostRunner
         .run(&prog.to_string_lossy(), args)
