@@ -56,6 +56,10 @@ pub struct Caps {
     pub block_backed: bool,
     /// Volumes can be grown (`resize`).
     pub resize: bool,
+    /// Volumes and snapshots can be written as the backend's own replication
+    /// stream (`send`) and read back into a pool of the same backend
+    /// (`receive`), in full or as the changes since a snapshot both ends hold.
+    pub send_stream: bool,
     /// Kernel filesystems this backend needs, as named in /proc/filesystems.
     /// Checked by [`crate::fsutil::require_host`], which every probe calls.
     pub kernel_fs: &'static [&'static str],
@@ -124,6 +128,24 @@ pub struct CreateOpts {
     pub size: Option<u64>,
     /// Filesystem for block-backed volumes (default ext4).
     pub fstype: Option<FsType>,
+}
+
+/// What [`Backend::receive`] makes of a stream.
+#[derive(Debug, Clone, Copy)]
+pub struct ReceiveTo<'a> {
+    /// The volume the stream becomes, or whose snapshot it becomes.
+    pub name: &'a str,
+    /// The stream becomes snapshot `snap` of volume `name` rather than the
+    /// volume itself.
+    pub snap: Option<&'a str>,
+    /// For a stream of the changes since a snapshot: this pool's copy of that
+    /// snapshot (received from the same sender earlier).
+    pub base: Option<&'a VolumeSpec>,
+    /// The existing volume whose contents the stream replaces (the changes
+    /// since `base` it holds are discarded). A backend that can replace it
+    /// atomically in place does and returns its spec; the others make the
+    /// new volume `name`, and the caller retires this one.
+    pub replaces: Option<&'a VolumeSpec>,
 }
 
 /// Default size of block-backed volumes: 1 GiB, sparse.
@@ -309,6 +331,31 @@ pub trait Backend: Send + Sync {
     /// lost after it was accepted becomes `BdevError::WriteLost`.
     fn sync_volume(&self, _v: &VolumeSpec) -> Result<()> {
         Ok(())
+    }
+
+    /// Writes `v` (a volume, or a snapshot of it) to `out` as this backend's
+    /// replication stream (`send_stream`): all of it, or with `base` (an
+    /// earlier snapshot of the same volume) only what changed since then. A
+    /// live volume is sent through a temporary read-only snapshot.
+    fn send(
+        &self,
+        _v: &VolumeSpec,
+        _base: Option<&VolumeSpec>,
+        _out: &mut dyn std::io::Write,
+    ) -> Result<()> {
+        Err(BdevError::unsupported(self.name(), "send streams"))
+    }
+
+    /// Reads a stream `send` wrote (on any host) from `input` into this pool
+    /// as `to` says. Every step registers its undo in `rv`; a stream that
+    /// fails part way leaves nothing.
+    fn receive(
+        &self,
+        _input: &mut dyn std::io::Read,
+        _to: &ReceiveTo<'_>,
+        _rv: &mut Revert,
+    ) -> Result<VolumeSpec> {
+        Err(BdevError::unsupported(self.name(), "receive streams"))
     }
 
     /// Checks an unmounted volume's filesystem read-only (`e2fsck -fn`,

@@ -4,10 +4,13 @@
 //! text do not depend on the user's locale, and with stderr captured into the error.
 
 use std::ffi::{OsStr, OsString};
+use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
 use tracing::debug;
+
+mod stream;
 
 /// How a command ended: its exit code, kept as a number, or the signal that
 /// killed it.
@@ -60,6 +63,17 @@ pub enum CmdError {
 
     #[error("scripted runner: unexpected call {prog} {args}")]
     Unexpected { prog: String, args: String },
+
+    /// Moving a streamed command's data failed on berth's side (the file or
+    /// pipe it reads from or writes to); the command was stopped.
+    #[error("{what} of {prog} {args}")]
+    Stream {
+        prog: String,
+        args: String,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl CmdError {
@@ -96,6 +110,26 @@ pub trait Runner: Send + Sync {
         &self,
         first: (&str, &[&OsStr]),
         second: (&str, &[&OsStr]),
+    ) -> Result<CmdOutput, CmdError>;
+
+    /// Runs `prog` with its stdout streamed into `out` (`zfs send`, `btrfs
+    /// send`) instead of captured; the returned output has its stderr only.
+    /// A failed write to `out` stops the command and is the error.
+    fn run_into(
+        &self,
+        prog: &str,
+        args: &[&OsStr],
+        out: &mut dyn std::io::Write,
+    ) -> Result<CmdOutput, CmdError>;
+
+    /// Runs `prog` with its stdin streamed from `input` (`zfs recv`, `btrfs
+    /// receive`) up to its end. A failed read of `input` stops the command
+    /// and is the error.
+    fn run_from(
+        &self,
+        prog: &str,
+        args: &[&OsStr],
+        input: &mut dyn std::io::Read,
     ) -> Result<CmdOutput, CmdError>;
 }
 
@@ -192,6 +226,45 @@ impl Runner for HostRunner {
         check(p1, a1, first_out)?;
         check(p2, a2, second_out)
     }
+    fn run_into(
+        &self,
+        prog: &str,
+        args: &[&OsStr],
+        out: &mut dyn Write,
+    ) -> Result<CmdOutput, CmdError> {
+        debug!(prog, args = %join_args(args), "run, stdout streamed");
+        let child = spawn_streamed(prog, args, Stdio::null(), Stdio::piped())?;
+        stream::copy_out(child, prog, args, out)
+    }
+
+    fn run_from(
+        &self,
+        prog: &str,
+        args: &[&OsStr],
+        input: &mut dyn Read,
+    ) -> Result<CmdOutput, CmdError> {
+        debug!(prog, args = %join_args(args), "run, stdin streamed");
+        let child = spawn_streamed(prog, args, Stdio::piped(), Stdio::piped())?;
+        stream::copy_in(child, prog, args, input)
+    }
+}
+
+/// Starts `prog` for a streamed run (see [`stream`]), stderr captured.
+fn spawn_streamed(
+    prog: &str,
+    args: &[&OsStr],
+    stdin: Stdio,
+    stdout: Stdio,
+) -> Result<std::process::Child, CmdError> {
+    command(prog, args)
+        .stdin(stdin)
+        .stdout(stdout)
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| CmdError::Spawn {
+            prog: prog.to_owned(),
+            source,
+        })
 }
 
 /// A scripted answer: stdout, or the (stdout, stderr) of a failure.
@@ -282,6 +355,42 @@ impl Runner for ScriptedRunner {
         (p2, a2): (&str, &[&OsStr]),
     ) -> Result<CmdOutput, CmdError> {
         self.answer(format!("{p1} {} | {p2} {}", join_args(a1), join_args(a2)))
+    }
+    /// Writes the scripted stdout into `out`.
+    fn run_into(
+        &self,
+        prog: &str,
+        args: &[&OsStr],
+        out: &mut dyn Write,
+    ) -> Result<CmdOutput, CmdError> {
+        let answer = self.answer(format!("{prog} {} > stream", join_args(args)))?;
+        out.write_all(answer.stdout.as_bytes())
+            .map_err(|source| CmdError::Stream {
+                prog: prog.to_owned(),
+                args: join_args(args),
+                what: "writing the output",
+                source,
+            })?;
+        Ok(CmdOutput::default())
+    }
+
+    /// Reads `input` to its end, then answers.
+    fn run_from(
+        &self,
+        prog: &str,
+        args: &[&OsStr],
+        input: &mut dyn Read,
+    ) -> Result<CmdOutput, CmdError> {
+        let mut sink = Vec::new();
+        input
+            .read_to_end(&mut sink)
+            .map_err(|source| CmdError::Stream {
+                prog: prog.to_owned(),
+                args: join_args(args),
+                what: "reading the input",
+                source,
+            })?;
+        self.answer(format!("{prog} {} < stream", join_args(args)))
     }
 }
 

@@ -23,7 +23,9 @@ pub mod revert;
 pub mod space;
 pub mod spec;
 
-pub use backend::{Backend, Caps, CreateOpts, FsType, Tool, Usage, UsageKind, DEFAULT_SIZE};
+pub use backend::{
+    Backend, Caps, CreateOpts, FsType, ReceiveTo, Tool, Usage, UsageKind, DEFAULT_SIZE,
+};
 pub use error::{BdevError, Result};
 pub use mount::MountGuard;
 pub use pool::{PoolConfig, PoolOption};

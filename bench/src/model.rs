@@ -19,15 +19,18 @@ pub enum Suite {
     Scale,
     /// disk added by clones and writes, next to what `berth info` reports.
     Space,
+    /// `berth image build` and containers made from an image.
+    Image,
 }
 
 impl Suite {
-    pub const ALL: [Suite; 5] = [
+    pub const ALL: [Suite; 6] = [
         Suite::Lifecycle,
         Suite::Io,
         Suite::Meta,
         Suite::Scale,
         Suite::Space,
+        Suite::Image,
     ];
 
     pub fn name(self) -> &'static str {
@@ -37,6 +40,7 @@ impl Suite {
             Suite::Meta => "meta",
             Suite::Scale => "scale",
             Suite::Space => "space",
+            Suite::Image => "image",
         }
     }
 
@@ -236,4 +240,12 @@ pub mod op {
     pub const FSYNC_WRITE: &str = "4k write + fsync";
     pub const FIRST_WRITE_INHERITED: &str = "first write, inherited 64 MiB file";
     pub const FIRST_WRITE_NEW: &str = "first write, new 64 MiB file";
+    /// Image suite.
+    pub const IMAGE_BUILD: &str = "image build";
+    pub const IMAGE_FIRST: &str = "1st create --image, image built on the pool";
+    pub const IMAGE_FIRST_COPIED: &str = "1st create --image, image on the default pool";
+    pub const IMAGE_LATER: &str = "create --image #2..N";
+    pub const IMAGE_LAST: &str = "create --image #N";
+    pub const IMAGE_LATER_VS_CLONE: &str = "create --image #2..N vs berth clone";
+    pub const IMAGE_SPACE: &str = "per container from an image, #2..N";
 }

@@ -285,6 +285,7 @@ fn step_count(plan: &Plan) -> u64 {
         .map(|s| match s {
             Suite::Lifecycle => plan.runs as u64 + 1,
             Suite::Scale => plan.clones.div_ceil(10) as u64 + 2,
+            Suite::Image => plan.runs as u64 + plan.clones.div_ceil(10) as u64,
             _ => 1,
         })
         .sum::<u64>()
@@ -342,6 +343,7 @@ fn measure_pool(
                 Suite::Scale => suites::scale::run(&cx, big_rootfs, results, points)?,
                 Suite::Meta => suites::meta::run(&cx, tarball, results)?,
                 Suite::Io => crate::io_run::run(&cx, results)?,
+                Suite::Image => suites::image::run(&cx, results)?,
             }
         }
         Ok(())
@@ -368,6 +370,17 @@ fn teardown(s: &Session, t: Target) -> Result<()> {
             .collect();
         for name in left {
             let _ = s.berth_output(&t.root, &["destroy", "--force", "--with-snapshots", &name]);
+        }
+        // Images a failed step left: their copies here keep the pool in use.
+        let images: Vec<String> = Berth::open(&t.root, false)?
+            .store()
+            .images()?
+            .into_iter()
+            .filter(|i| i.copy_on(&t.pool.name).is_some())
+            .map(|i| i.name)
+            .collect();
+        for name in images {
+            let _ = s.berth_output(&t.root, &["image", "rm", &name]);
         }
         Berth::open(&t.root, true)?.pool_rm(&t.pool.name)?;
     }

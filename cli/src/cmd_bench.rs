@@ -40,13 +40,14 @@ pub struct SuiteArgs {
     /// (Debian minbase, cached), or a directory.
     #[arg(long, default_value = "minimal")]
     pub rootfs: String,
-    /// Suites: lifecycle, io, meta, scale, space, or all.
+    /// Suites: lifecycle, io, meta, scale, space, image, or all.
     #[arg(long, value_delimiter = ',', default_value = "lifecycle,space")]
     pub suite: Vec<String>,
     /// Runs of each measurement (after which median, min and max are shown).
     #[arg(long, default_value_t = 5, value_parser = crate::cmd_bench_tools::runs)]
     pub runs: usize,
-    /// N for the scale and space suites: snapshot clones made one after another.
+    /// N for the scale, space and image suites: snapshot clones (or containers
+    /// from one image) made one after another.
     #[arg(long, default_value_t = 100, value_parser = crate::cmd_bench_tools::runs)]
     pub clones: usize,
     /// Drop the page cache before every measured step (root).
@@ -67,7 +68,7 @@ impl SuiteArgs {
             }
             let Some(x) = Suite::parse(s) else {
                 anyhow::bail!(
-                    "unknown suite {s:?}; choose from lifecycle, io, meta, scale, space or all"
+                    "unknown suite {s:?}; choose from lifecycle, io, meta, scale, space, image or all"
                 );
             };
             if !suites.contains(&x) {

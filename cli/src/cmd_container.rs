@@ -51,6 +51,10 @@ pub struct CreateArgs {
     /// attributes are lost. Each dropped attribute is reported.
     #[arg(long)]
     pub drop_xattrs: bool,
+    /// Make it from an image (`berth image ls`): a snapshot clone of the
+    /// image's copy on the pool, which the first such container makes.
+    #[arg(long, conflicts_with_all = ["template", "from_dir", "from_tar", "mirror"])]
+    pub image: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -114,17 +118,23 @@ pub struct ResizeArgs {
     pub size: u64,
 }
 
-fn template_of(a: &CreateArgs) -> anyhow::Result<Template> {
-    if let Some(d) = &a.from_dir {
+/// The template `-t`, `--from-dir`, `--from-tar` and `--mirror` name.
+pub fn template_from(
+    template: Option<&str>,
+    from_dir: Option<&PathBuf>,
+    from_tar: Option<&PathBuf>,
+    mirror: Option<&String>,
+) -> anyhow::Result<Template> {
+    if let Some(d) = from_dir {
         return Ok(Template::FromDir(d.clone()));
     }
-    if let Some(t) = &a.from_tar {
+    if let Some(t) = from_tar {
         return Ok(Template::FromTar(t.clone()));
     }
-    let mut t: Template = a.template.as_deref().unwrap_or("minimal").parse()?;
-    if let (Template::Debootstrap { mirror, .. }, Some(m)) = (&mut t, &a.mirror) {
-        *mirror = Some(m.clone());
-    } else if a.mirror.is_some() {
+    let mut t: Template = template.unwrap_or("minimal").parse()?;
+    if let (Template::Debootstrap { mirror: m, .. }, Some(given)) = (&mut t, mirror) {
+        *m = Some(given.clone());
+    } else if mirror.is_some() {
         anyhow::bail!("--mirror only applies to -t debootstrap");
     }
     Ok(t)
@@ -134,7 +144,16 @@ pub fn create(cli: &Cli, a: &CreateArgs) -> anyhow::Result<ExitCode> {
     let req = CreateRequest {
         pool: a.pool.clone(),
         backend: a.backend.clone(),
-        template: Some(template_of(a)?),
+        template: match &a.image {
+            Some(_) => None,
+            None => Some(template_from(
+                a.template.as_deref(),
+                a.from_dir.as_ref(),
+                a.from_tar.as_ref(),
+                a.mirror.as_ref(),
+            )?),
+        },
+        image: a.image.clone(),
         size: a.size,
         fstype: a.fstype,
         drop_xattrs: a.drop_xattrs,
@@ -282,6 +301,9 @@ struct Info {
     /// Broken records that may be clones of it: they keep it from being destroyed.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     broken_dependents: Vec<String>,
+    /// Whether it runs now: "status", since the container's own `run` holds
+    /// its settings.
+    #[serde(rename = "status")]
     run: berth_core::ops::lifecycle::RunInfo,
 }
 
@@ -338,6 +360,15 @@ pub fn info(cli: &Cli, name: &str) -> anyhow::Result<ExitCode> {
             "independent"
         };
         say(format!("origin:     {from} ({}, {dep})", o.mode))?;
+    }
+    if let Some(i) = &c.image {
+        let how = match (i.mode.as_str(), i.pinned) {
+            ("snapshot", true) => "snapshot clone of its copy on this pool, which it pins",
+            ("snapshot", false) => "snapshot clone of its copy on this pool",
+            ("flattened", _) => "flattened: independent of it",
+            _ => "full copy: this pool's backend cannot clone it",
+        };
+        say(format!("image:      {} ({how})", i.name))?;
     }
     if c.ephemeral {
         say("ephemeral:  yes (destroyed when it stops)")?;

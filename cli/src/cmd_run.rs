@@ -59,9 +59,10 @@ pub struct ConfineArgs {
 #[derive(Args, Debug)]
 pub struct RunArgs {
     pub name: String,
-    /// Working directory inside the container.
-    #[arg(long, default_value = "/")]
-    pub cwd: PathBuf,
+    /// Working directory inside the container (default: its image's
+    /// WorkingDir, else /).
+    #[arg(long)]
+    pub cwd: Option<PathBuf>,
     /// Extra environment variables, KEY=VALUE (repeatable).
     #[arg(short, long = "env")]
     pub env: Vec<String>,
@@ -113,7 +114,7 @@ pub fn run(cli: &Cli, a: &RunArgs) -> anyhow::Result<ExitCode> {
     let req = RunRequest {
         argv: a.command.clone(),
         env,
-        cwd: Some(a.cwd.clone()),
+        cwd: a.cwd.clone(),
         tty: a.tty || (!a.no_tty && std::io::stdin().is_terminal()),
         keep_pty: false,
         overrides: a.confine.overrides(),

@@ -8,12 +8,15 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod backend_args;
+mod cmd_adopt;
 mod cmd_bench;
 mod cmd_bench_tools;
 mod cmd_config;
 mod cmd_container;
 mod cmd_docs;
 mod cmd_doctor;
+mod cmd_export;
+mod cmd_image;
 mod cmd_life;
 mod cmd_network;
 mod cmd_pool;
@@ -72,6 +75,9 @@ pub enum Command {
     Create(cmd_container::CreateArgs),
     /// Clone a container (snapshot clone or full copy, any backend to any other).
     Clone(cmd_container::CloneArgs),
+    /// Take over a stopped LXC container (LXCPATH/NAME): its rootfs without
+    /// copying where the backend allows, or a copy with --copy.
+    Adopt(cmd_adopt::AdoptArgs),
     /// Destroy a container.
     Destroy(cmd_container::DestroyArgs),
     /// List containers.
@@ -123,6 +129,12 @@ pub enum Command {
     Config(cmd_config::ConfigCmd),
     /// Take, list, restore and remove snapshots.
     Snapshot(cmd_snapshot::SnapshotArgs),
+    /// Write a container (rootfs, snapshots, config) to a file or stdout:
+    /// portable layer tars, or the backend's own send streams.
+    Export(cmd_export::ExportArgs),
+    /// Make a container from an export (a file or stdin), or apply an
+    /// incremental export to the container it was made for.
+    Import(cmd_export::ImportArgs),
     /// The storage benchmark: every backend's lifecycle, I/O, metadata,
     /// scaling and space figures next to its raw primitive.
     Bench(cmd_bench::BenchArgs),
@@ -130,6 +142,11 @@ pub enum Command {
     Completions(cmd_docs::CompletionsArgs),
     /// Write man pages: berth.1 and one per subcommand (berth-create.1, …).
     Man(cmd_docs::ManArgs),
+    /// Manage images: build once, create many containers from each.
+    #[command(subcommand)]
+    Image(cmd_image::ImageCmd),
+    /// Turn a container's rootfs into a new image.
+    Commit(cmd_image::CommitArgs),
 }
 
 #[derive(Args, Debug)]
@@ -166,6 +183,7 @@ fn main() -> ExitCode {
         Command::Network(c) => cmd_network::run(&cli, c),
         Command::Create(a) => cmd_container::create(&cli, a),
         Command::Clone(a) => cmd_container::clone(&cli, a),
+        Command::Adopt(a) => cmd_adopt::run(&cli, a),
         Command::Destroy(a) => cmd_container::destroy(&cli, a),
         Command::Ls => cmd_container::ls(&cli),
         Command::Info(a) => cmd_container::info(&cli, &a.name),
@@ -188,9 +206,13 @@ fn main() -> ExitCode {
         Command::Config(c) => cmd_config::run(&cli, c),
         Command::Doctor(a) => cmd_doctor::run(&cli, a),
         Command::Snapshot(a) => cmd_snapshot::run(&cli, a),
+        Command::Export(a) => cmd_export::export(&cli, a),
+        Command::Import(a) => cmd_export::import(&cli, a),
         Command::Bench(c) => cmd_bench::run(&cli, c),
         Command::Completions(a) => cmd_docs::completions(a),
         Command::Man(a) => cmd_docs::man(a),
+        Command::Image(c) => cmd_image::run(&cli, c),
+        Command::Commit(a) => cmd_image::commit(&cli, a),
     };
     match result {
         Ok(code) => code,

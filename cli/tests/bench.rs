@@ -54,7 +54,7 @@ fn the_benchmark_measures_each_backend_next_to_its_primitive_and_leaves_nothing(
         "json",
         "bench",
         "--suite",
-        "lifecycle,space",
+        "lifecycle,space,image",
         "--runs",
         "1",
         "--clones",
@@ -124,10 +124,14 @@ fn the_benchmark_measures_each_backend_next_to_its_primitive_and_leaves_nothing(
         "btrfs {btrfs_clone:?} vs dir {dir_clone:?}"
     );
 
+    check_image_rows(&r);
+
     for f in [
         "report.json",
         "lifecycle.csv",
         "space.csv",
+        "image.csv",
+        "image.svg",
         "index.html",
         "clone.svg",
         "start.svg",
@@ -142,6 +146,63 @@ fn the_benchmark_measures_each_backend_next_to_its_primitive_and_leaves_nothing(
         "{html}"
     );
     assert_left_nothing(&s);
+}
+
+/// The image suite: build, the 1st containers, the later ones next to the
+/// raw snapshot clone (with a ratio where the backend has one) and the space
+/// each adds.
+fn check_image_rows(r: &Report) {
+    for backend in ["dir", "overlay", "btrfs"] {
+        let snapshot_clone = backend != "dir";
+        for operation in [
+            op::IMAGE_BUILD,
+            op::IMAGE_FIRST,
+            op::IMAGE_FIRST_COPIED,
+            op::IMAGE_LATER,
+            op::IMAGE_LAST,
+        ] {
+            let m = row(r, backend, Suite::Image, operation);
+            assert_eq!(m.unit, Unit::Ms);
+            let b = m.berth.unwrap_or_else(|| panic!("no figure: {m:?}"));
+            assert!(
+                b.median > 0.0 && b.min <= b.median && b.median <= b.max,
+                "{m:?}"
+            );
+            let has_primitive = match operation {
+                op::IMAGE_BUILD | op::IMAGE_FIRST_COPIED => true,
+                _ => snapshot_clone,
+            };
+            assert_eq!(m.primitive.is_some(), has_primitive, "{m:?}");
+            assert_eq!(m.ratio.is_some_and(|x| x > 0.0), has_primitive, "{m:?}");
+        }
+        // Containers #2 and #3 of --clones 3.
+        let later = row(r, backend, Suite::Image, op::IMAGE_LATER);
+        assert_eq!(later.berth.map(|b| b.runs), Some(2), "{later:?}");
+        let vs_clone = r
+            .results
+            .iter()
+            .find(|m| m.backend == backend && m.operation == op::IMAGE_LATER_VS_CLONE);
+        assert_eq!(vs_clone.is_some(), snapshot_clone, "{vs_clone:?}");
+        if let Some(m) = vs_clone {
+            assert!(m.ratio.is_some_and(|x| x > 0.0), "{m:?}");
+        }
+        let space = row(r, backend, Suite::Image, op::IMAGE_SPACE);
+        assert_eq!(space.unit, Unit::Bytes);
+        assert!(space.berth.is_some(), "{space:?}");
+    }
+    // A container from an image shares the image's data where the backend can
+    // snapshot-clone; on dir it is a copy of the rootfs.
+    let per = |backend| {
+        row(r, backend, Suite::Image, op::IMAGE_SPACE)
+            .berth
+            .map(|b| b.median)
+    };
+    assert!(
+        per("btrfs") < per("dir"),
+        "btrfs {:?} vs dir {:?}",
+        per("btrfs"),
+        per("dir")
+    );
 }
 
 #[test]

@@ -78,6 +78,13 @@ pub struct RunConfig {
     /// empty: `/sbin/init` if the rootfs has it, else `/bin/sh`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub init_cmd: Vec<String>,
+    /// `NAME=value` entries every command in it gets before its own (an
+    /// image's Env).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
+    /// Where its commands start unless told otherwise (an image's WorkingDir).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
     /// `berth start --all-auto` starts it (what a boot unit runs).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub autostart: bool,

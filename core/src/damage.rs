@@ -360,6 +360,14 @@ impl Store {
                 .filter(|b| b.salvage.pool.as_deref().is_none_or(|p| p == name))
                 .map(|b| format!("{} (broken record)", b.name)),
         );
+        for img in self.images()? {
+            if img.copy_on(name).is_some() {
+                users.push(format!(
+                    "image {} (its copy; `berth image rm` or `berth image prune`)",
+                    img.name
+                ));
+            }
+        }
         Ok(users)
     }
 }

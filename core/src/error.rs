@@ -14,6 +14,18 @@ pub enum BerthError {
     #[error("container {0:?} already exists")]
     ContainerExists(String),
 
+    #[error("image {0:?} does not exist (see `berth image ls`)")]
+    NoImage(String),
+
+    #[error("image {0:?} already exists; pick another name or `berth image rm` it first")]
+    ImageExists(String),
+
+    #[error("image {image:?} is used by {}: their volumes read its copy; destroy them (or `berth flatten` them where the backend can) first", .containers.join(", "))]
+    ImageInUse {
+        image: String,
+        containers: Vec<String>,
+    },
+
     #[error("pool {0:?} does not exist (see `berth pool ls`)")]
     NoPool(String),
 
@@ -88,10 +100,16 @@ pub enum BerthError {
     Image(#[from] crate::images::ImageError),
 
     #[error(transparent)]
+    Transfer(#[from] crate::images::bundle::TransferError),
+
+    #[error(transparent)]
     Template(#[from] crate::templates::TemplateError),
 
     #[error(transparent)]
     Runtime(#[from] berth_runtime::RuntimeError),
+
+    #[error(transparent)]
+    Adopt(#[from] crate::ops::adopt_config::AdoptError),
 }
 
 impl BerthError {

@@ -33,6 +33,14 @@ pub struct Retired {
     pub snapshot: bool,
 }
 
+/// A path an operation renamed (adopt moves an LXC rootfs into a dir pool and
+/// sets its config aside): a rollback renames it back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Renamed {
+    pub from: PathBuf,
+    pub to: PathBuf,
+}
+
 /// How recovery tells whether the operation's switch happened.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "kind")]
@@ -43,6 +51,10 @@ pub enum Commit {
     HasSnapshot { snap: String },
     /// Committed once the record no longer points at `old` (restore, flatten).
     VolumeIsNot { old: VolumeSpec },
+    /// Committed once image `image`'s record lists a copy on `pool` (image
+    /// build, commit, a copy to another pool). The intent's container is the
+    /// image's lock name (`image.NAME`).
+    ImageCopy { image: String, pool: String },
     /// Always finished, never undone (destroy: the data is already going).
     Forward,
 }
@@ -68,6 +80,10 @@ pub struct Intent {
     /// for one of them can name this operation.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reads: Vec<String>,
+    /// Renames to undo, last first, when the operation is rolled back; done
+    /// before `creates` are destroyed, which a failed undo prevents.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub renames: Vec<Renamed>,
 }
 
 impl Intent {
@@ -84,6 +100,7 @@ impl Intent {
             retires: Vec::new(),
             removes_record: false,
             reads: Vec::new(),
+            renames: Vec::new(),
         }
     }
 
@@ -198,6 +215,33 @@ pub fn entries(root: &Path) -> Result<Vec<(String, Result<Intent>)>> {
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
+}
+
+/// Renames `r.to` back to `r.from`, durably. Nothing to do when `to` is gone
+/// (never renamed, or already back). When both exist, only an empty `to` (a
+/// placeholder the rename never replaced) is no conflict.
+pub fn undo_rename(r: &Renamed) -> Result<()> {
+    let exists = |p: &Path| p.symlink_metadata().is_ok();
+    if !exists(&r.to) {
+        return Ok(());
+    }
+    if exists(&r.from) {
+        let empty = fs::read_dir(&r.to).is_ok_and(|mut d| d.next().is_none());
+        if empty {
+            return Ok(());
+        }
+        return Err(BerthError::Invalid(format!(
+            "cannot move {:?} back to {:?}: both exist; move it back by hand",
+            r.to, r.from
+        )));
+    }
+    fs::rename(&r.to, &r.from).map_err(BerthError::io("rename back", &r.to))?;
+    for dir in [r.from.parent(), r.to.parent()].into_iter().flatten() {
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(BerthError::io("sync directory", dir))?;
+    }
+    Ok(())
 }
 
 /// Test-only crash points: with `BERTH_CRASH_AT=OP:STEP` in the environment,

@@ -70,6 +70,9 @@ pub struct Container {
     /// Limits, security settings and user namespace (`berth config`).
     #[serde(default, skip_serializing_if = "is_default_run")]
     pub run: RunConfig,
+    /// The image it was made from (`berth create --image`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<crate::images::ImageUse>,
 }
 
 fn is_default_run(r: &RunConfig) -> bool {
@@ -217,6 +220,7 @@ impl Store {
         for d in [
             "pools",
             "containers",
+            "images",
             "run",
             "mnt",
             "tmp",
@@ -439,6 +443,7 @@ impl Store {
         [
             "pools",
             "containers",
+            "images",
             "run",
             "mnt",
             "tmp",
@@ -497,6 +502,7 @@ mod tests {
             snapshots: Vec::new(),
             volume_name: None,
             run: RunConfig::default(),
+            image: None,
         }
     }
 

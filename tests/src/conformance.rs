@@ -18,7 +18,9 @@ use berth_bdev::{BdevError, CreateOpts, Revert, VolumeSpec};
 use crate::harness::{Harness, Outcome};
 
 mod capability;
+mod stream;
 pub use capability::{copy_on_write, size_limit, tools};
+pub use stream::send_receive_matches_caps;
 
 fn opts() -> CreateOpts {
     CreateOpts {
@@ -531,7 +533,8 @@ macro_rules! conformance {
                 usage_changes, snapshot_point_in_time, snapshot_clone_independent,
                 clone_from_snapshot, snapshot_of_a_clone, copy_independent,
                 resize_matches_caps, promote_matches_caps, volumes_are_found_by_name,
-                probe_is_idempotent, copy_on_write, size_limit, tools;
+                probe_is_idempotent, copy_on_write, size_limit, tools,
+                send_receive_matches_caps;
             ops: ops_snapshot_restore, ops_dependents, ops_destroy_keeping_clones,
                 ops_run_and_ephemeral);
     };

@@ -46,6 +46,9 @@ enum Op {
     Restore,
     Flatten,
     Destroy,
+    ImageBuild,
+    Commit,
+    CreateFromImage,
 }
 
 impl Op {
@@ -58,6 +61,9 @@ impl Op {
             Op::Restore => "restore",
             Op::Flatten => "flatten",
             Op::Destroy => "destroy",
+            Op::ImageBuild => "image-build",
+            Op::Commit => "commit",
+            Op::CreateFromImage => "create",
         }
     }
 
@@ -65,11 +71,13 @@ impl Op {
     /// (it had committed) rather than undoing it.
     fn steps(self) -> &'static [(&'static str, bool)] {
         match self {
-            Op::Create => &[
+            Op::Create | Op::ImageBuild => &[
                 ("journaled", false),
                 ("populated", false),
                 ("recorded", true),
             ],
+            Op::Commit => &[("journaled", false), ("copied", false), ("recorded", true)],
+            Op::CreateFromImage => &[("journaled", false), ("made", false), ("recorded", true)],
             Op::CloneSnapshot | Op::CloneCopy => {
                 &[("journaled", false), ("made", false), ("recorded", true)]
             }
@@ -93,6 +101,8 @@ struct Bed {
     base: String,
     keep: String,
     subj: String,
+    /// An image built on the pool, which `CreateFromImage` makes containers from.
+    image: String,
     snapshot_clones: bool,
     /// Snapshot clones depend on their origin: flatten has work to do.
     pins: bool,
@@ -199,6 +209,7 @@ impl Bed {
             base: name("base"),
             keep: name("keep"),
             subj: name("subj"),
+            image: name("img"),
             snapshot_clones,
             pins,
             dirs,
@@ -218,6 +229,7 @@ impl Bed {
         write_in(s, &bed.subj, MARKER, AT_S0).unwrap();
         s.ok(&["snapshot", &bed.subj, "s0"]);
         write_in(s, &bed.subj, MARKER, &bed.marker).unwrap();
+        s.ok(&["image", "build", &bed.image, "--pool", &bed.pool]);
         Some(bed)
     }
 
@@ -230,6 +242,9 @@ impl Bed {
             Op::CloneCopy,
             Op::Restore,
             Op::Snapshot,
+            Op::ImageBuild,
+            Op::Commit,
+            Op::CreateFromImage,
             Op::Destroy,
         ];
         if self.snapshot_clones {
@@ -318,6 +333,31 @@ impl Bed {
                 )?;
                 vec!["flatten".into(), case.name.clone()]
             }
+            Op::ImageBuild => {
+                case.name = self.fresh("i");
+                vec![
+                    "image".into(),
+                    "build".into(),
+                    case.name.clone(),
+                    "--pool".into(),
+                    pool,
+                ]
+            }
+            Op::Commit => {
+                case.name = self.fresh("m");
+                vec!["commit".into(), self.keep.clone(), case.name.clone()]
+            }
+            Op::CreateFromImage => {
+                case.name = self.fresh("n");
+                vec![
+                    "create".into(),
+                    case.name.clone(),
+                    "--image".into(),
+                    self.image.clone(),
+                    "--pool".into(),
+                    pool,
+                ]
+            }
             Op::Destroy => {
                 case.name = self.fresh("v");
                 let flag = self.clone_flag();
@@ -334,7 +374,11 @@ impl Bed {
 
     /// Whether the case's operation has taken effect (read-only commands).
     fn done(&self, c: &Case) -> Result<bool, String> {
-        let info = self.s.berth(&["info", &c.name]);
+        let info = if matches!(c.op, Op::ImageBuild | Op::Commit) {
+            self.s.berth(&["image", "info", &c.name])
+        } else {
+            self.s.berth(&["info", &c.name])
+        };
         let gone = match &info {
             Ok(_) => false,
             Err(f) if not_found(f) => true,
@@ -346,7 +390,12 @@ impl Bed {
             }
         };
         Ok(match c.op {
-            Op::Create | Op::CloneSnapshot | Op::CloneCopy => !gone,
+            Op::Create
+            | Op::CloneSnapshot
+            | Op::CloneCopy
+            | Op::ImageBuild
+            | Op::Commit
+            | Op::CreateFromImage => !gone,
             Op::Destroy => gone,
             Op::Snapshot => {
                 let out = ok(&self.s, &["snapshot", "ls", &self.subj])?;
@@ -443,13 +492,21 @@ impl Bed {
     /// Removes what the case made, so that the store stays small.
     fn clean(&self, c: &Case) -> Result<(), String> {
         match c.op {
-            Op::Create | Op::CloneSnapshot | Op::CloneCopy | Op::Flatten | Op::Destroy => {
-                match self.s.berth(&["destroy", &c.name, "-s"]) {
-                    Ok(_) => Ok(()),
-                    Err(f) if not_found(&f) => Ok(()),
-                    Err(f) => Err(format!("destroy {} ({}): {}", c.name, f.status, f.stderr)),
-                }
-            }
+            Op::ImageBuild | Op::Commit => match self.s.berth(&["image", "rm", &c.name]) {
+                Ok(_) => Ok(()),
+                Err(f) if not_found(&f) => Ok(()),
+                Err(f) => Err(format!("image rm {} ({}): {}", c.name, f.status, f.stderr)),
+            },
+            Op::Create
+            | Op::CloneSnapshot
+            | Op::CloneCopy
+            | Op::Flatten
+            | Op::Destroy
+            | Op::CreateFromImage => match self.s.berth(&["destroy", &c.name, "-s"]) {
+                Ok(_) => Ok(()),
+                Err(f) if not_found(&f) => Ok(()),
+                Err(f) => Err(format!("destroy {} ({}): {}", c.name, f.status, f.stderr)),
+            },
             Op::Snapshot => {
                 let snap = c.snap.as_deref().unwrap_or_default();
                 ok(&self.s, &["snapshot", "rm", &self.subj, snap]).map(drop)
@@ -465,6 +522,9 @@ impl Bed {
             if let Err(e) = ok(&self.s, &["destroy", name, "-s", "--force"]) {
                 bad.push(e);
             }
+        }
+        if let Err(e) = ok(&self.s, &["image", "rm", &self.image]) {
+            bad.push(e);
         }
         let dirs: Vec<&Path> = self.dirs.iter().map(PathBuf::as_path).collect();
         bad.extend(check_store(&self.s, &[], &dirs));

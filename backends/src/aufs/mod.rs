@@ -305,6 +305,7 @@ impl Backend for Aufs {
             size_limit: false,
             block_backed: false,
             resize: false,
+            send_stream: false,
             kernel_fs: match self.mech {
                 Mechanism::Kernel => &["aufs"],
                 Mechanism::UnionfsFuse => &["fuse"],

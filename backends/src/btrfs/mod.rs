@@ -9,6 +9,8 @@
 //! groups, and only when the filesystem already has quotas enabled.
 
 mod qgroup;
+mod sendfix;
+mod stream;
 mod subvol;
 
 use std::fs;
@@ -138,6 +140,7 @@ impl Backend for Btrfs {
             // can be changed or deleted under it.
             clone_pins_origin: false,
             plain_tree: true,
+            send_stream: true,
             kernel_fs: &["btrfs"],
             tools: TOOLS,
             ..Caps::default()
@@ -154,6 +157,10 @@ impl Backend for Btrfs {
 
     fn tree_path(&self, v: &VolumeSpec) -> Option<PathBuf> {
         self.locate(v).ok().map(|l| l.at)
+    }
+
+    fn cleanup_stale(&self) -> Result<()> {
+        self.clean_transfers()
     }
 
     fn describe(&self) -> Vec<(&'static str, String)> {
@@ -294,6 +301,24 @@ impl Backend for Btrfs {
         let path = self.layout.volume(name);
         subvol::snapshot(&origin, &path, false, rv)?;
         Ok(BtrfsSpec::spec(path))
+    }
+
+    fn send(
+        &self,
+        v: &VolumeSpec,
+        base: Option<&VolumeSpec>,
+        out: &mut dyn std::io::Write,
+    ) -> Result<()> {
+        self.send_stream(v, base, out)
+    }
+
+    fn receive(
+        &self,
+        input: &mut dyn std::io::Read,
+        to: &berth_bdev::ReceiveTo<'_>,
+        rv: &mut Revert,
+    ) -> Result<VolumeSpec> {
+        self.receive_stream(input, to, rv)
     }
 
     /// A writable subvolume snapshot already is an independent copy: it shares

@@ -280,6 +280,7 @@ impl Backend for Lvm {
             size_limit: true,
             block_backed: true,
             resize: true,
+            send_stream: false,
             kernel_fs: fs::kernel_fs(self.fstype),
             tools: tools(self.fstype),
         }

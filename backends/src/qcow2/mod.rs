@@ -240,6 +240,7 @@ impl Backend for Qcow2 {
             size_limit: true,
             block_backed: true,
             resize: true,
+            send_stream: false,
             kernel_fs: match self.fstype {
                 FsType::Ext4 => &["fuse", "ext4"],
                 FsType::Xfs => &["fuse", "xfs"],

@@ -30,6 +30,7 @@ mod dataset;
 mod names;
 mod parse;
 mod spec;
+mod stream;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -205,6 +206,7 @@ impl Backend for Zfs {
             size_limit: true,
             block_backed: false,
             resize: true,
+            send_stream: true,
             // Either the zfs module or fuse (zfs-fuse); `probe` checks for one.
             kernel_fs: &[],
             tools: ZFS_TOOLS,
@@ -453,6 +455,24 @@ impl Backend for Zfs {
             ));
         }
         self.copy_volume(src, name, opts, rv)
+    }
+
+    fn send(
+        &self,
+        v: &VolumeSpec,
+        base: Option<&VolumeSpec>,
+        out: &mut dyn std::io::Write,
+    ) -> Result<()> {
+        self.send_stream(v, base, out)
+    }
+
+    fn receive(
+        &self,
+        input: &mut dyn std::io::Read,
+        to: &berth_bdev::ReceiveTo<'_>,
+        rv: &mut Revert,
+    ) -> Result<VolumeSpec> {
+        self.receive_stream(input, to, rv)
     }
 
     fn resize(&self, v: &VolumeSpec, size: u64) -> Result<()> {

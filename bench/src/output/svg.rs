@@ -77,6 +77,15 @@ pub fn charts(report: &Report) -> Result<Vec<Chart>> {
     });
     let start = BarChart::time(&rows, "Start to exit of /bin/true", "floor (primitive)");
     out.extend(start.render("start.svg")?);
+    let rows = rows_where(report, |m| {
+        m.suite == Suite::Image && m.operation == op::IMAGE_LATER
+    });
+    let image = BarChart::time(
+        &rows,
+        "Container #2..N from an image",
+        "raw snapshot clone (primitive)",
+    );
+    out.extend(image.render("image.svg")?);
     out.extend(scale_chart(report)?);
     for (file, unit, title, y_desc) in [
         (

@@ -1,5 +1,6 @@
 //! The suites, each measuring one pool through a [`Ctx`].
 
+pub mod image;
 pub mod io;
 pub mod lifecycle;
 pub mod meta;

@@ -46,13 +46,28 @@ struct Found {
 
 /// The digest of the tree at `root`: "sha256:" and 64 lowercase hex digits.
 pub fn tree_digest(root: &Path) -> Result<String> {
+    digest_skipping(root, &[])
+}
+
+/// Entries at the top of a volume that belong to its filesystem, not to the
+/// container: ext4 and xfs volumes have them from `mkfs`, tree volumes not.
+pub const FILESYSTEM_OWN: &[&[u8]] = &[b"lost+found"];
+
+/// [`tree_digest`] of a container's root filesystem: the top-level
+/// [`FILESYSTEM_OWN`] entries left out, so the same rootfs digests the same
+/// on every backend.
+pub fn rootfs_digest(root: &Path) -> Result<String> {
+    digest_skipping(root, FILESYSTEM_OWN)
+}
+
+fn digest_skipping(root: &Path, top_skip: &[&[u8]]) -> Result<String> {
     let top = std::fs::symlink_metadata(root).map_err(ImageError::io("stat", root))?;
     if !top.is_dir() {
         return Err(ImageError::io("walk", root)(std::io::Error::from(
             std::io::ErrorKind::NotADirectory,
         )));
     }
-    let mut found = walk(root, top.dev())?;
+    let mut found = walk(root, top.dev(), top_skip)?;
     found.sort_unstable_by(|a, b| a.rel.cmp(&b.rel));
 
     let mut hasher = Sha256::new();
@@ -118,7 +133,7 @@ pub fn tree_digest(root: &Path) -> Result<String> {
 
 /// Every entry under `root` (the root itself as the empty path), without
 /// following symlinks or entering directories of another filesystem.
-fn walk(root: &Path, root_dev: u64) -> Result<Vec<Found>> {
+fn walk(root: &Path, root_dev: u64, top_skip: &[&[u8]]) -> Result<Vec<Found>> {
     let meta = std::fs::symlink_metadata(root).map_err(ImageError::io("stat", root))?;
     let mut found = vec![Found {
         rel: Vec::new(),
@@ -131,6 +146,9 @@ fn walk(root: &Path, root_dev: u64) -> Result<Vec<Found>> {
         let list = std::fs::read_dir(&dir).map_err(ImageError::io("list", &dir))?;
         for item in list {
             let item = item.map_err(ImageError::io("list", &dir))?;
+            if rel.is_empty() && top_skip.contains(&item.file_name().as_bytes()) {
+                continue;
+            }
             let meta = item
                 .metadata()
                 .map_err(ImageError::io("stat", item.path()))?;

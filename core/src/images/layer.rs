@@ -2,7 +2,9 @@
 //! its magic bytes) onto a directory, with OCI's semantics: `.wh.NAME` deletes
 //! NAME as the lower layers left it, `.wh..wh..opq` empties a directory of its
 //! lower content (what the same layer adds stays), everything else is created
-//! with its owner, mode, mtime and xattrs (PAX `SCHILY.xattr.*`).
+//! with its owner, mode, mtime and xattrs (PAX `SCHILY.xattr.*`). A file's
+//! blocks of zeros become holes, so sparse files stay sparse; a FIFO entry
+//! marked PAX `BERTH.type=socket` (berth's export format) is a socket.
 //!
 //! Safety: no path of the archive is ever resolved outside the target. The
 //! target is opened once, and every parent directory is resolved from it with
@@ -19,6 +21,9 @@
 //!
 //! Data is streamed: an entry's declared size allocates nothing; a file gets
 //! the bytes the archive really holds, and fewer than declared fail the layer.
+//! A file declared larger than the target's free space fails before
+//! anything of it is written (a 1 TiB GNU sparse entry with a short body
+//! would otherwise be read out as 1 TiB of zeros).
 //!
 //! Contract on failure: [`apply_layer`] stops at the first bad entry and
 //! returns an error naming it, leaving the target half-applied. Callers apply
@@ -28,17 +33,19 @@
 
 use std::collections::HashSet;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use rustix::fs::{
-    chmodat, futimens, linkat, makedev, mkdirat, mknodat, openat, openat2, statat, symlinkat,
-    AtFlags, FileType, Gid, Mode, OFlags, ResolveFlags, Timespec, Timestamps, Uid,
+    chmodat, fstatvfs, futimens, linkat, makedev, mkdirat, mknodat, openat, openat2, statat,
+    symlinkat, AtFlags, FileType, Gid, Mode, OFlags, ResolveFlags, Timespec, Timestamps, Uid,
 };
 use rustix::io::Errno;
+use sha2::{Digest as _, Sha256};
 use tar::EntryType;
 
 use super::at::{fail, list_dir, set_fd_meta, Node};
+use super::digest::hex;
 use super::{ImageError, Result};
 use crate::templates::archive::{detect, Compression, HEADER_LEN};
 
@@ -51,17 +58,22 @@ pub struct ApplyOpts {
     pub allow_devices: bool,
 }
 
-/// Applies the layer read from `layer` onto the directory `target`. See the
-/// module documentation for the semantics and for the caller's duty to
-/// discard `target` when this fails.
-pub fn apply_layer<R: Read>(layer: R, target: &Path, opts: &ApplyOpts) -> Result<()> {
+/// Applies the layer read from `layer` onto the directory `target` and
+/// returns the sha256 of its uncompressed tar stream ("sha256:…", what an
+/// OCI config's `rootfs.diff_ids` lists). See the module documentation for
+/// the semantics and for the caller's duty to discard `target` when this
+/// fails.
+pub fn apply_layer<R: Read>(layer: R, target: &Path, opts: &ApplyOpts) -> Result<String> {
     let root = rustix::fs::open(
         target,
         OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )
     .map_err(|e| ImageError::io("open", target)(e.into()))?;
-    let mut archive = tar::Archive::new(decompress(layer)?);
+    let mut archive = tar::Archive::new(Hashed {
+        inner: decompress(layer)?,
+        hasher: Sha256::new(),
+    });
     let mut state = Applier {
         root,
         opts,
@@ -86,7 +98,26 @@ pub fn apply_layer<R: Read>(layer: R, target: &Path, opts: &ApplyOpts) -> Result
         state.apply(&mut entry, &raw)?;
         last = Some(raw);
     }
-    state.set_dir_times()
+    state.set_dir_times()?;
+    // The diff_id covers the whole stream, the end-of-archive blocks (and
+    // whatever follows them) included.
+    let mut rest = archive.into_inner();
+    io::copy(&mut rest, &mut io::sink()).map_err(archive_error("read it to its end"))?;
+    Ok(format!("sha256:{}", hex(&rest.hasher.finalize())))
+}
+
+/// The uncompressed stream, hashed as the tar reader consumes it.
+struct Hashed<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: Read> Read for Hashed<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
 }
 
 fn archive_error(what: &'static str) -> impl FnOnce(io::Error) -> ImageError {
@@ -96,7 +127,7 @@ fn archive_error(what: &'static str) -> impl FnOnce(io::Error) -> ImageError {
 }
 
 /// The tar stream inside `layer`, decompressed as its first bytes say.
-fn decompress<'a, R: Read + 'a>(mut layer: R) -> Result<Box<dyn Read + 'a>> {
+pub(crate) fn decompress<'a, R: Read + 'a>(mut layer: R) -> Result<Box<dyn Read + 'a>> {
     let mut head = Vec::with_capacity(HEADER_LEN);
     layer
         .by_ref()
@@ -144,6 +175,21 @@ fn components(raw: &[u8]) -> Result<Vec<&[u8]>> {
     Ok(out)
 }
 
+/// Refuses a file declared larger than the free space of the filesystem it
+/// goes to: it could only fill it, or, all hole, keep berth reading zeros for
+/// as long. A filesystem that reports no size (some FUSE ones) is not judged.
+fn check_room(dir: BorrowedFd<'_>, declared: u64, raw: &[u8]) -> Result<()> {
+    let fs = fstatvfs(dir).map_err(|e| fail(raw, "cannot read its filesystem's free space", e))?;
+    let free = fs.f_bfree.saturating_mul(fs.f_frsize);
+    if fs.f_blocks > 0 && declared > free {
+        return Err(ImageError::entry(
+            raw,
+            format!("declares {declared} bytes, more than the {free} bytes free where it goes"),
+        ));
+    }
+    Ok(())
+}
+
 fn join(parts: &[&[u8]]) -> Vec<u8> {
     parts.join(&b'/')
 }
@@ -163,6 +209,9 @@ pub(super) struct Meta {
     pub(super) gid: Gid,
     pub(super) mtime: Timespec,
     pub(super) xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// A FIFO entry that stands for a socket (PAX `BERTH.type=socket`,
+    /// berth's export format; tar has no socket type).
+    pub(super) socket: bool,
 }
 
 impl Meta {
@@ -186,6 +235,7 @@ impl Meta {
             tv_nsec: 0,
         };
         let mut xattrs = Vec::new();
+        let mut socket = false;
         if let Some(exts) = entry.pax_extensions().map_err(|e| bad("PAX header", e))? {
             for ext in exts {
                 let ext = ext.map_err(|e| bad("PAX record", e))?;
@@ -194,6 +244,8 @@ impl Meta {
                     xattrs.push((name.to_vec(), ext.value_bytes().to_vec()));
                 } else if key == b"mtime" {
                     mtime = pax_time(ext.value_bytes()).unwrap_or(mtime);
+                } else if key == b"BERTH.type" {
+                    socket = ext.value_bytes() == b"socket";
                 }
             }
         }
@@ -203,6 +255,7 @@ impl Meta {
             gid,
             mtime,
             xattrs,
+            socket,
         })
     }
 
@@ -276,6 +329,8 @@ impl Applier<'_> {
         match kind {
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 let meta = Meta::of(entry, raw)?;
+                let declared = entry.size();
+                check_room(at.parent, declared, raw)?;
                 at.clear(false)?;
                 let fd = openat(
                     at.parent,
@@ -289,8 +344,8 @@ impl Applier<'_> {
                 )
                 .map_err(|e| fail(raw, "cannot create it", e))?;
                 let mut file = std::fs::File::from(fd);
-                let declared = entry.size();
-                let written = io::copy(entry, &mut file)
+                // Zero blocks stay holes: a sparse file stays sparse.
+                let written = super::sparse::copy_sparse(entry, &mut file)
                     .map_err(|e| ImageError::entry(raw, format!("cannot copy its data: {e}")))?;
                 if written != declared {
                     return Err(ImageError::entry(
@@ -338,6 +393,7 @@ impl Applier<'_> {
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
                 let meta = Meta::of(entry, raw)?;
                 let (file_type, dev) = match kind {
+                    EntryType::Fifo if meta.socket => (FileType::Socket, 0),
                     EntryType::Fifo => (FileType::Fifo, 0),
                     _ if !self.opts.allow_devices => {
                         return Err(ImageError::DeviceRefused {

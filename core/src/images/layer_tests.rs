@@ -7,7 +7,7 @@ use std::os::unix::fs::MetadataExt;
 
 use super::*;
 use crate::images::digest::tree_digest;
-use crate::images::testutil::{gzip, is_root_or_skip, listing, scratch, zstd, Tar};
+use crate::images::testutil::{gzip, is_root_or_skip, listing, scratch, sha256, zstd, Tar};
 
 const PRIVILEGED: ApplyOpts = ApplyOpts {
     allow_devices: true,
@@ -39,7 +39,7 @@ impl Sandbox {
     }
 
     fn apply(&self, layer: &[u8], opts: &ApplyOpts) -> Result<()> {
-        apply_layer(layer, &self.rootfs(), opts)
+        apply_layer(layer, &self.rootfs(), opts).map(drop)
     }
 
     /// Everything in the base except the rootfs is as it was made.
@@ -76,7 +76,12 @@ fn plain_gzip_and_zstd_layers_give_the_same_tree() {
     let mut digests = Vec::new();
     for bytes in [tar.clone(), gzip(&tar), zstd(&tar)] {
         let sb = Sandbox::new("formats");
-        sb.apply(&bytes, &UNPRIVILEGED).expect("apply");
+        let diff_id = apply_layer(&bytes[..], &sb.rootfs(), &UNPRIVILEGED).expect("apply");
+        assert_eq!(
+            diff_id,
+            sha256(&tar),
+            "the diff_id is of the uncompressed tar"
+        );
         digests.push(tree_digest(&sb.rootfs()).expect("digest"));
         assert_eq!(
             listing(&sb.rootfs()),
@@ -290,21 +295,57 @@ fn devices_need_allow_devices() {
 }
 
 #[test]
-fn a_huge_declared_size_with_a_short_body_fails_without_allocating() {
+fn a_huge_declared_size_fails_before_anything_is_written() {
     if !is_root_or_skip("layers set owners") {
         return;
     }
-    let sb = Sandbox::new("huge");
     const TIB: u64 = 1 << 40;
-    let layer = Tar::new().lying_file("big", TIB, b"only this").finish();
+    // A plain entry claiming 1 TiB, and a GNU sparse one whose 1 TiB is
+    // nearly all hole (the tar reader returns a hole as zeros: written out,
+    // it would fill the disk).
+    for layer in [
+        Tar::new().lying_file("big", TIB, b"only this").finish(),
+        Tar::new().sparse_file("big", TIB, b"only this").finish(),
+    ] {
+        let sb = Sandbox::new("huge");
+        let err = entry_error(sb.apply(&layer, &UNPRIVILEGED));
+        assert!(
+            err.contains("big") && err.contains(&TIB.to_string()) && err.contains("free"),
+            "{err}"
+        );
+        assert!(!sb.rootfs().join("big").exists(), "nothing of it is made");
+        sb.assert_outside_untouched();
+    }
+}
+
+#[test]
+fn a_short_body_fails_the_layer() {
+    if !is_root_or_skip("layers set owners") {
+        return;
+    }
+    let sb = Sandbox::new("short");
+    let layer = Tar::new()
+        .lying_file("short", 1 << 16, b"only this")
+        .finish();
     let err = entry_error(sb.apply(&layer, &UNPRIVILEGED));
     assert!(
-        err.contains("big") && err.contains(&TIB.to_string()),
+        err.contains("short") && err.contains("declares 65536 bytes but the archive holds"),
         "{err}"
     );
-    let written = fs::metadata(sb.rootfs().join("big")).expect("partial file");
-    assert!(written.len() < 1 << 20, "{} bytes written", written.len());
     sb.assert_outside_untouched();
+}
+
+#[test]
+fn a_sparse_file_that_fits_is_written_whole() {
+    if !is_root_or_skip("layers set owners") {
+        return;
+    }
+    let sb = Sandbox::new("sparse");
+    let layer = Tar::new().sparse_file("holey", 1 << 20, b"end").finish();
+    sb.apply(&layer, &UNPRIVILEGED).expect("apply");
+    let data = fs::read(sb.rootfs().join("holey")).expect("read");
+    assert_eq!(data.len(), 1 << 20);
+    assert!(data.ends_with(b"end") && data[..data.len() - 3].iter().all(|b| *b == 0));
 }
 
 #[test]

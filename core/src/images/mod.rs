@@ -7,9 +7,14 @@
 //! of them knows about pools or containers.
 
 mod at;
+pub mod bundle;
 pub mod digest;
 pub mod layer;
 pub mod oci;
+pub(crate) mod pack;
+pub mod record;
+mod sparse;
+pub(crate) mod tree;
 
 #[cfg(test)]
 mod testutil;
@@ -19,6 +24,7 @@ use std::path::PathBuf;
 pub use digest::tree_digest;
 pub use layer::{apply_layer, ApplyOpts};
 pub use oci::{import_layout, ImageDefaults, ImportedImage};
+pub use record::{Image, ImageCopy, ImageUse};
 
 pub type Result<T, E = ImageError> = std::result::Result<T, E>;
 
@@ -82,10 +88,10 @@ pub enum ImageError {
     #[error("layer entry {entry:?}: {reason}")]
     Entry { entry: String, reason: String },
 
-    #[error("layer entry {entry:?} is a device node, which an unprivileged import does not create; import the image as a privileged one, or remove the node from the image")]
+    #[error("layer entry {entry:?} is a device node, which an unprivileged import does not create; import the image with --allow-devices if you trust it, or remove the node from the image")]
     DeviceRefused { entry: String },
 
-    #[error("layer {layer}: {source}")]
+    #[error("layer {layer}")]
     InLayer {
         layer: String,
         #[source]

@@ -8,8 +8,9 @@
 //! against its declared size. JSON blobs are read whole (at most
 //! [`MAX_JSON`]), verified, then parsed. Layers are verified while they
 //! stream into the target, the rest of the blob read to its end afterwards,
-//! and a mismatch fails the import: the caller then removes the target, as
-//! for any failed layer (see [`super::layer`]).
+//! both as stored (the manifest's digest) and uncompressed (the config's
+//! `rootfs.diff_ids`), and a mismatch fails the import: the caller then
+//! removes the target, as for any failed layer (see [`super::layer`]).
 
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -84,6 +85,26 @@ pub fn import_layout(
     })?;
     let config: ImageConfiguration = read_json_blob(layout, config_desc, "config")?;
     // Every layer is checked before the first one is written.
+    let diff_ids = config.rootfs().diff_ids();
+    if diff_ids.len() != manifest.layers().len() {
+        return Err(ImageError::Layout {
+            path: layout.to_path_buf(),
+            reason: format!(
+                "its config {} lists {} diff_ids for the {} layers of its manifest",
+                config_desc.digest(),
+                diff_ids.len(),
+                manifest.layers().len()
+            ),
+        });
+    }
+    for diff_id in diff_ids {
+        if sha256_hex(diff_id).is_none() {
+            return Err(ImageError::BadDigest {
+                what: format!("the config {}'s rootfs.diff_ids", config_desc.digest()),
+                digest: diff_id.clone(),
+            });
+        }
+    }
     for layer in manifest.layers() {
         check_media_type(layer, &format!("layer {}", layer.digest()), is_layer)?;
         let path = blob_path(layout, layer, "layer")?;
@@ -95,8 +116,8 @@ pub fn import_layout(
         }
     }
     let mut layer_digests = Vec::new();
-    for layer in manifest.layers() {
-        apply_blob(layout, layer, target, opts)?;
+    for (layer, diff_id) in manifest.layers().iter().zip(diff_ids) {
+        apply_blob(layout, layer, diff_id, target, opts)?;
         layer_digests.push(layer.digest().to_string());
     }
     Ok(ImportedImage {
@@ -256,14 +277,18 @@ fn defaults(config: &ImageConfiguration) -> ImageDefaults {
 /// "sha256:" and 64 lowercase hex digits first (so it is one plain name).
 fn blob_path(layout: &Path, desc: &Descriptor, what: &str) -> Result<PathBuf> {
     let digest = desc.digest().to_string();
-    let hex_part = digest
+    let hex_part = sha256_hex(&digest).ok_or_else(|| ImageError::BadDigest {
+        what: format!("the {what} descriptor"),
+        digest: digest.clone(),
+    })?;
+    Ok(layout.join("blobs").join("sha256").join(hex_part))
+}
+
+/// The hex part of "sha256:" and 64 lowercase hex digits.
+fn sha256_hex(digest: &str) -> Option<&str> {
+    digest
         .strip_prefix("sha256:")
         .filter(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
-        .ok_or_else(|| ImageError::BadDigest {
-            what: format!("the {what} descriptor"),
-            digest: digest.clone(),
-        })?;
-    Ok(layout.join("blobs").join("sha256").join(hex_part))
 }
 
 /// Reads a blob that must be JSON of type `T`, verified before parsing.
@@ -292,8 +317,15 @@ fn read_json_blob<T: serde::de::DeserializeOwned>(
     parse(what, &path, &bytes)
 }
 
-/// Streams a layer blob into `target`, verifying it on the way.
-fn apply_blob(layout: &Path, desc: &Descriptor, target: &Path, opts: &ApplyOpts) -> Result<()> {
+/// Streams a layer blob into `target`, verifying it on the way against its
+/// descriptor and, uncompressed, against `diff_id`.
+fn apply_blob(
+    layout: &Path,
+    desc: &Descriptor,
+    diff_id: &str,
+    target: &Path,
+    opts: &ApplyOpts,
+) -> Result<()> {
     let path = blob_path(layout, desc, "layer")?;
     let digest = desc.digest().to_string();
     let in_layer = |e: ImageError| ImageError::InLayer {
@@ -309,7 +341,18 @@ fn apply_blob(layout: &Path, desc: &Descriptor, target: &Path, opts: &ApplyOpts)
     let drained = io::copy(&mut reader, &mut io::sink());
     reader.check(&digest, &path)?;
     drained.map_err(ImageError::io("read blob", &path))?;
-    applied.map_err(in_layer)
+    let found = applied.map_err(in_layer)?;
+    if found != diff_id {
+        return Err(ImageError::BlobMismatch {
+            digest,
+            path,
+            reason: format!(
+                "uncompressed, it hashes to {found}, but the image config's rootfs.diff_ids \
+                 lists {diff_id} for it"
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// A reader that hashes what passes and refuses to read past the size the

@@ -170,6 +170,62 @@ fn a_wrong_layer_digest_fails_and_the_caller_discards_only_the_target() {
 }
 
 #[test]
+fn diff_ids_are_checked_against_the_uncompressed_layers() {
+    if !is_root_or_skip("layers set owners") {
+        return;
+    }
+    let base = scratch("oci-diff-ids");
+    let layout = Layout::new(&base.path().join("layout"));
+    let one = Tar::new().file("a", 0o644, b"a").finish();
+    let two = Tar::new().file("b", 0o644, b"b").finish();
+    let layers = vec![layout.blob(GZ, &gzip(&one)), layout.blob(ZST, &zstd(&two))];
+    let import = |diff_ids: Vec<String>| {
+        let manifest = layout.image_with_diff_ids(layers.clone(), json!({}), diff_ids);
+        layout.index(vec![(manifest, None)]);
+        let dir = scratch("oci-diff-ids-target");
+        let result = import_layout(&layout.dir, None, dir.path(), &opts());
+        (result, listing(dir.path()))
+    };
+
+    let (right, tree) = import(vec![sha256(&one), sha256(&two)]);
+    right.expect("the right diff_ids");
+    assert_eq!(tree, ["a f 644 0:0 a", "b f 644 0:0 b"]);
+
+    // The blobs are intact (their digests match the manifest), but the second
+    // one's uncompressed content is not what the config says.
+    let (wrong, _) = import(vec![sha256(&one), sha256(&one)]);
+    match wrong {
+        Err(ImageError::BlobMismatch { digest, reason, .. }) => {
+            assert_eq!(digest, layers[1]["digest"].as_str().expect("digest"));
+            assert!(
+                reason.contains(&sha256(&two)) && reason.contains("diff_ids"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected a diff_id mismatch, got {other:?}"),
+    }
+    // The compressed digest is no diff_id.
+    let stored = layers[1]["digest"].as_str().expect("digest").to_owned();
+    let (compressed, _) = import(vec![sha256(&one), stored]);
+    assert!(
+        matches!(compressed, Err(ImageError::BlobMismatch { .. })),
+        "{compressed:?}"
+    );
+
+    // A count or a digest berth cannot check is refused before any layer.
+    let (short, tree) = import(vec![sha256(&one)]);
+    let err = short.expect_err("one diff_id for two layers").to_string();
+    assert!(err.contains("lists 1 diff_ids for the 2 layers"), "{err}");
+    assert!(tree.is_empty(), "{tree:?}");
+    let (odd, tree) = import(vec![sha256(&one), format!("md5:{}", "0".repeat(32))]);
+    assert!(
+        matches!(odd, Err(ImageError::BadDigest { ref what, .. }) if what.contains("diff_ids")),
+        "{odd:?}"
+    );
+    assert!(tree.is_empty(), "{tree:?}");
+}
+
+#[test]
 fn tags_choose_the_image_and_nested_indexes_choose_the_platform() {
     if !is_root_or_skip("layers set owners") {
         return;

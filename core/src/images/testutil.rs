@@ -2,7 +2,7 @@
 //! layout builders (the tests make their own OCI images, nothing is fetched).
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
@@ -10,6 +10,7 @@ use sha2::{Digest as _, Sha256};
 use tempfile::TempDir;
 
 use super::digest::hex;
+use crate::templates::archive::{detect, Compression};
 
 /// A scratch directory under /var/tmp (a real disk filesystem with xattrs,
 /// unlike a tmpfs /tmp on some hosts), removed when dropped.
@@ -144,6 +145,21 @@ impl Tar {
         self
     }
 
+    /// A GNU sparse file of `real_size` bytes whose only data is `data` at
+    /// its end: the rest is a hole, which the tar reader returns as zeros.
+    pub fn sparse_file(mut self, path: &str, real_size: u64, data: &[u8]) -> Tar {
+        let mut h = Self::header(tar::EntryType::GNUSparse, 0o644, 0);
+        h.set_path(path).expect("path");
+        h.set_size(data.len() as u64);
+        let gnu = h.as_gnu_mut().expect("a GNU header");
+        gnu.set_real_size(real_size);
+        gnu.sparse[0].set_offset(real_size - data.len() as u64);
+        gnu.sparse[0].set_length(data.len() as u64);
+        h.set_cksum();
+        self.builder.append(&h, data).expect("sparse entry");
+        self
+    }
+
     pub fn finish(self) -> Vec<u8> {
         self.builder.into_inner().expect("finish the tarball")
     }
@@ -182,18 +198,30 @@ impl Layout {
         json!({"mediaType": media_type, "digest": digest, "size": bytes.len()})
     }
 
-    /// Config + manifest for `layers` (already stored descriptors); returns
-    /// the manifest's descriptor.
+    /// Config + manifest for `layers` (already stored descriptors), the
+    /// config's diff_ids computed from the stored blobs; returns the
+    /// manifest's descriptor.
     pub fn image(
         &self,
         layers: Vec<serde_json::Value>,
         config: serde_json::Value,
     ) -> serde_json::Value {
+        let diff_ids: Vec<String> = layers.iter().map(|l| self.diff_id(l)).collect();
+        self.image_with_diff_ids(layers, config, diff_ids)
+    }
+
+    /// Like [`Layout::image`], with the config's diff_ids as given.
+    pub fn image_with_diff_ids(
+        &self,
+        layers: Vec<serde_json::Value>,
+        config: serde_json::Value,
+        diff_ids: Vec<String>,
+    ) -> serde_json::Value {
         let config = json!({
             "architecture": "amd64",
             "os": "linux",
             "config": config,
-            "rootfs": {"type": "layers", "diff_ids": []},
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
         });
         let config = self.blob(
             "application/vnd.oci.image.config.v1+json",
@@ -209,6 +237,30 @@ impl Layout {
             "application/vnd.oci.image.manifest.v1+json",
             &serde_json::to_vec(&manifest).expect("json"),
         )
+    }
+
+    /// The sha256 of a stored layer blob, uncompressed; of nothing when the
+    /// descriptor names no stored blob (the tests of bad descriptors).
+    pub fn diff_id(&self, layer: &serde_json::Value) -> String {
+        let stored = layer["digest"]
+            .as_str()
+            .and_then(|d| d.strip_prefix("sha256:"))
+            .and_then(|hex| std::fs::read(self.dir.join("blobs/sha256").join(hex)).ok());
+        let Some(blob) = stored else {
+            return sha256(b"");
+        };
+        let tar = match detect(&blob) {
+            Some(Compression::Gzip) => {
+                let mut tar = Vec::new();
+                flate2::read::GzDecoder::new(&blob[..])
+                    .read_to_end(&mut tar)
+                    .expect("gunzip");
+                tar
+            }
+            Some(Compression::Zstd) => zstd::decode_all(&blob[..]).expect("unzstd"),
+            _ => blob,
+        };
+        sha256(&tar)
     }
 
     /// index.json listing `manifests`, each tagged when a tag is given.

@@ -4,13 +4,14 @@ use std::path::PathBuf;
 
 use berth_bdev::copy::Progress;
 use berth_bdev::generic::refuse_xattrs;
-use berth_bdev::names::validate_name;
 use berth_bdev::plan::{self, CloneMode, ClonePlan, Side};
 use berth_bdev::{Backend, BdevError, CreateOpts, Revert};
 
 use super::lifecycle::Frozen;
 use super::{split_snapshot_ref, Berth, CopyTo};
 use crate::error::{BerthError, Result};
+use crate::images::record::validate_container_name;
+use crate::images::ImageUse;
 use crate::journal::{self, Commit, Intent, Planned};
 use crate::store::{now, Container, Origin};
 
@@ -69,7 +70,7 @@ impl Berth {
         progress: &dyn Progress,
     ) -> Result<Container> {
         let (src_name, snap) = split_snapshot_ref(src);
-        validate_name(dst)?;
+        validate_container_name(dst)?;
         // Before anything is read: the source cannot change under the copy.
         let _locks = self.lock_containers(&[dst], &[src_name])?;
         if self.store().exists(dst) {
@@ -201,6 +202,12 @@ impl Berth {
                 },
                 snapshots: Vec::new(),
                 volume_name: None,
+                // A snapshot clone reads what its origin reads of the image's
+                // copy, so the copy stays pinned by it too.
+                image: origin.image.clone().map(|u| ImageUse {
+                    pinned: u.pinned && plan.shares_data(),
+                    ..u
+                }),
             };
             self.store().save(&c)?;
             journal::crash_point("clone", "recorded");

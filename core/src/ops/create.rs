@@ -3,11 +3,11 @@
 use crate::templates::{self, Cache, CacheMode, Template};
 use berth_bdev::copy::{CopyOpts, Progress};
 use berth_bdev::generic::{refuse_xattrs, with_mounted};
-use berth_bdev::names::validate_name;
 use berth_bdev::{CreateOpts, FsType, Revert};
 
 use super::Berth;
 use crate::error::{BerthError, Result};
+use crate::images::record::validate_container_name;
 use crate::journal::{self, Commit, Intent, Planned};
 use crate::store::{now, Container, DEFAULT_POOL};
 
@@ -22,6 +22,8 @@ pub struct CreateRequest {
     /// A directory template copied into a pool whose backend cannot store xattrs
     /// leaves them out instead of being refused (`--drop-xattrs`).
     pub drop_xattrs: bool,
+    /// Made from this image (`--image`) instead of a template.
+    pub image: Option<String>,
 }
 
 impl Berth {
@@ -31,7 +33,10 @@ impl Berth {
         req: &CreateRequest,
         progress: &dyn Progress,
     ) -> Result<Container> {
-        validate_name(name)?;
+        if let Some(image) = &req.image {
+            return self.create_from_image(name, image, req, progress);
+        }
+        validate_container_name(name)?;
         let _locks = self.lock_containers(&[name], &[])?;
         if self.store().exists(name) {
             return Err(BerthError::ContainerExists(name.to_owned()));
@@ -119,6 +124,7 @@ impl Berth {
                 snapshots: Vec::new(),
                 volume_name: None,
                 run: Default::default(),
+                image: None,
             };
             self.store().save(&c)?;
             journal::crash_point("create", "recorded");

@@ -9,13 +9,15 @@ use crate::error::Result;
 use crate::journal::{self, Intent};
 
 impl Berth {
-    /// Makes a clone independent of its origin: its data is copied into a new
+    /// Makes a clone independent of its origin (a container, or an image's
+    /// copy): its data is copied into a new
     /// volume of the same pool, the record switches to it in one rename, and the
     /// stacked volume is removed. Returns false when there was nothing to do.
     pub fn flatten(&self, name: &str, progress: &dyn berth_bdev::copy::Progress) -> Result<bool> {
         let _locks = self.lock_containers(&[name], &[])?;
         let mut c = self.store().container(name)?;
-        if !c.origin.as_ref().is_some_and(|o| o.pinned) {
+        let pins_image = c.image.as_ref().is_some_and(|i| i.pinned);
+        if !c.origin.as_ref().is_some_and(|o| o.pinned) && !pins_image {
             return Ok(false);
         }
         self.refuse_if_in_use(name, "stop it, or `berth umount` it, before flattening")?;
@@ -34,6 +36,10 @@ impl Berth {
             if let Some(o) = c.origin.as_mut() {
                 o.pinned = false;
                 o.mode = "flattened".to_owned();
+            }
+            if let Some(i) = c.image.as_mut() {
+                i.pinned = false;
+                i.mode = "flattened".to_owned();
             }
             self.store().save(&c)?;
             rv.commit();

@@ -288,10 +288,14 @@ fn listed(c: Container, state: State, broken: Option<Damage>) -> Listed {
     Listed {
         backend: Some(c.volume.backend().to_owned()),
         state,
-        origin: c.origin.as_ref().map(|o| match &o.snapshot {
-            Some(s) => format!("{}@{s}", o.container),
-            None => o.container.clone(),
-        }),
+        origin: match (&c.origin, &c.image) {
+            (Some(o), _) => Some(match &o.snapshot {
+                Some(s) => format!("{}@{s}", o.container),
+                None => o.container.clone(),
+            }),
+            (None, Some(i)) => Some(format!("image {}", i.name)),
+            (None, None) => None,
+        },
         snapshots: Some(c.snapshots.len()),
         ephemeral: c.ephemeral,
         name: c.name,

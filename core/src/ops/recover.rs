@@ -24,6 +24,10 @@ impl Berth {
                 record().is_some_and(|c| c.snapshots.iter().any(|s| &s.name == snap))
             }
             Commit::VolumeIsNot { old } => record().is_none_or(|c| &c.volume != old),
+            Commit::ImageCopy { image, pool } => self
+                .store()
+                .image(image)
+                .is_ok_and(|img| img.copy_on(pool).is_some()),
             Commit::Forward => true,
         }
     }
@@ -41,7 +45,20 @@ impl Berth {
                 all.insert(s.volume.to_string());
             }
         }
+        // Images' copies are no container's, and no orphans either; with an
+        // unreadable image record, any volume may be one of its copies.
         let mut unknown = false;
+        match self.store().images() {
+            Ok(images) => {
+                for c in images.iter().flat_map(|i| &i.copies) {
+                    all.insert(c.volume.to_string());
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "an image record cannot be read");
+                unknown = true;
+            }
+        }
         for b in &scan.broken {
             match &b.salvage.volume {
                 Some(v) => {
@@ -72,6 +89,9 @@ impl Berth {
             }
         } else {
             info!(op = %i.op, container = %i.container, "undoing an interrupted operation");
+            for r in i.renames.iter().rev() {
+                journal::undo_rename(r)?;
+            }
         }
         // What it made and no record uses goes either way: rolled forward,
         // the commit check cannot tell its own switch from a later operation's
@@ -418,6 +438,7 @@ mod tests {
                 snapshots: Vec::new(),
                 volume_name: None,
                 run: Default::default(),
+                image: None,
             })
             .unwrap();
         let mut i = Intent::new("restore", "c", Commit::VolumeIsNot { old: old.clone() });

@@ -63,9 +63,18 @@ pub(super) fn confined_run(
     // Held while the container runs: the last one out removes the bridge.
     let (net_mode, _bridge) = network(root, m, &choice)?;
     spec.net = net_mode;
-    if let Some(cwd) = &req.cwd {
-        spec.cwd = cwd.clone();
+    if let Some(cwd) = req
+        .cwd
+        .clone()
+        .or_else(|| cfg.workdir.as_ref().map(PathBuf::from))
+    {
+        spec.cwd = cwd;
     }
+    // The image's environment first: a later entry wins.
+    spec.env.extend(cfg.env.iter().filter_map(|e| {
+        e.split_once('=')
+            .map(|(k, v)| (OsString::from(k), OsString::from(v)))
+    }));
     spec.env.extend(req.env.iter().cloned());
     spec.tty = req.tty;
     spec.keep_pty = req.keep_pty;
