@@ -104,7 +104,10 @@ fn digest_skipping(root: &Path, top_skip: &[&[u8]]) -> Result<String> {
         hasher.update(meta.gid().to_le_bytes());
         hash_xattrs(&mut hasher, &path)?;
         match tag {
-            b'f' if meta.nlink() > 1 => {
+            // Every file is looked up by inode, whatever its link count says:
+            // a FUSE filesystem (unionfs-fuse) can report a stale count of 1
+            // right after the link was made.
+            b'f' => {
                 let key = (meta.dev(), meta.ino());
                 if let Some(first) = first_path.get(&key) {
                     hasher.update(b"h");
@@ -114,7 +117,6 @@ fn digest_skipping(root: &Path, top_skip: &[&[u8]]) -> Result<String> {
                     hash_file(&mut hasher, &path, &meta)?;
                 }
             }
-            b'f' => hash_file(&mut hasher, &path, &meta)?,
             b'l' => {
                 let target =
                     std::fs::read_link(&path).map_err(ImageError::io("readlink", &path))?;
