@@ -8,10 +8,11 @@
 
 use std::path::Path;
 
-use berth_bdev::cmd::{self, HostRunner};
 use berth_bdev::copy::NoProgress;
 use berth_bdev::generic::with_mounted;
 use berth_bdev::{BdevError, PoolConfig};
+use berth_bench::pools::SpaceProbe;
+use berth_bench::suites::space;
 use berth_core::images::digest::rootfs_digest;
 use berth_core::ops::{CreateRequest, DestroyRequest};
 use berth_core::templates::Template;
@@ -29,23 +30,17 @@ const DATA_MIB: usize = 8;
 /// The space the pool's storage has in use: the scratch filesystem under it,
 /// the zfs dataset, or a dir pool's own blocks.
 fn used(pool: &PoolConfig) -> u64 {
-    rustix::fs::sync();
-    if let Some(ds) = pool.options.get("dataset") {
-        let out = cmd::run(
-            &HostRunner,
-            "zfs",
-            &["get", "-Hp", "-o", "value", "used", ds],
-        )
-        .unwrap();
-        return out.stdout.trim().parse().unwrap();
-    }
     let path = pool.path.as_ref().unwrap();
     if pool.backend == "dir" {
         // On the host's filesystem, where others write too: its own blocks.
         return berth_bdev::fsutil::allocated_bytes(path).unwrap();
     }
-    let st = rustix::fs::statvfs(path).unwrap();
-    (st.f_blocks - st.f_bfree) * st.f_frsize
+    // The bench's probe: syncs, then reads the dataset's or filesystem's use.
+    let probe = match pool.options.get("dataset") {
+        Some(ds) => SpaceProbe::ZfsDataset(ds.clone()),
+        None => SpaceProbe::Filesystem(path.clone()),
+    };
+    space::used(&probe).unwrap().unwrap()
 }
 
 fn in_rootfs<T>(b: &Berth, name: &str, f: impl FnOnce(&Path) -> T) -> T {

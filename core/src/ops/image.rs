@@ -358,9 +358,7 @@ impl Berth {
         while let Some(copy) = img.copies.pop() {
             let b = self.backend(&self.store().pool(&copy.pool)?)?;
             b.destroy(&copy.volume)?;
-            if img.copies.is_empty() {
-                self.store().remove_image(name)?;
-            } else {
+            if !img.copies.is_empty() {
                 self.store().save_image(&img)?;
             }
         }
