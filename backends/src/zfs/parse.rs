@@ -121,6 +121,13 @@ pub fn is_busy(stderr: &str) -> bool {
     stderr.contains("is busy") || stderr.contains("Device or resource busy")
 }
 
+/// Whether zfs-fuse lost the descriptor a `zfs send` passed it over its socket
+/// (rare, seen once in a CI run: the command aborts with this before writing
+/// anything); the same command run again works.
+pub fn is_lost_descriptor(stderr: &str) -> bool {
+    stderr.contains("internal error: Bad file descriptor")
+}
+
 /// Whether a zfs command failed because the dataset does not exist.
 pub fn is_missing(stderr: &str) -> bool {
     stderr.contains("does not exist") || stderr.contains("could not find any snapshots")

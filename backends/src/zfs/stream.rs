@@ -12,6 +12,7 @@
 use std::ffi::OsStr;
 use std::io::{Read, Write};
 
+use berth_bdev::cmd::{CmdError, CmdOutput};
 use berth_bdev::names::validate_name;
 use berth_bdev::{BdevError, ReceiveTo, Result, Revert, VolumeSpec};
 use tracing::warn;
@@ -23,6 +24,26 @@ use super::{parse, Zfs, RESERVED_PREFIX};
 const SEND_SNAP_PREFIX: &str = "berth-send-";
 /// Prefix of the temporary snapshot a volume's live state is received as.
 const RECV_SNAP_PREFIX: &str = "berth-recv-";
+
+/// How many times a `zfs send` is tried when zfs-fuse loses its descriptor.
+const LOST_FD_ATTEMPTS: u32 = 3;
+
+/// A writer that counts what passes through it.
+struct Counted<'a> {
+    inner: &'a mut dyn Write,
+    bytes: u64,
+}
+
+impl Write for Counted<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
 
 /// A name no other operation of this process uses at the same time.
 fn unique() -> String {
@@ -69,7 +90,7 @@ impl Zfs {
         }
         args.push(sent);
         let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
-        let result = self.runner.run_into("zfs", &args, out);
+        let result = self.send_retrying(&args, out);
         if let Some(tmp) = &temp {
             if let Err(e) = self.destroy_dataset(tmp, false) {
                 warn!(snapshot = %tmp, error = %e, "could not destroy the temporary send snapshot");
@@ -77,6 +98,34 @@ impl Zfs {
         }
         result?;
         Ok(())
+    }
+
+    /// `zfs send ARGS` into `out`, run again (up to [`LOST_FD_ATTEMPTS`]
+    /// times) when zfs-fuse lost the passed descriptor before a byte was
+    /// written: a retry then cannot duplicate any of the stream.
+    fn send_retrying(
+        &self,
+        args: &[&OsStr],
+        out: &mut dyn Write,
+    ) -> std::result::Result<CmdOutput, CmdError> {
+        let mut attempt = 1;
+        loop {
+            let mut counted = Counted {
+                inner: out,
+                bytes: 0,
+            };
+            match self.runner.run_into("zfs", args, &mut counted) {
+                Err(e)
+                    if counted.bytes == 0
+                        && parse::is_lost_descriptor(e.stderr())
+                        && attempt < LOST_FD_ATTEMPTS =>
+                {
+                    warn!(attempt, error = %e, "zfs-fuse lost the send's descriptor; sending again");
+                    attempt += 1;
+                }
+                r => return r,
+            }
+        }
     }
 
     pub(super) fn receive_stream(

@@ -456,3 +456,30 @@ fn snapshots_refuse_changes() {
     }
     assert!(r.calls().is_empty(), "{:?}", r.calls());
 }
+
+#[test]
+fn a_send_whose_descriptor_zfs_fuse_lost_is_sent_again() {
+    const LOST: &str = "internal error: Bad file descriptor";
+    let (z, r) = zfs_with(
+        ScriptedRunner::new()
+            .fail("zfs send tank/berth/c1@s1 > stream", LOST)
+            .expect("zfs send tank/berth/c1@s1 > stream", "STREAM"),
+    );
+    let mut out = Vec::new();
+    z.send_stream(&ds("tank/berth/c1@s1"), None, &mut out)
+        .unwrap();
+    assert_eq!(out, b"STREAM");
+    assert_eq!(r.calls().len(), 2, "{:?}", r.calls());
+
+    // Not forever: the third loss is the error.
+    let mut script = ScriptedRunner::new();
+    for _ in 0..3 {
+        script = script.fail("zfs send tank/berth/c1@s1 > stream", LOST);
+    }
+    let (z, r) = zfs_with(script);
+    let e = z
+        .send_stream(&ds("tank/berth/c1@s1"), None, &mut Vec::new())
+        .unwrap_err();
+    assert!(e.to_string().contains("Bad file descriptor"), "{e}");
+    assert_eq!(r.calls().len(), 3, "{:?}", r.calls());
+}
