@@ -258,6 +258,16 @@ fn copy_out_of_aufs_keeps_everything_or_fails() {
     assert!(e.to_string().contains("list xattrs"), "{e}");
     fs::remove_dir_all(&out).unwrap();
 
+    // A snapshot clone within aufs is not refused and scans nothing: it
+    // stacks on the same branches, so it shows what its source shows and the
+    // xattrs stay where they are (a copy out of it is refused below as well).
+    w.clone_to("k", "k2", "aufs", CloneMode::Snapshot, false, &NoProgress)
+        .expect("an aufs snapshot clone of an aufs volume");
+    let e = w
+        .clone_to("k2", "y", "dir", CloneMode::Copy, false, &NoProgress)
+        .expect_err("the clone's branches still hold the hidden xattrs");
+    assert!(xattr_refusal(&e).is_some(), "not an xattr refusal: {e}");
+
     let before = w.state();
     let e = w
         .clone_to("k", "y", "dir", CloneMode::Copy, false, &NoProgress)

@@ -123,19 +123,23 @@ impl Berth {
                 self.refuse_if_active(src_name, "stop or unmount it before a snapshot clone")?;
             }
             // A layer that cannot show xattrs would hide the source's: refused
-            // as `create` refuses such a tree.
-            refuse_xattrs(
-                dst_b.as_ref(),
-                &src_b
-                    .branch_dirs(&source)
-                    .iter()
-                    .map(PathBuf::as_path)
-                    .collect::<Vec<_>>(),
-                &[
-                    "copy without them (--copy --drop-xattrs)",
-                    "clone into a pool whose backend keeps xattrs",
-                ],
-            )?;
+            // as `create` refuses such a tree. A source whose own mount cannot
+            // show them either is not scanned (an O(files) walk): its clone
+            // shows exactly what it shows, and the branches lose nothing.
+            if !src_b.caps().lacks_xattrs {
+                refuse_xattrs(
+                    dst_b.as_ref(),
+                    &src_b
+                        .branch_dirs(&source)
+                        .iter()
+                        .map(PathBuf::as_path)
+                        .collect::<Vec<_>>(),
+                    &[
+                        "copy without them (--copy --drop-xattrs)",
+                        "clone into a pool whose backend keeps xattrs",
+                    ],
+                )?;
+            }
         }
 
         let mut intent = Intent::new("clone", dst, Commit::RecordExists);
