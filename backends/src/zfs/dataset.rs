@@ -162,7 +162,7 @@ impl Zfs {
         mounted.map(drop).map_err(Into::into)
     }
 
-    /// zfs-fuse mounts a fresh clone despite `canmount=noauto`; undo that. The
+    /// zfs-fuse mounts a received dataset despite `canmount=noauto`; undo that. The
     /// mount table answers without a command when nothing is mounted.
     pub(super) fn ensure_unmounted(&self, dataset: &str) -> Result<()> {
         self.unmount_if_listed(dataset, &mount::mounts())
@@ -179,10 +179,9 @@ impl Zfs {
         Ok(())
     }
 
-    /// Clones `origin` (a snapshot) as `PARENT/name` with `refquota`: unmounted,
-    /// or for the `read_only` clone that mounts a snapshot, left as zfs-fuse
-    /// mounts it (at `mountpoint`, where `mount` wants it). A taken name is
-    /// `Exists`.
+    /// Clones `origin` (a snapshot) as `PARENT/name` with `refquota`, left
+    /// as zfs mounts it (zfs-fuse: at `mountpoint`, where `mount` wants it).
+    /// A taken name is `Exists`.
     pub(super) fn clone_snapshot(
         &self,
         origin: &str,
@@ -207,10 +206,12 @@ impl Zfs {
         rv.add(format!("destroy clone {dataset}"), move || {
             this.destroy_dataset(&ds, false)
         });
-        if read_only {
-            return Ok(());
-        }
-        self.ensure_unmounted(dataset)
+        // zfs-fuse mounts a fresh clone at its mountpoint despite
+        // `canmount=noauto` (kernel ZFS does not). It stays there, where
+        // `mount` puts it anyway: unmounting now would cost a `zfs unmount`
+        // (5-6 ms) and the first start a `zfs mount`; the first mount's guard
+        // unmounts it, and `zfs destroy` unmounts it itself.
+        Ok(())
     }
 
     /// Destroys the hidden snapshot a destroyed clone came from. Best effort: the
