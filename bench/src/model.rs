@@ -220,6 +220,8 @@ pub mod op {
     pub const MOUNT: &str = "mount + umount";
     pub const START: &str = "start /bin/true";
     pub const DESTROY: &str = "destroy";
+    /// What every state-changing berth command pays before any backend work.
+    pub const FLOOR: &str = "berth floor: exec + 2 durable writes";
     /// Scale suite, on the 10× rootfs.
     pub const BIG_SNAPSHOT_CLONE: &str = "snapshot clone, 10x rootfs";
     pub const BIG_COPY: &str = "copy, 10x rootfs";

@@ -30,6 +30,7 @@ pub fn run(cx: &Ctx<'_>, out: &mut Vec<Measurement>) -> Result<()> {
     let mut restore = Pair::default();
     let mut mount = Pair::default();
     let mut destroy = Pair::default();
+    let mut floor = Pair::default();
     for r in 0..runs {
         cx.events
             .step(&format!("{pool}: lifecycle run {}/{runs}", r + 1));
@@ -55,6 +56,13 @@ pub fn run(cx: &Ctx<'_>, out: &mut Vec<Measurement>) -> Result<()> {
         mount.native(Some((
             "the backend's mount + unmount in-process, + 2 × exec /bin/true".to_owned(),
             floor_mount(cx),
+        )));
+
+        floor.berth(berth_floor(cx, r));
+        floor.native(Some((
+            "/bin/true".to_owned(),
+            cx.check()
+                .and_then(|()| crate::session::timed("/bin/true", &[])),
         )));
 
         if cx.caps.snapshot_clone {
@@ -85,7 +93,27 @@ pub fn run(cx: &Ctx<'_>, out: &mut Vec<Measurement>) -> Result<()> {
     out.push(mount.into_row(row(op::MOUNT)));
     out.push(start(cx));
     out.push(de);
+    out.push(floor.into_row(row(op::FLOOR)));
     Ok(())
+}
+
+/// The least a state-changing berth command costs on this host: starting the
+/// berth binary (`berth --version`), plus what its journal and record cost
+/// (two atomic writes, each a temp file, fsync, rename and directory fsync,
+/// and the journal entry's removal), timed in this process on the store's
+/// filesystem. A primitive cheaper than this cannot be matched within 1.2×.
+fn berth_floor(cx: &Ctx<'_>, r: usize) -> Result<Duration> {
+    let mut d = cx.berth(&["--version"])?;
+    let entry = cx.root().join(format!("bench-floor-journal-{r}.toml"));
+    let record = cx.root().join(format!("bench-floor-record-{r}.toml"));
+    let text = [b'x'; 512];
+    let t = Instant::now();
+    berth_bdev::fsutil::atomic_write(&entry, &text)?;
+    berth_bdev::fsutil::atomic_write(&record, &text)?;
+    std::fs::remove_file(&entry).map_err(berth_bdev::BdevError::io("remove", &entry))?;
+    d += t.elapsed();
+    std::fs::remove_file(&record).map_err(berth_bdev::BdevError::io("remove", &record))?;
+    Ok(d)
 }
 
 /// `berth mount` + `berth umount`, two whole commands.
