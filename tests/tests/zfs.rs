@@ -162,6 +162,42 @@ fn an_origin_with_a_clone_is_refused_and_the_clone_leaves_no_orphan() {
     assert!(datasets(&h).len() == 1, "left: {:?}", datasets(&h));
 }
 
+/// A volume destroyed while it has a snapshot of the user's and a clone of its
+/// live state (what `snapshot restore` does to the old volume) lingers for
+/// both, keeps serving the clone, and goes with whichever of them goes last.
+#[test]
+fn a_destroyed_volume_with_a_snapshot_and_a_clone_goes_with_the_last() {
+    let Some(h) = harness() else { return };
+    let p = parent(&h);
+    for (i, snapshot_first) in [false, true].into_iter().enumerate() {
+        let name = format!("kept{i}");
+        let v = h.create(&name, &sized(128 << 20));
+        write(&h, &v, "who", "v");
+        let s = h.snapshot(&v, &name, "s1");
+        let c = h.clone_of(&v, &format!("reader{i}"));
+        h.backend
+            .destroy(&v)
+            .expect("destroy a volume with a snapshot and a clone");
+        assert_eq!(read(&h, &c, "who").as_deref(), Some("v"));
+        assert_eq!(read(&h, &s, "who").as_deref(), Some("v"));
+        assert_eq!(
+            h.backend.volume_named(&name).expect("volume_named"),
+            None,
+            "a destroyed volume is no volume any more"
+        );
+        let (first, second) = if snapshot_first { (&s, &c) } else { (&c, &s) };
+        h.backend.destroy(first).expect("destroy the first");
+        assert!(
+            datasets(&h).contains(&format!("{p}/{name}")),
+            "went before its last dependent: {:?}",
+            datasets(&h)
+        );
+        h.backend.destroy(second).expect("destroy the second");
+        assert_eq!(datasets(&h), vec![p.clone()], "left behind");
+        assert!(snapshots(&h).is_empty(), "left: {:?}", snapshots(&h));
+    }
+}
+
 #[test]
 fn promote_then_destroy_the_old_origin() {
     let Some(h) = harness() else { return };

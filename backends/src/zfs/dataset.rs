@@ -10,8 +10,9 @@ use berth_bdev::mount::{self, MountInfo};
 use berth_bdev::{BdevError, Result, Revert};
 use tracing::{debug, warn};
 
+use super::parse::Family;
 use super::spec::{Target, VolumeDataset};
-use super::{parse, Zfs, BUSY_ATTEMPTS, CLONE_SNAP_PREFIX};
+use super::{parse, Zfs, BUSY_ATTEMPTS, CLONE_SNAP_PREFIX, ORIGIN_DESTROYED_PROP};
 
 impl Zfs {
     pub(super) fn zfs(&self, args: &[&str]) -> std::result::Result<CmdOutput, CmdError> {
@@ -92,21 +93,32 @@ impl Zfs {
     /// Destroys `what` (retrying "busy"), turning "dependent clones" into a clear
     /// refusal that names them.
     pub(super) fn destroy_dataset(&self, what: &str, recursive: bool) -> Result<()> {
+        self.destroy_unless_cloned(what, recursive)?
+            .map_err(|clones| BdevError::DeleteRefused {
+                path: PathBuf::from(what),
+                reason: format!(
+                    "clones depend on it ({}); destroy them first, or promote one to keep it",
+                    clones.join(", ")
+                ),
+            })
+    }
+
+    /// Destroys `what` (retrying "busy"); `Err(clones)` when zfs refused
+    /// because those datasets are clones of it (or of its snapshots).
+    pub(super) fn destroy_unless_cloned(
+        &self,
+        what: &str,
+        recursive: bool,
+    ) -> Result<std::result::Result<(), Vec<String>>> {
         let args: &[&str] = if recursive {
             &["destroy", "-r", what]
         } else {
             &["destroy", what]
         };
         match self.zfs_retry(args) {
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(Ok(())),
             Err(e) => match parse::dependent_clones(e.stderr()) {
-                Some(clones) => Err(BdevError::DeleteRefused {
-                    path: PathBuf::from(what),
-                    reason: format!(
-                        "clones depend on it ({}); destroy them first, or promote one to keep it",
-                        clones.join(", ")
-                    ),
-                }),
+                Some(clones) => Ok(Err(clones)),
                 None if parse::is_missing(e.stderr()) => Err(BdevError::NotFound {
                     what: "zfs dataset",
                     name: what.to_owned(),
@@ -214,21 +226,31 @@ impl Zfs {
         Ok(())
     }
 
-    /// Destroys the hidden snapshot a destroyed clone came from. Best effort: the
-    /// clone itself is already gone, so a failure is only logged.
-    pub(super) fn drop_hidden_origin(&self, origin: Option<String>) {
-        let Some(origin) = origin else { return };
-        let hidden = origin
-            .split_once('@')
-            .is_some_and(|(_, s)| s.starts_with(CLONE_SNAP_PREFIX));
-        if !hidden {
+    /// Destroys the hidden snapshot a destroyed clone came from, and the
+    /// volume it belongs to if that was destroyed and waited only for its
+    /// clones. Best effort: the clone itself is already gone, so a failure is
+    /// only logged.
+    pub(super) fn drop_hidden_origin(&self, family: Family) {
+        let Some(origin) = family.origin else { return };
+        let Some((base, snap)) = origin.split_once('@') else {
+            return;
+        };
+        if !snap.starts_with(CLONE_SNAP_PREFIX) {
             return;
         }
         match self.destroy_dataset(&origin, false) {
             Ok(()) | Err(BdevError::NotFound { .. }) => {
                 debug!(%origin, "hidden clone snapshot destroyed")
             }
-            Err(e) => warn!(%origin, error = %e, "could not destroy the hidden clone snapshot"),
+            Err(e) => {
+                warn!(%origin, error = %e, "could not destroy the hidden clone snapshot");
+                return;
+            }
+        }
+        if family.origin_destroyed {
+            if let Err(e) = self.drop_if_abandoned(base) {
+                warn!(dataset = %base, error = %e, "could not destroy a destroyed volume its last clone kept");
+            }
         }
     }
 
@@ -276,22 +298,20 @@ impl Zfs {
 
     /// The origin (`None` unless a clone) and the snapshot names of `dataset`,
     /// in one command.
-    pub(super) fn origin_and_snapshots(
-        &self,
-        dataset: &str,
-    ) -> Result<(Option<String>, Vec<String>)> {
+    pub(super) fn family(&self, dataset: &str) -> Result<Family> {
+        let cols = format!("name,origin,{ORIGIN_DESTROYED_PROP}");
         let args = [
             "list",
             "-H",
             "-o",
-            "name,origin",
+            &cols,
             "-t",
             "filesystem,snapshot",
             "-r",
             dataset,
         ];
         match self.zfs(&args) {
-            Ok(out) => Ok(parse::origin_and_snapshots(&out.stdout, dataset)),
+            Ok(out) => Ok(parse::family(&out.stdout, dataset)),
             Err(e) if parse::is_missing(e.stderr()) => Err(BdevError::NotFound {
                 what: "zfs dataset",
                 name: dataset.to_owned(),
@@ -302,9 +322,9 @@ impl Zfs {
 
     /// Destroys a volume with its snapshots (zfs refuses if a clone depends on any),
     /// then the hidden snapshot it was cloned from, its `origin`.
-    pub(super) fn destroy_now(&self, t: &Target, origin: Option<String>) -> Result<()> {
+    pub(super) fn destroy_now(&self, t: &Target, family: Family) -> Result<()> {
         self.destroy_dataset(t.dataset(), true)?;
-        self.drop_hidden_origin(origin);
+        self.drop_hidden_origin(family);
         let _ = std::fs::remove_dir(self.mountpoint(&t.name));
         Ok(())
     }

@@ -25,6 +25,7 @@
 //! `zfs get`) says what is mounted, and diagnostic queries (`zpool list`, the
 //! `mountpoint`) run only after the fast path failed.
 
+mod abandon;
 mod clone;
 mod dataset;
 mod names;
@@ -47,7 +48,6 @@ use berth_bdev::{
 };
 use tracing::debug;
 
-use crate::layout::Located;
 use crate::lookup;
 pub use spec::ZfsSpec;
 use spec::{VolumeDataset, ZfsOptions};
@@ -82,6 +82,9 @@ const RESERVED_PREFIX: &str = "berth-";
 const BUSY_ATTEMPTS: u32 = 12;
 /// User property marking a volume destroyed while snapshots of it remain.
 const DESTROYED_PROP: &str = "berth:destroyed";
+/// User property marking a clone whose origin's volume was destroyed and
+/// waits for its clones (see `abandon`).
+const ORIGIN_DESTROYED_PROP: &str = "berth:origin-destroyed";
 /// User property `usage` clears to wait for pending space accounting.
 const SYNC_PROP: &str = "berth:sync";
 
@@ -308,7 +311,7 @@ impl Backend for Zfs {
         if t.is_snapshot() {
             return self.destroy_snapshot(v);
         }
-        let (origin, snaps) = match self.origin_and_snapshots(t.dataset()) {
+        let family = match self.family(t.dataset()) {
             Err(BdevError::NotFound { .. }) => {
                 lookup::already_gone(v);
                 let _ = std::fs::remove_dir(self.mountpoint(&t.name));
@@ -316,21 +319,18 @@ impl Backend for Zfs {
             }
             r => r?,
         };
-        let (own, user): (Vec<_>, Vec<_>) =
-            snaps.iter().partition(|s| s.starts_with(RESERVED_PREFIX));
+        let (own, user): (Vec<_>, Vec<_>) = family
+            .snapshots
+            .iter()
+            .partition(|s| s.starts_with(RESERVED_PREFIX));
         if user.is_empty() {
-            return self.destroy_now(&t, origin);
+            return self.destroy_now(&t, family);
         }
         // Snapshots outlive their volume (a restore replaces the volume and keeps
         // them), but zfs keeps them inside the dataset: the dataset lingers,
         // unmounted and marked, and goes with its last snapshot.
-        for s in own {
-            self.destroy_dataset(&format!("{}@{s}", t.dataset()), false)?;
-        }
-        self.zfs_unmount(t.dataset())?;
-        self.zfs(&["set", &format!("{DESTROYED_PROP}=on"), t.dataset()])?;
-        debug!(dataset = %t.dataset(), snapshots = ?user, "destroyed volume kept for its snapshots");
-        Ok(())
+        debug!(dataset = %t.dataset(), snapshots = ?user, "keeping the user's snapshots");
+        self.destroy_keeping_snapshots(&t, &own)
     }
 
     fn volume_names(&self) -> Result<Vec<String>> {
@@ -416,23 +416,7 @@ impl Backend for Zfs {
             r => r?,
         }
         // A volume destroyed while it had snapshots goes with the last of them.
-        let marked = match self.get(t.dataset(), DESTROYED_PROP) {
-            Err(BdevError::NotFound { .. }) => return Ok(()),
-            r => r?,
-        };
-        if marked.get(DESTROYED_PROP).map(String::as_str) != Some("on") {
-            return Ok(());
-        }
-        let (origin, snaps) = self.origin_and_snapshots(t.dataset())?;
-        if !snaps.iter().any(|s| !s.starts_with(RESERVED_PREFIX)) {
-            let volume = Located {
-                at: t.dataset().to_owned(),
-                name: t.name,
-                snap: None,
-            };
-            self.destroy_now(&volume, origin)?;
-        }
-        Ok(())
+        self.drop_if_abandoned(t.dataset())
     }
 
     fn snapshot_clone(&self, src: &VolumeSpec, name: &str, rv: &mut Revert) -> Result<VolumeSpec> {

@@ -31,23 +31,33 @@ pub fn named_props(text: &str) -> BTreeMap<String, BTreeMap<String, String>> {
     out
 }
 
-/// The origin and the snapshot names (after `@`) of `dataset`, from
-/// `zfs list -H -o name,origin -t filesystem,snapshot -r DATASET`.
-pub fn origin_and_snapshots(text: &str, dataset: &str) -> (Option<String>, Vec<String>) {
-    let mut origin = None;
-    let mut snaps = Vec::new();
+/// A volume's place among clones and snapshots.
+#[derive(Debug, Default, PartialEq)]
+pub struct Family {
+    /// The snapshot it was cloned from.
+    pub origin: Option<String>,
+    /// Whether that snapshot's volume was destroyed and waits for its clones
+    /// (`berth:origin-destroyed` on this volume).
+    pub origin_destroyed: bool,
+    /// Its snapshots' names (after `@`).
+    pub snapshots: Vec<String>,
+}
+
+/// The [`Family`] of `dataset`, from `zfs list -H -o
+/// name,origin,berth:origin-destroyed -t filesystem,snapshot -r DATASET`.
+pub fn family(text: &str, dataset: &str) -> Family {
+    let mut f = Family::default();
     for l in text.lines() {
-        let (name, o) = l.split_once('\t').unwrap_or((l, "-"));
-        let name = name.trim();
+        let mut cols = l.split('\t').map(str::trim);
+        let name = cols.next().unwrap_or_default();
         if name == dataset {
-            origin = Some(o.trim())
-                .filter(|o| o.contains('@'))
-                .map(str::to_owned);
+            f.origin = cols.next().filter(|o| o.contains('@')).map(str::to_owned);
+            f.origin_destroyed = cols.next() == Some("on");
         } else if let Some(s) = name.strip_prefix(dataset).and_then(|r| r.strip_prefix('@')) {
-            snaps.push(s.to_owned());
+            f.snapshots.push(s.to_owned());
         }
     }
-    (origin, snaps)
+    f
 }
 
 /// A byte count from `-p` output; `-`, `none` and `0` (no quota) read as `None`.
@@ -206,15 +216,16 @@ mod tests {
     }
 
     #[test]
-    fn origin_and_snapshot_list_is_parsed() {
-        // zfs list -H -o name,origin -t filesystem,snapshot -r ztrace/berth/c2
-        let text = "ztrace/berth/c2\tztrace/berth/c1@berth-clone-c2\n\
-                    ztrace/berth/c2@s1\t-\nztrace/berth/c2@berth-copy-x\t-\n";
-        let (origin, snaps) = origin_and_snapshots(text, "ztrace/berth/c2");
-        assert_eq!(origin.as_deref(), Some("ztrace/berth/c1@berth-clone-c2"));
-        assert_eq!(snaps, ["s1", "berth-copy-x"]);
-        let (origin, snaps) = origin_and_snapshots("ztrace/berth/c1\t-\n", "ztrace/berth/c1");
-        assert_eq!((origin, snaps.len()), (None, 0));
+    fn family_list_is_parsed() {
+        // zfs list -H -o name,origin,berth:origin-destroyed -t filesystem,snapshot -r ztrace/berth/c2
+        let text = "ztrace/berth/c2\tztrace/berth/c1@berth-clone-c2\ton\n\
+                    ztrace/berth/c2@s1\t-\t-\nztrace/berth/c2@berth-copy-x\t-\t-\n";
+        let f = family(text, "ztrace/berth/c2");
+        assert_eq!(f.origin.as_deref(), Some("ztrace/berth/c1@berth-clone-c2"));
+        assert!(f.origin_destroyed);
+        assert_eq!(f.snapshots, ["s1", "berth-copy-x"]);
+        let f = family("ztrace/berth/c1\t-\t-\n", "ztrace/berth/c1");
+        assert_eq!(f, Family::default());
     }
 
     #[test]

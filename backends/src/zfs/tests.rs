@@ -316,7 +316,7 @@ fn destroying_a_clone_destroys_its_hidden_origin() {
     let (z, r) = zfs_with(
         ScriptedRunner::new()
             .expect(
-                "zfs list -H -o name,origin -t filesystem,snapshot -r tank/berth/c1",
+                "zfs list -H -o name,origin,berth:origin-destroyed -t filesystem,snapshot -r tank/berth/c1",
                 "tank/berth/c1\ttank/berth/v1@berth-clone-c1\n",
             )
             .fail(
@@ -335,7 +335,7 @@ fn a_user_snapshot_origin_is_kept() {
     let (z, r) = zfs_with(
         ScriptedRunner::new()
             .expect(
-                "zfs list -H -o name,origin -t filesystem,snapshot -r tank/berth/c1",
+                "zfs list -H -o name,origin,berth:origin-destroyed -t filesystem,snapshot -r tank/berth/c1",
                 "tank/berth/c1\ttank/berth/v1@s1\ntank/berth/c1@berth-copy-x\t-\n",
             )
             .expect("zfs destroy -r tank/berth/c1", ""),
@@ -346,7 +346,8 @@ fn a_user_snapshot_origin_is_kept() {
 
 #[test]
 fn a_volume_with_snapshots_lingers_until_its_last_snapshot_goes() {
-    let list = "zfs list -H -o name,origin -t filesystem,snapshot -r tank/berth/v1";
+    let list =
+        "zfs list -H -o name,origin,berth:origin-destroyed -t filesystem,snapshot -r tank/berth/v1";
     let (z, r) = zfs_with(
         ScriptedRunner::new()
             .expect(list, "tank/berth/v1\t-\ntank/berth/v1@s1\t-\n")
@@ -370,7 +371,7 @@ fn destroying_an_origin_with_clones_is_refused_by_name() {
     let (z, _) = zfs_with(
         ScriptedRunner::new()
             .expect(
-                "zfs list -H -o name,origin -t filesystem,snapshot -r tank/berth/v1",
+                "zfs list -H -o name,origin,berth:origin-destroyed -t filesystem,snapshot -r tank/berth/v1",
                 "tank/berth/v1\t-\ntank/berth/v1@berth-clone-c1\t-\n",
             )
             .fail(
@@ -396,7 +397,7 @@ fn destroying_what_is_gone_succeeds() {
     let (z, r) = zfs_with(
         ScriptedRunner::new()
             .fail(
-                "zfs list -H -o name,origin -t filesystem,snapshot -r tank/berth/gone",
+                "zfs list -H -o name,origin,berth:origin-destroyed -t filesystem,snapshot -r tank/berth/gone",
                 missing,
             )
             .fail(
