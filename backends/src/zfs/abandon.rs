@@ -14,8 +14,7 @@ use tracing::debug;
 
 use berth_bdev::{BdevError, Result};
 
-use super::parse::Family;
-use super::spec::Target;
+use super::spec::{Target, VolumeDataset};
 use super::{Zfs, DESTROYED_PROP, ORIGIN_DESTROYED_PROP, RESERVED_PREFIX};
 
 impl Zfs {
@@ -46,7 +45,7 @@ impl Zfs {
         if marked.get(DESTROYED_PROP).map(String::as_str) != Some("on") {
             return Ok(());
         }
-        let family: Family = self.family(dataset)?;
+        let family = self.family(dataset)?;
         if family
             .snapshots
             .iter()
@@ -67,13 +66,12 @@ impl Zfs {
     /// snapshots go (a hidden one that clones read is handed over to them),
     /// and the dataset stays, unmounted and marked, for the user's.
     pub(super) fn destroy_keeping_snapshots(&self, t: &Target, own: &[&String]) -> Result<()> {
-        use super::spec::VolumeDataset;
         for s in own {
             self.destroy_or_hand_over(&format!("{}@{s}", t.dataset()), false)?;
         }
         self.zfs_unmount(t.dataset())?;
         self.zfs(&["set", &format!("{DESTROYED_PROP}=on"), t.dataset()])?;
-        debug!(dataset = %t.dataset(), "destroyed volume kept for its snapshots");
+        debug!(dataset = %t.dataset(), "destroyed volume kept for the user's snapshots");
         Ok(())
     }
 }

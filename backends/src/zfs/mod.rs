@@ -46,7 +46,6 @@ use berth_bdev::{
     Backend, BdevError, Caps, CreateOpts, PoolConfig, Registration, Result, Revert, SpecForm, Tool,
     Usage, UsageKind, VolumeSpec,
 };
-use tracing::debug;
 
 use crate::lookup;
 pub use spec::ZfsSpec;
@@ -329,7 +328,6 @@ impl Backend for Zfs {
         // Snapshots outlive their volume (a restore replaces the volume and keeps
         // them), but zfs keeps them inside the dataset: the dataset lingers,
         // unmounted and marked, and goes with its last snapshot.
-        debug!(dataset = %t.dataset(), snapshots = ?user, "keeping the user's snapshots");
         self.destroy_keeping_snapshots(&t, &own)
     }
 

@@ -49,6 +49,17 @@ pub struct ImageCopy {
     pub created: u64,
 }
 
+impl ImageCopy {
+    /// The copy on `pool` just made as `volume`.
+    pub fn made_now(pool: &str, volume: VolumeSpec) -> ImageCopy {
+        ImageCopy {
+            pool: pool.to_owned(),
+            volume,
+            created: crate::store::now(),
+        }
+    }
+}
+
 /// What a container made from an image keeps of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageUse {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use berth_bdev::copy::Progress;
 use berth_bdev::generic::refuse_xattrs;
 use berth_bdev::plan::{self, CloneMode, ClonePlan, Side};
-use berth_bdev::{Backend, BdevError, CreateOpts, Revert};
+use berth_bdev::{Backend, CreateOpts, Revert};
 
 use super::lifecycle::Frozen;
 use super::{split_snapshot_ref, Berth, CopyTo};
@@ -154,30 +154,17 @@ impl Berth {
             // Copies take long: other commands may use the store meanwhile.
             let volume = self.store().unlocked(|| {
                 let _frozen = running.as_ref().map(Frozen::new).transpose()?;
-                Ok(match plan {
-                    ClonePlan::SnapshotClone { .. } => {
-                        dst_b.snapshot_clone(&source, dst, &mut rv)?
-                    }
-                    ClonePlan::StackOnTree { .. } => {
-                        let tree = src_b.tree_path(&source).ok_or_else(|| {
-                            BdevError::foreign(&source, format!("a {} pool", src_b.name()))
-                        })?;
-                        dst_b.stack_on_tree(&tree, dst, &mut rv)?
-                    }
-                    ClonePlan::NativeCopy | ClonePlan::GenericCopy => {
-                        let to = CopyTo {
-                            backend: dst_b.as_ref(),
-                            name: dst,
-                            pool: &dst_pool.name,
-                            opts: CreateOpts {
-                                size: req.size,
-                                fstype: dst_pool.fstype,
-                            },
-                            drop_xattrs: req.drop_xattrs,
-                        };
-                        self.full_copy(src_b.as_ref(), &source, to, &mut rv, progress)?
-                    }
-                })
+                let to = CopyTo {
+                    backend: dst_b.as_ref(),
+                    name: dst,
+                    pool: &dst_pool.name,
+                    opts: CreateOpts {
+                        size: req.size,
+                        fstype: dst_pool.fstype,
+                    },
+                    drop_xattrs: req.drop_xattrs,
+                };
+                self.volume_by_plan(plan, src_b.as_ref(), &source, to, &mut rv, progress)
             })?;
             journal::crash_point("clone", "made");
             let pinned = plan.pins_origin();

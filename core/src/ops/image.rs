@@ -171,11 +171,7 @@ impl Berth {
                 created: now(),
                 source: source.to_owned(),
                 defaults,
-                copies: vec![ImageCopy {
-                    pool: pool.name.clone(),
-                    volume,
-                    created: now(),
-                }],
+                copies: vec![ImageCopy::made_now(&pool.name, volume)],
             };
             self.store().save_image(&img)?;
             journal::crash_point("image-build", "recorded");
@@ -251,11 +247,7 @@ impl Berth {
                 created: now(),
                 source: format!("commit {container}"),
                 defaults: defaults.clone(),
-                copies: vec![ImageCopy {
-                    pool: pool.name.clone(),
-                    volume,
-                    created: now(),
-                }],
+                copies: vec![ImageCopy::made_now(&pool.name, volume)],
             };
             self.store().save_image(&img)?;
             journal::crash_point("commit", "recorded");
@@ -315,11 +307,7 @@ impl Berth {
                 self.full_copy(src_b.as_ref(), &home.volume, to, &mut rv, progress)
             })?;
             journal::crash_point("image-copy", "copied");
-            img.copies.push(ImageCopy {
-                pool: pool.name.clone(),
-                volume,
-                created: now(),
-            });
+            img.copies.push(ImageCopy::made_now(&pool.name, volume));
             self.store().save_image(&img)?;
             rv.commit();
             Ok(img.clone())

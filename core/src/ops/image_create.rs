@@ -4,7 +4,7 @@
 
 use berth_bdev::copy::Progress;
 use berth_bdev::plan::{CloneMode, ClonePlan};
-use berth_bdev::{BdevError, CreateOpts, Revert};
+use berth_bdev::{CreateOpts, Revert};
 
 use super::{plan_clone, Berth, CopyTo, CreateRequest};
 use crate::confine::RunConfig;
@@ -76,30 +76,19 @@ impl Berth {
         self.journaled(&intent, || {
             let mut rv = Revert::new();
             let volume = self.store().unlocked(|| {
-                Ok(match plan {
-                    Some(ClonePlan::SnapshotClone { .. }) => {
-                        backend.snapshot_clone(&copy.volume, name, &mut rv)?
-                    }
-                    Some(ClonePlan::StackOnTree { .. }) => {
-                        let tree = backend.tree_path(&copy.volume).ok_or_else(|| {
-                            BdevError::foreign(&copy.volume, format!("a {} pool", backend.name()))
-                        })?;
-                        backend.stack_on_tree(&tree, name, &mut rv)?
-                    }
-                    _ => {
-                        let to = CopyTo {
-                            backend: backend.as_ref(),
-                            pool: &pool.name,
-                            name,
-                            opts: CreateOpts {
-                                size: req.size,
-                                fstype: pool.fstype,
-                            },
-                            drop_xattrs: false,
-                        };
-                        self.full_copy(backend.as_ref(), &copy.volume, to, &mut rv, progress)?
-                    }
-                })
+                let to = CopyTo {
+                    backend: backend.as_ref(),
+                    pool: &pool.name,
+                    name,
+                    opts: CreateOpts {
+                        size: req.size,
+                        fstype: pool.fstype,
+                    },
+                    drop_xattrs: false,
+                };
+                // No plan that shares data: a full copy of the image's copy.
+                let plan = plan.unwrap_or(ClonePlan::NativeCopy);
+                self.volume_by_plan(plan, backend.as_ref(), &copy.volume, to, &mut rv, progress)
             })?;
             journal::crash_point("create", "made");
             let c = Container {

@@ -173,11 +173,7 @@ impl Berth {
                     workdir: m.run.workdir.clone(),
                     user: None,
                 },
-                copies: vec![ImageCopy {
-                    pool: pool.name.clone(),
-                    volume,
-                    created: now(),
-                }],
+                copies: vec![ImageCopy::made_now(&pool.name, volume)],
             };
             self.store().save_image(&img)?;
             journal::crash_point("image-import", "recorded");

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use berth_bdev::cmd::{HostRunner, Runner};
 use berth_bdev::copy::Progress;
 use berth_bdev::generic::copy_opts;
+use berth_bdev::plan::ClonePlan;
 use berth_bdev::registry::PathUse;
 use berth_bdev::{Backend, BdevError, CreateOpts, PoolConfig, Revert, VolumeSpec};
 use tracing::warn;
@@ -254,6 +255,31 @@ pub(crate) struct CopyTo<'a> {
 }
 
 impl Berth {
+    /// Makes the volume `to.name` from `source` (held by `src_b`) as `plan`
+    /// says: a snapshot clone, a layer over its tree, or a full copy.
+    pub(crate) fn volume_by_plan(
+        &self,
+        plan: ClonePlan,
+        src_b: &dyn Backend,
+        source: &VolumeSpec,
+        to: CopyTo<'_>,
+        rv: &mut Revert,
+        progress: &dyn Progress,
+    ) -> Result<VolumeSpec> {
+        Ok(match plan {
+            ClonePlan::SnapshotClone { .. } => to.backend.snapshot_clone(source, to.name, rv)?,
+            ClonePlan::StackOnTree { .. } => {
+                let tree = src_b.tree_path(source).ok_or_else(|| {
+                    BdevError::foreign(source, format!("a {} pool", src_b.name()))
+                })?;
+                to.backend.stack_on_tree(&tree, to.name, rv)?
+            }
+            ClonePlan::NativeCopy | ClonePlan::GenericCopy => {
+                self.full_copy(src_b, source, to, rv, progress)?
+            }
+        })
+    }
+
     /// An independent full copy of `source` (held by `src_b`) as a new volume: the
     /// target backend's own tool when both sides are the same kind (`zfs send`,
     /// `qemu-img convert`, a reflinked image), else a new volume filled through
