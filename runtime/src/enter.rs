@@ -2,10 +2,9 @@
 //!
 //! The parent opens the namespaces of the container's init through its
 //! `/proc/PID` directory, so they all belong to that one process, and forks
-//! a relay. The relay joins the container's cgroup first (the host's
-//! cgroupfs is still in its mount namespace and it is still host root), then
-//! the user, mount, uts, ipc, net, pid and cgroup namespaces it does not
-//! already share. setns(pid) only places children, so the relay forks the
+//! a relay. The relay enters the container's cgroup first, through files
+//! the parent opened ([`crate::cgroup::Entry`]), then joins the user, mount,
+//! uts, ipc, net, pid and cgroup namespaces it does not already share. setns(pid) only places children, so the relay forks the
 //! command's process, a member of the container's pid namespace. That
 //! process confines itself as the init was (capabilities, optional uid/gid,
 //! a new session or the pty, no_new_privs, seccomp last) and execs. The
@@ -30,6 +29,7 @@ use rustix::pipe::{pipe_with, PipeFlags};
 use rustix::thread::CapabilitySet;
 use tracing::debug;
 
+use crate::cgroup::Entry;
 use crate::error::{Result, RuntimeError};
 use crate::exec::{self, ExecPlan};
 use crate::pty::{relay_if_started, start_session, PtyChild};
@@ -169,9 +169,6 @@ pub enum EnterError {
     #[error("ask to be killed when berth exits")]
     DieWithParent { source: Errno },
 
-    #[error("join cgroup {dir:?}")]
-    JoinCgroup { dir: PathBuf, source: Errno },
-
     #[error("join the container's {ns} namespace")]
     Setns { ns: Namespace, source: Errno },
 
@@ -210,7 +207,17 @@ pub fn enter(spec: &EnterSpec, sys: &dyn Sys) -> Result<ExitStatus> {
     } else {
         (None, None)
     };
-    let plan = Plan::new(spec, &namespaces, pty.as_ref(), seccomp.as_ref());
+    let cgroup = match spec.cgroup.is_empty() {
+        true => None,
+        false => Some(Entry::open(&spec.cgroup)?),
+    };
+    let plan = Plan::new(
+        spec,
+        cgroup.as_ref(),
+        &namespaces,
+        pty.as_ref(),
+        seccomp.as_ref(),
+    );
     let pipe = || pipe_with(PipeFlags::CLOEXEC).map_err(|source| RuntimeError::Pipe { source });
     let (rd, wr) = pipe()?;
     let (status_rd, status_wr) = pipe()?;
@@ -223,9 +230,22 @@ pub fn enter(spec: &EnterSpec, sys: &dyn Sys) -> Result<ExitStatus> {
         .map_err(|source| RuntimeError::Signals { source })?;
     let _held = HeldSignals(sys);
     let relay = {
-        let mut child = || relay_main(&plan, &exec_plan, sys, &wr, &status_wr, pty.as_ref());
-        sys.spawn(CloneFlags::empty(), &mut child)
-            .map_err(|source| EnterError::Relay { source })?
+        let mut child = |born_in_cgroup| {
+            relay_main(
+                &plan,
+                &exec_plan,
+                sys,
+                &wr,
+                &status_wr,
+                pty.as_ref(),
+                born_in_cgroup,
+            )
+        };
+        match &cgroup {
+            Some(entry) => entry.spawn(sys, CloneFlags::empty(), &mut child),
+            None => sys.spawn(CloneFlags::empty(), &mut || child(false)),
+        }
+        .map_err(|source| EnterError::Relay { source })?
     };
     // Ours must go: the report pipe's EOF is then the command's exec (or
     // the relay's failure), the status pipe's the relay's exit.
@@ -309,10 +329,6 @@ enum EnterStep<'a> {
     /// A step of `run`'s container setup.
     Common(Step<'a>),
     DieWithParent,
-    JoinCgroup {
-        dir: PathBuf,
-        procs: PathBuf,
-    },
     Setns {
         ns: Namespace,
         fd: BorrowedFd<'a>,
@@ -328,7 +344,6 @@ impl EnterStep<'_> {
         match self {
             EnterStep::Common(step) => step.run(sys),
             EnterStep::DieWithParent => sys.die_with_parent(),
-            EnterStep::JoinCgroup { procs, .. } => sys.join_cgroup(procs),
             EnterStep::Setns { ns, fd } => sys.setns(*fd, *ns),
             EnterStep::SetUser { uid, gid } => sys.set_user(*uid, *gid),
         }
@@ -338,10 +353,6 @@ impl EnterStep<'_> {
         let e = match self {
             EnterStep::Common(step) => return step.error(source),
             EnterStep::DieWithParent => EnterError::DieWithParent { source },
-            EnterStep::JoinCgroup { dir, .. } => EnterError::JoinCgroup {
-                dir: dir.clone(),
-                source,
-            },
             EnterStep::Setns { ns, .. } => EnterError::Setns { ns: *ns, source },
             EnterStep::SetUser { uid, gid } => EnterError::SetUser {
                 uid: *uid,
@@ -364,20 +375,15 @@ struct Plan<'a> {
 impl<'a> Plan<'a> {
     fn new(
         spec: &'a EnterSpec,
+        cgroup: Option<&'a Entry>,
         namespaces: &'a [(Namespace, OwnedFd)],
         pty: Option<&'a PtyChild>,
         seccomp: Option<&'a BpfProgram>,
     ) -> Self {
         use EnterStep::Common;
         let mut steps = vec![EnterStep::DieWithParent];
-        // Before setns: the host's cgroupfs is out of sight after setns(mnt),
-        // and writing cgroup.procs needs host root.
-        for dir in &spec.cgroup {
-            steps.push(EnterStep::JoinCgroup {
-                dir: dir.clone(),
-                procs: dir.join("cgroup.procs"),
-            });
-        }
+        // Before setns: the relay is still host root.
+        steps.extend(cgroup.into_iter().flat_map(Entry::steps).map(Common));
         for (ns, fd) in namespaces {
             steps.push(EnterStep::Setns {
                 ns: *ns,
@@ -456,12 +462,16 @@ fn relay_main(
     wr: &RefCell<Option<OwnedFd>>,
     status: &OwnedFd,
     pty: Option<&PtyChild>,
+    born_in_cgroup: bool,
 ) -> i32 {
     // SIGTERM and SIGHUP that berth forwards here, the handler inherited
     // from berth forwards on to the children this process spawns: only the
     // command, not the other containers of the berth process.
     sys.forget_children();
     for (i, step) in plan.steps[..plan.relay].iter().enumerate() {
+        if matches!(step, EnterStep::Common(s) if s.done_by_clone(born_in_cgroup)) {
+            continue;
+        }
         if let Err(errno) = step.run(sys) {
             report(wr, step_index(i), errno);
             return 1;

@@ -95,6 +95,9 @@ pub enum RuntimeError {
         source: Errno,
     },
 
+    #[error("join cgroup {dir:?}")]
+    JoinCgroup { dir: PathBuf, source: Errno },
+
     #[error("create the container's cgroup namespace")]
     CgroupNs { source: Errno },
 

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use nix::mount::MsFlags;
 use rustix::thread::CapabilitySet;
 
+use crate::cgroup::Entry;
 use crate::devices::dev_steps;
 use crate::pty::PtyChild;
 use crate::seccomp::BpfProgram;
@@ -64,6 +65,8 @@ const MASKED_PATHS: [&str; 11] = [
 /// What the child's steps borrow besides the spec.
 #[derive(Default)]
 pub(crate) struct ChildContext<'a> {
+    /// The container's cgroup, which the child joins first.
+    pub cgroup: Option<&'a Entry>,
     /// With [`RunSpec::tty`]: the pty steps come last and `spec.stdio` is
     /// not redirected (the pty replaces it).
     pub pty: Option<&'a PtyChild>,
@@ -78,7 +81,8 @@ pub(crate) struct ChildContext<'a> {
 pub(crate) fn setup_steps<'a>(spec: &'a RunSpec, ctx: &ChildContext<'a>) -> Vec<Step<'a>> {
     let root = spec.rootfs.as_path();
     let pty = ctx.pty;
-    let mut steps = vec![Step::ResetSignals];
+    let mut steps: Vec<Step<'a>> = ctx.cgroup.into_iter().flat_map(Entry::steps).collect();
+    steps.push(Step::ResetSignals);
     let stdio = [&spec.stdio.stdin, &spec.stdio.stdout, &spec.stdio.stderr];
     let redirected = if pty.is_some() { 0 } else { stdio.len() };
     for (target, fd) in (0..).zip(stdio).take(redirected) {
@@ -96,7 +100,7 @@ pub(crate) fn setup_steps<'a>(spec: &'a RunSpec, ctx: &ChildContext<'a>) -> Vec<
         steps.push(Step::BecomeRoot);
     }
     if spec.cgroup.is_some() {
-        // Now that the parent has moved us into it.
+        // Now that we are in it.
         steps.push(Step::UnshareCgroup);
     }
     if pty.is_none() {

@@ -35,9 +35,17 @@ const PROC_RO: MsFlags = MsFlags::MS_BIND
 
 #[derive(Debug)]
 pub(crate) enum Step<'a> {
+    /// Joins one hierarchy of the container's cgroup by writing "0" (the
+    /// writer) to `file`, opened by the parent ([`crate::cgroup::Entry`]).
+    JoinCgroup {
+        dir: &'a Path,
+        file: BorrowedFd<'a>,
+        /// cgroup2's, which clone3 may have placed the child in already.
+        v2: bool,
+    },
     ResetSignals,
-    /// Waits until the parent has put the child in its cgroup and written
-    /// its id maps.
+    /// Waits until the parent has written the child's id maps and attached
+    /// its network.
     AwaitParent {
         fd: BorrowedFd<'a>,
     },
@@ -124,6 +132,7 @@ pub(crate) enum Step<'a> {
 impl Step<'_> {
     pub(crate) fn run(&self, sys: &dyn Sys) -> Result<(), Errno> {
         match self {
+            Step::JoinCgroup { file, .. } => sys.join_cgroup(*file),
             Step::ResetSignals => sys.reset_signals(),
             Step::AwaitParent { fd } => sys.await_parent(*fd),
             Step::BecomeRoot => sys.become_root(),
@@ -201,9 +210,19 @@ impl Step<'_> {
         }
     }
 
+    /// Whether the step is left out in a child that clone3 created inside
+    /// its cgroup2 directory.
+    pub(crate) fn done_by_clone(&self, born_in_cgroup: bool) -> bool {
+        born_in_cgroup && matches!(self, Step::JoinCgroup { v2: true, .. })
+    }
+
     /// The error this step's failure with `source` is reported as.
     pub(crate) fn error(&self, source: Errno) -> RuntimeError {
         match self {
+            Step::JoinCgroup { dir, .. } => RuntimeError::JoinCgroup {
+                dir: dir.to_path_buf(),
+                source,
+            },
             Step::ResetSignals => RuntimeError::Signals { source },
             Step::AwaitParent { .. } => RuntimeError::Sync { source },
             Step::BecomeRoot => RuntimeError::UserNs {

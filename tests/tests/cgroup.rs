@@ -1,7 +1,8 @@
 //! Privileged: berth-runtime's per-container cgroups on this host's kernel
 //! (cgroup v1 controllers beside a controller-less cgroup2: hybrid). The
 //! checks are in `berth_tests::cgroups::checks`, shared with the pure v2 VM
-//! (`cgroup_v2.rs`): membership in every hierarchy, limit files as the kernel
+//! (`cgroup_v2.rs`): membership in every hierarchy (of a
+//! held process, and of a container the runtime starts), limit files as the kernel
 //! reads them back, the device policy (a block node is EPERM inside, /dev/null
 //! opens), a fork loop stopped by pids.max, an OOM kill at memory.max, kill and
 //! removal, and crash leftovers. Each cgroup has a pid-based name and a guard
@@ -24,6 +25,11 @@ fn run(check: fn(Flavor)) {
 #[test]
 fn limits_membership_and_devices() {
     run(checks::limits_membership_and_devices);
+}
+
+#[test]
+fn a_container_is_in_its_cgroup_in_every_hierarchy() {
+    run(checks::a_container_is_in_its_cgroup_in_every_hierarchy);
 }
 
 #[test]

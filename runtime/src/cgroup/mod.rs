@@ -25,11 +25,13 @@ use rustix::io::Errno;
 use tracing::warn;
 
 mod devices;
+mod join;
 mod layout;
 mod ops;
 mod parse;
 mod plan;
 
+pub(crate) use join::Entry;
 use layout::{Layout, Version};
 pub use parse::{parse_cpus, parse_size};
 use plan::Place;
@@ -138,6 +140,12 @@ pub enum CgroupError {
     EnableControllers {
         file: PathBuf,
         line: String,
+        source: std::io::Error,
+    },
+
+    #[error("open {path:?} to join the cgroup")]
+    Open {
+        path: PathBuf,
         source: std::io::Error,
     },
 
@@ -267,6 +275,11 @@ impl Cgroup {
             ops::add_process(&p.dir, pid)?;
         }
         Ok(())
+    }
+
+    /// The cgroup, opened for a process about to be cloned into it.
+    pub(crate) fn entry(&self) -> Result<Entry, CgroupError> {
+        Entry::open(&self.paths())
     }
 
     /// The cgroup's directories, one per hierarchy.

@@ -78,6 +78,16 @@ impl Container {
     /// `sleep 30` as init, in cgroup `name`, once it has exec'd (the
     /// `started` callback comes before its setup is done).
     fn start(name: &str, userns: Option<UserNs>) -> Result<Container, String> {
+        Container::start_with(name, userns, false)
+    }
+
+    /// [`Container::start`], with clone3 refused in the thread that runs it
+    /// (`no_clone3`), as an old kernel or a seccomp filter around berth would.
+    fn start_with(
+        name: &str,
+        userns: Option<UserNs>,
+        no_clone3: bool,
+    ) -> Result<Container, String> {
         let root = tempfile::Builder::new()
             .prefix("berth-enter-")
             .tempdir_in("/var/tmp")
@@ -95,6 +105,9 @@ impl Container {
         let (tx, rx) = mpsc::channel();
         let (path, name) = (root.path().to_path_buf(), name.to_owned());
         let run = std::thread::spawn(move || {
+            if no_clone3 {
+                refuse_clone3();
+            }
             let mut spec = RunSpec::new(path, name, argv(&["sleep", "30"]))
                 .with_cgroup(None, Limits::default());
             spec.userns = userns;
@@ -386,6 +399,87 @@ fn enter_a_container_with_its_own_user_namespace() {
     let (res, out) = c.enter_capturing(c.spec(&["sh", "-c", script]));
     assert_eq!(res.expect("enter"), ExitStatus::Exited(0), "{out}");
     assert_eq!(out, "0\n 0 200000 65536\nberth-enter-userns\n");
+    c.stop();
+}
+
+/// Makes clone3 fail with ENOSYS in the calling thread and what it spawns.
+fn refuse_clone3() {
+    use libc::{sock_filter, sock_fprog, BPF_ABS, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_RET, BPF_W};
+    let stmt = |code, k| sock_filter {
+        code,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let jump = |k, jt, jf| sock_filter {
+        code: (BPF_JMP | BPF_JEQ | BPF_K) as u16,
+        jt,
+        jf,
+        k,
+    };
+    let clone3 = u32::try_from(libc::SYS_clone3).unwrap();
+    let enosys = u32::try_from(libc::ENOSYS).unwrap();
+    // seccomp_data: nr at offset 0, arch at offset 4.
+    let mut filter = [
+        stmt((BPF_LD | BPF_W | BPF_ABS) as u16, 4),
+        jump(0xc000_003e, 0, 3), // AUDIT_ARCH_X86_64, else allow
+        stmt((BPF_LD | BPF_W | BPF_ABS) as u16, 0),
+        jump(clone3, 0, 1),
+        stmt(BPF_RET as u16, libc::SECCOMP_RET_ERRNO | enosys),
+        stmt(BPF_RET as u16, libc::SECCOMP_RET_ALLOW),
+    ];
+    let prog = sock_fprog {
+        len: u16::try_from(filter.len()).unwrap(),
+        filter: filter.as_mut_ptr(),
+    };
+    // SAFETY: `prog` points to `filter`, both alive across the call; as
+    // root, PR_SET_SECCOMP needs no no_new_privs.
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER,
+            std::ptr::from_ref(&prog),
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "install the clone3 filter: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+#[test]
+fn without_clone3_run_and_enter_join_every_hierarchy_by_writes() {
+    if !can_run() || !cfg!(target_arch = "x86_64") {
+        return;
+    }
+    let c = Container::start_with("berth-enter-noclone3", None, true).expect("start");
+    assert!(!c.started.cgroup.is_empty());
+    for d in &c.started.cgroup {
+        assert_eq!(procs(d), [c.started.pid.to_string()], "{d:?}");
+    }
+    let spec = c.spec(&["cat", "/proc/self/cgroup"]);
+    let (res, out) = std::thread::scope(|s| {
+        s.spawn(|| {
+            refuse_clone3();
+            c.enter_capturing(spec)
+        })
+        .join()
+        .expect("enter thread")
+    });
+    assert_eq!(res.expect("enter"), ExitStatus::Exited(0), "{out}");
+    // Its cgroup namespace's root is the container's cgroup, in each
+    // hierarchy: outside it, a line would read "/..".
+    assert_eq!(
+        out.lines().count(),
+        fs::read_to_string("/proc/self/cgroup")
+            .unwrap()
+            .lines()
+            .count(),
+        "{out}"
+    );
+    assert!(out.lines().all(|l| l.ends_with(":/")), "{out}");
     c.stop();
 }
 

@@ -4,26 +4,52 @@
 
 use std::os::fd::AsRawFd;
 use std::path::Path;
+use std::sync::OnceLock;
 
 use super::*;
 use crate::sys::{Call, FakeSys, FAKE_PID};
 
 const PID: i32 = 77;
 
+/// A v1 memory and a cgroup2 directory of cgroup berth/c1, as plain files.
+fn cgroup_tree() -> &'static Path {
+    static TREE: OnceLock<tempfile::TempDir> = OnceLock::new();
+    TREE.get_or_init(|| {
+        let tmp = tempfile::tempdir().unwrap();
+        for (dir, file) in [("memory", "tasks"), ("unified", "cgroup.procs")] {
+            let dir = tmp.path().join(dir).join("berth/c1");
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join(file), "").unwrap();
+        }
+        tmp
+    })
+    .path()
+}
+
 fn spec() -> EnterSpec {
     let mut s = EnterSpec::new(PID, vec!["sh".into(), "-c".into(), "true".into()]);
     s.env = vec![("PATH".into(), "/bin".into())];
-    s.cgroup = vec!["/cg/memory/berth/c1".into(), "/cg/unified/berth/c1".into()];
+    let tree = cgroup_tree();
+    s.cgroup = vec![tree.join("memory/berth/c1"), tree.join("unified/berth/c1")];
     s
 }
 
 /// One short line per call, so whole sequences read like a script.
 fn brief(c: &Call) -> String {
     let p = |p: &Path| p.display().to_string();
+    let cg = |p: &Path| {
+        p.strip_prefix(cgroup_tree())
+            .unwrap_or(p)
+            .display()
+            .to_string()
+    };
     match c {
         Call::OpenNamespace { ns } => format!("open {ns}"),
         Call::Setns { ns } => format!("setns {ns}"),
-        Call::JoinCgroup { procs } => format!("join {}", p(procs)),
+        Call::JoinCgroup { file } => format!("join {}", cg(file)),
+        Call::SpawnInto { flags, cgroup } if flags.is_empty() => {
+            format!("fork into {}", cg(cgroup))
+        }
         Call::Chdir { path } => format!("cd {}", p(path)),
         Call::Exec { path, .. } => format!("exec {}", p(path)),
         Call::Redirect { target, .. } => format!("redirect {target}"),
@@ -67,12 +93,12 @@ fn exact_call_sequence() {
     let mut want: Vec<&str> = OPENS.to_vec();
     want.extend([
         "HoldSignals",
-        // The relay: cgroup first, then every namespace, user first.
-        "fork",
+        // The relay: born in the cgroup2 directory, joins v1 by itself,
+        // then every namespace, user first.
+        "fork into unified/berth/c1",
         "ForgetChildren",
         "DieWithParent",
-        "join /cg/memory/berth/c1/cgroup.procs",
-        "join /cg/unified/berth/c1/cgroup.procs",
+        "join memory/berth/c1/tasks",
         "setns user",
         "setns mnt",
         "setns uts",
@@ -101,6 +127,32 @@ fn exact_call_sequence() {
     assert!(calls.contains(&Call::DropCaps {
         keep: crate::DEFAULT_CAPS
     }));
+}
+
+#[test]
+fn without_clone3_into_the_cgroup_the_relay_joins_each_hierarchy_by_a_write() {
+    for refused in [Errno::NOSYS, Errno::INVAL, Errno::TOOBIG, Errno::PERM] {
+        let fake = FakeSys::new().fail_when(|c| matches!(c, Call::SpawnInto { .. }), refused);
+        enter(&spec(), &fake).unwrap();
+        let got = script(&fake);
+        let start = OPENS.len() + 1;
+        assert_eq!(
+            got[start..start + 6],
+            [
+                "fork into unified/berth/c1",
+                "fork",
+                "ForgetChildren",
+                "DieWithParent",
+                "join memory/berth/c1/tasks",
+                "join unified/berth/c1/cgroup.procs",
+            ],
+            "{refused}"
+        );
+    }
+    // Any other failure is the relay's: nothing is retried.
+    let fake = FakeSys::new().fail_when(|c| matches!(c, Call::SpawnInto { .. }), Errno::AGAIN);
+    let err = enter(&spec(), &fake).unwrap_err();
+    assert_eq!(variant(&err), "Relay", "{err}");
 }
 
 #[test]
@@ -268,7 +320,7 @@ fn expected(c: &Call) -> &'static str {
         Call::OpenProc { .. } => "OpenProc",
         Call::OpenNamespace { .. } => "OpenNamespace",
         Call::HoldSignals | Call::ResetSignals => "Signals",
-        Call::Spawn { .. } => "Spawn",
+        Call::Spawn { .. } | Call::SpawnInto { .. } => "Spawn",
         Call::DieWithParent => "DieWithParent",
         Call::JoinCgroup { .. } => "JoinCgroup",
         Call::Setns { .. } => "Setns",
@@ -315,8 +367,8 @@ fn every_failing_call_is_its_steps_error() {
         let res = enter(&s, &fake);
         let calls = fake.calls();
         let failed = &calls[n];
-        if *failed == Call::ForgetChildren {
-            // Atomics only: nothing to fail.
+        if *failed == Call::ForgetChildren || matches!(failed, Call::SpawnInto { .. }) {
+            // Atomics only: nothing to fail; a refused clone3 falls back.
             assert!(res.is_ok(), "{res:?}");
             continue;
         }
@@ -335,7 +387,7 @@ fn every_failing_call_is_its_steps_error() {
         // A relay once forked is always reaped.
         let forks = calls
             .iter()
-            .filter(|c| matches!(c, Call::Spawn { .. }))
+            .filter(|c| matches!(c, Call::Spawn { .. } | Call::SpawnInto { .. }))
             .count();
         if forks > 0 && !(forks == 1 && matches!(failed, Call::Spawn { .. })) {
             assert!(
@@ -358,10 +410,8 @@ fn failures_name_the_namespace_and_cgroup() {
     assert_eq!(source.to_string(), "join the container's pid namespace");
     let fake = FakeSys::new().fail_when(|c| matches!(c, Call::JoinCgroup { .. }), Errno::NOENT);
     let err = enter(&spec(), &fake).unwrap_err();
-    let RuntimeError::Enter { source } = err else {
-        panic!("{err:?}")
-    };
-    assert_eq!(source.to_string(), "join cgroup \"/cg/memory/berth/c1\"");
+    let dir = cgroup_tree().join("memory/berth/c1");
+    assert_eq!(err.to_string(), format!("join cgroup {dir:?}"));
     // Nothing after the failed step ran.
     assert!(!fake.calls().iter().any(|c| matches!(c, Call::Setns { .. })));
 }

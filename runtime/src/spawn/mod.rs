@@ -64,6 +64,7 @@ pub fn run_observed(
         Some(cfg) => Some(Cgroup::create(cfg)?),
         None => None,
     });
+    let entry = cgroup.0.as_ref().map(Cgroup::entry).transpose()?;
     // With a tty, the child sends its pty master back over a socketpair.
     let (parent_sock, pty) = if spec.tty {
         let (parent, child) = sys.socketpair().map_err(|source| RuntimeError::Pty {
@@ -74,9 +75,10 @@ pub fn run_observed(
     } else {
         (None, None)
     };
-    // The child waits for its cgroup, id maps and network before it does anything.
+    // The child joins its cgroup itself, then waits for its id maps and
+    // network before it does anything else.
     let bridged = matches!(spec.net, NetMode::Bridge(_));
-    let sync = match spec.cgroup.is_some() || spec.userns.is_some() || bridged {
+    let sync = match spec.userns.is_some() || bridged {
         true => {
             Some(pipe_with(PipeFlags::CLOEXEC).map_err(|source| RuntimeError::Pipe { source })?)
         }
@@ -92,6 +94,7 @@ pub fn run_observed(
         _ => None,
     };
     let ctx = ChildContext {
+        cgroup: entry.as_ref(),
         pty: pty.as_ref(),
         sync: sync.as_ref().map(|(rd, _)| rd.as_fd()),
         tree_sock: tree.as_ref().map(|(_, child)| child.as_fd()),
@@ -105,9 +108,12 @@ pub fn run_observed(
         .map_err(|source| RuntimeError::Signals { source })?;
     let _held = HeldSignals(sys);
     let pid = {
-        let mut child = || child_main(&steps, &exec_plan, sys, &wr);
-        sys.spawn(clone_flags(spec), &mut child)
-            .map_err(|source| RuntimeError::Clone { source })?
+        let mut child = |born_in_cgroup| child_main(&steps, &exec_plan, sys, &wr, born_in_cgroup);
+        match &entry {
+            Some(entry) => entry.spawn(sys, clone_flags(spec), &mut child),
+            None => sys.spawn(clone_flags(spec), &mut || child(false)),
+        }
+        .map_err(|source| RuntimeError::Clone { source })?
     };
     // Ours must go so that the child's exec (or exit) is the pipe's EOF, and
     // its exit before sending a pty master the socket's.
@@ -124,7 +130,7 @@ pub fn run_observed(
             _ => None,
         },
     };
-    let prepared = prepare_child(sys, spec, pid, &cgroup, tree.as_ref().map(|(p, _)| p));
+    let prepared = prepare_child(sys, spec, pid, tree.as_ref().map(|(p, _)| p));
     let released = prepared.and_then(|()| match &sync {
         Some((_, go)) => sys
             .release_child(go.as_fd())
@@ -178,12 +184,11 @@ pub fn run_observed(
     Ok(status)
 }
 
-/// Parent side, while the child waits: its id maps, its idmapped rootfs, its cgroup.
+/// Parent side, while the child waits: its id maps, its idmapped rootfs, its network.
 fn prepare_child(
     sys: &dyn Sys,
     spec: &RunSpec,
     pid: Pid,
-    cgroup: &CgroupGuard,
     tree_sock: Option<&OwnedFd>,
 ) -> Result<()> {
     if let Some(ns) = &spec.userns {
@@ -201,9 +206,6 @@ fn prepare_child(
             sys.send_fd(sock.as_fd(), tree.as_fd())
                 .map_err(userns("send the idmapped rootfs"))?;
         }
-    }
-    if let Some(cg) = &cgroup.0 {
-        cg.add_process(pid.as_raw())?;
     }
     if let NetMode::Bridge(link) = &spec.net {
         sys.attach_bridge(pid, link)
@@ -263,8 +265,17 @@ fn clone_flags(spec: &RunSpec) -> CloneFlags {
 
 /// The container process, from clone to exec. Only syscalls through `sys`
 /// and one pipe write: this runs in a copy of a possibly threaded process.
-fn child_main(steps: &[Step<'_>], exec_plan: &ExecPlan, sys: &dyn Sys, wr: &OwnedFd) -> i32 {
+fn child_main(
+    steps: &[Step<'_>],
+    exec_plan: &ExecPlan,
+    sys: &dyn Sys,
+    wr: &OwnedFd,
+    born_in_cgroup: bool,
+) -> i32 {
     for (i, step) in steps.iter().enumerate() {
+        if step.done_by_clone(born_in_cgroup) {
+            continue;
+        }
         if let Err(errno) = step.run(sys) {
             report(wr, u32::try_from(i).unwrap_or(EXEC_STEP - 1), errno);
             return 1;

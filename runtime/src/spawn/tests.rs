@@ -143,7 +143,7 @@ fn exact_call_sequence() {
 }
 
 #[test]
-fn cgroup_and_userns_wait_for_the_parent() {
+fn userns_waits_for_the_parent() {
     let mut s = spec();
     s.userns = Some(crate::UserNs::root_at(100_000, 200_000, 65536));
     let fake = FakeSys::new();

@@ -31,6 +31,11 @@ pub enum Call {
     Spawn {
         flags: CloneFlags,
     },
+    /// A spawn straight into a cgroup2 directory (`Sys::spawn_into`).
+    SpawnInto {
+        flags: CloneFlags,
+        cgroup: PathBuf,
+    },
     Wait {
         pid: Pid,
     },
@@ -61,8 +66,9 @@ pub enum Call {
     },
     ForgetChildren,
     DieWithParent,
+    /// The file written to: a v1 `tasks` or a cgroup2 `cgroup.procs`.
     JoinCgroup {
-        procs: PathBuf,
+        file: PathBuf,
     },
     Setns {
         ns: Namespace,
@@ -311,6 +317,11 @@ fn io_errno(e: std::io::Error) -> Errno {
     Errno::from_io_error(&e).unwrap_or(Errno::IO)
 }
 
+/// The path `fd` was opened at, as the kernel tells it.
+fn fd_path(fd: BorrowedFd<'_>) -> PathBuf {
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
+}
+
 fn os(s: &CStr) -> OsString {
     OsStr::from_bytes(s.to_bytes()).to_owned()
 }
@@ -326,6 +337,18 @@ impl Sys for FakeSys {
 
     fn spawn(&self, flags: CloneFlags, child: &mut dyn FnMut() -> i32) -> Result<Pid, Errno> {
         self.record(Call::Spawn { flags })?;
+        child();
+        Ok(Pid::from_raw(FAKE_PID))
+    }
+
+    fn spawn_into(
+        &self,
+        flags: CloneFlags,
+        cgroup: BorrowedFd<'_>,
+        child: &mut dyn FnMut() -> i32,
+    ) -> Result<Pid, Errno> {
+        let cgroup = fd_path(cgroup);
+        self.record(Call::SpawnInto { flags, cgroup })?;
         child();
         Ok(Pid::from_raw(FAKE_PID))
     }
@@ -414,10 +437,9 @@ impl Sys for FakeSys {
         self.record(Call::DieWithParent)
     }
 
-    fn join_cgroup(&self, procs: &Path) -> Result<(), Errno> {
-        self.record(Call::JoinCgroup {
-            procs: procs.to_path_buf(),
-        })
+    fn join_cgroup(&self, file: BorrowedFd<'_>) -> Result<(), Errno> {
+        let file = fd_path(file);
+        self.record(Call::JoinCgroup { file })
     }
 
     fn setns(&self, _fd: BorrowedFd<'_>, ns: Namespace) -> Result<(), Errno> {

@@ -50,23 +50,32 @@ impl Sys for LinuxSys {
         // remaining arguments (parent_tid, child_tid, tls) are unused without
         // the matching CLONE_* flags, so zero is valid on every architecture.
         let ret = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
-        match ret {
-            -1 => Err(last_errno()),
-            0 => {
-                // Never unwind into the copy of the caller's frames: their
-                // destructors belong to the parent.
-                let code =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(child)).unwrap_or(127);
-                // SAFETY: _exit(2) ends the child without running atexit
-                // handlers or destructors that belong to the parent's state.
-                unsafe { libc::_exit(code) }
-            }
-            pid => {
-                let pid = Pid::from_raw(i32::try_from(pid).map_err(|_| Errno::RANGE)?);
-                signals::track(pid);
-                Ok(pid)
-            }
-        }
+        forked(ret, child)
+    }
+
+    fn spawn_into(
+        &self,
+        flags: CloneFlags,
+        cgroup: BorrowedFd<'_>,
+        child: &mut dyn FnMut() -> i32,
+    ) -> Result<Pid, Errno> {
+        let args = CloneArgs {
+            flags: u64::try_from(flags.bits()).map_err(|_| Errno::INVAL)? | CLONE_INTO_CGROUP,
+            exit_signal: u64::try_from(libc::SIGCHLD).map_err(|_| Errno::INVAL)?,
+            cgroup: u64::try_from(cgroup.as_raw_fd()).map_err(|_| Errno::BADF)?,
+            ..CloneArgs::default()
+        };
+        // SAFETY: as clone(2) in `spawn`: no CLONE_VM and no stack, so the
+        // child runs on its own copy of this stack; the kernel only reads
+        // `args`, which lives across the call, and `size_of` is its size.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_clone3,
+                std::ptr::from_ref(&args),
+                std::mem::size_of::<CloneArgs>(),
+            )
+        };
+        forked(ret, child)
     }
 
     fn wait(&self, pid: Pid) -> Result<ExitStatus, Errno> {
@@ -287,10 +296,9 @@ impl Sys for LinuxSys {
         rproc::set_parent_process_death_signal(Some(rproc::Signal::KILL))
     }
 
-    fn join_cgroup(&self, procs: &Path) -> Result<(), Errno> {
-        let file = rfs::open(procs, OFlags::WRONLY | OFlags::CLOEXEC, Mode::empty())?;
+    fn join_cgroup(&self, file: BorrowedFd<'_>) -> Result<(), Errno> {
         loop {
-            match rustix::io::write(&file, b"0") {
+            match rustix::io::write(file, b"0") {
                 Ok(_) => return Ok(()),
                 Err(Errno::INTR) => continue,
                 Err(e) => return Err(e),
@@ -532,6 +540,47 @@ fn loopback_up() -> Result<(), Errno> {
         return Err(last_errno());
     }
     Ok(())
+}
+
+/// `CLONE_INTO_CGROUP` (Linux 5.7), a 64-bit flag only clone3 takes.
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// `struct clone_args` as of Linux 5.7 (`CLONE_ARGS_SIZE_VER2`, 88 bytes).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// Both sides of a fork-like clone that returned `ret`: the child runs
+/// `child` and exits with its value; the parent gets the child's pid.
+fn forked(ret: libc::c_long, child: &mut dyn FnMut() -> i32) -> Result<Pid, Errno> {
+    match ret {
+        -1 => Err(last_errno()),
+        0 => {
+            // Never unwind into the copy of the caller's frames: their
+            // destructors belong to the parent.
+            let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(child)).unwrap_or(127);
+            // SAFETY: _exit(2) ends the child without running atexit
+            // handlers or destructors that belong to the parent's state.
+            unsafe { libc::_exit(code) }
+        }
+        pid => {
+            let pid = Pid::from_raw(i32::try_from(pid).map_err(|_| Errno::RANGE)?);
+            signals::track(pid);
+            Ok(pid)
+        }
+    }
 }
 
 fn last_errno() -> Errno {

@@ -95,6 +95,15 @@ pub trait Sys {
     /// Runs `child` in a new process created with `flags` (namespaces) and
     /// returns its pid. The child process exits with `child`'s return value.
     fn spawn(&self, flags: CloneFlags, child: &mut dyn FnMut() -> i32) -> Result<Pid, Errno>;
+    /// [`Sys::spawn`], with the new process created inside the cgroup2
+    /// directory `cgroup` (clone3's `CLONE_INTO_CGROUP`). Fails before any
+    /// process exists where the kernel (or a seccomp filter) refuses that.
+    fn spawn_into(
+        &self,
+        flags: CloneFlags,
+        cgroup: BorrowedFd<'_>,
+        child: &mut dyn FnMut() -> i32,
+    ) -> Result<Pid, Errno>;
     /// Waits for `pid` to terminate and reaps it.
     fn wait(&self, pid: Pid) -> Result<ExitStatus, Errno>;
     /// SIGKILLs `pid` (best effort: it may be gone already).
@@ -169,9 +178,9 @@ pub trait Sys {
     fn forget_children(&self);
     /// Asks for SIGKILL if the parent dies; signal dispositions stay.
     fn die_with_parent(&self) -> Result<(), Errno>;
-    /// Moves the calling process into the cgroup whose `cgroup.procs` file
-    /// is `procs` (it writes "0", which means the writer).
-    fn join_cgroup(&self, procs: &Path) -> Result<(), Errno>;
+    /// Moves the calling process into a cgroup: writes "0", which means the
+    /// writer, to `file`, its `tasks` (v1) or `cgroup.procs` (cgroup2).
+    fn join_cgroup(&self, file: BorrowedFd<'_>) -> Result<(), Errno>;
     /// Joins the namespace `fd` refers to, which must be of type `ns`.
     fn setns(&self, fd: BorrowedFd<'_>, ns: Namespace) -> Result<(), Errno>;
     fn unshare(&self, flags: CloneFlags) -> Result<(), Errno>;

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use berth_bdev::process::Process;
 use berth_runtime::cgroup::{remove_stale, Cgroup, CgroupError, Limits};
-use berth_runtime::ExitStatus;
+use berth_runtime::{run_observed, ExitStatus, LinuxSys, RunSpec};
 
 use super::*;
 
@@ -139,6 +139,59 @@ pub fn limits_membership_and_devices(fl: Flavor) {
         "c 136:7 is allowed"
     );
     g.finish();
+}
+
+/// A container started by the runtime is in its cgroup in every hierarchy
+/// from its exec on: created in cgroup2's by clone3, joined to v1's by a
+/// write of its own (see `berth_runtime::cgroup`'s join module).
+pub fn a_container_is_in_its_cgroup_in_every_hierarchy(fl: Flavor) {
+    let root = scratch();
+    let bin = root.path().join("bin");
+    std::fs::create_dir(&bin).expect("mkdir bin");
+    if std::fs::hard_link("/bin/busybox", bin.join("busybox")).is_err() {
+        std::fs::copy("/bin/busybox", bin.join("busybox")).expect("copy busybox");
+    }
+    let cfg = config("born", Limits::default(), true);
+    let tail = format!("/berth/{}", cfg.name);
+    let name = cfg.name.clone();
+    let mut spec = RunSpec::new(
+        root.path(),
+        "born",
+        vec!["/bin/busybox".into(), "sleep".into(), "30".into()],
+    );
+    spec.cgroup = Some(cfg);
+    let mut seen = None;
+    let status = run_observed(&spec, &LinuxSys, &mut |s| {
+        let text = std::fs::read_to_string(format!("/proc/{}/cgroup", s.pid));
+        seen = Some((text, s.cgroup.len()));
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_raw(s.pid).expect("a pid"),
+            rustix::process::Signal::KILL,
+        );
+    });
+    assert_eq!(status.expect("run"), ExitStatus::Signaled(libc::SIGKILL));
+    let (text, dirs) = seen.expect("the container started");
+    let text = text.expect("read its /proc/PID/cgroup");
+    let inside = text.lines().filter(|l| l.ends_with(&tail)).count();
+    assert_eq!(inside, dirs, "one line per hierarchy of its cgroup: {text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("0::") && l.ends_with(&tail)),
+        "not in the cgroup2 cgroup: {text}"
+    );
+    if fl == Flavor::V1 {
+        for c in V1_CONTROLLERS {
+            let line = text.lines().find(|l| {
+                l.split(':')
+                    .nth(1)
+                    .is_some_and(|cs| cs.split(',').any(|x| x == c))
+            });
+            if let Some(line) = line {
+                assert!(line.ends_with(&tail), "{c}: {line}");
+            }
+        }
+    }
+    assert_gone(&name);
 }
 
 fn libc_eperm() -> i32 {
@@ -313,6 +366,10 @@ pub fn all() -> Vec<(&'static str, Check)> {
         (
             "limits_membership_and_devices",
             limits_membership_and_devices,
+        ),
+        (
+            "a_container_is_in_its_cgroup_in_every_hierarchy",
+            a_container_is_in_its_cgroup_in_every_hierarchy,
         ),
         ("fork_loop_stops_at_pids_max", fork_loop_stops_at_pids_max),
         ("memory_limit_oom_kills", memory_limit_oom_kills),
