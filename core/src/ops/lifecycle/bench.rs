@@ -21,6 +21,16 @@ use crate::ops::Berth;
 const INIT_SCRIPT: &str = "trap 'exit 0' TERM PWR\nsleep 100000 &\nwait\n";
 const INIT_PATH: &str = "/berth-bench-init.sh";
 
+/// The quiet before each timed command. Moving a process into a cgroup may
+/// wait for an RCU grace period, which the kernel skips for a move within a
+/// few milliseconds of another one: back-to-back reps would all find it warm,
+/// which a start on a quiet host does not.
+const QUIET: Duration = Duration::from_millis(100);
+
+fn quiet() {
+    std::thread::sleep(QUIET);
+}
+
 /// Median and spread of one step, in milliseconds.
 #[derive(Debug, Clone, Serialize)]
 pub struct StepTimes {
@@ -140,6 +150,10 @@ fn measure(
     };
     let mut ours: [Vec<Duration>; 3] = Default::default();
     let mut theirs: [Vec<Duration>; 3] = Default::default();
+    let berth = |args: &[&str]| {
+        quiet();
+        berth(args)
+    };
     for _ in 0..runs.max(1) {
         ours[0].push(berth(&["start", name, "--", "/bin/sh", INIT_PATH])?);
         ours[1].push(berth(&["exec", "--no-tty", name, "--", "/bin/true"])?);
@@ -148,6 +162,7 @@ fn measure(
             let lxc = |prog: &str, extra: &[&str]| -> Result<Duration> {
                 let mut all = vec![o("-P"), p.as_os_str(), o("-n"), o(name)];
                 all.extend(extra.iter().map(|a| o(a)));
+                quiet();
                 timed(o(prog), &all)
             };
             theirs[0].push(lxc("lxc-start", &["-d"])?);
@@ -223,7 +238,9 @@ pub fn bench_run(root: &Path, name: &str, runs: usize, berth_exe: &Path) -> Resu
     let (mut ours, mut bare) = (Vec::new(), Vec::new());
     let measured = (|| -> Result<()> {
         for _ in 0..runs.max(1) {
+            quiet();
             ours.push(timed(berth_exe.as_os_str(), &args)?);
+            quiet();
             bare.push(floor()?);
         }
         Ok(())
