@@ -44,8 +44,9 @@ pub(crate) enum Step<'a> {
         v2: bool,
     },
     ResetSignals,
-    /// Waits until the parent has written the child's id maps and attached
-    /// its network.
+    /// Waits for the parent's word, given once it has written the child's id
+    /// maps and attached its network; the pipe's EOF (the parent failed or
+    /// died) ends the child.
     AwaitParent {
         fd: BorrowedFd<'a>,
     },

@@ -9,6 +9,10 @@
 //! `cgroup.subtree_control`. The device policy is `devices.allow` on v1 and a
 //! BPF device program on v2.
 //!
+//! A process berth clones enters it through an [`Entry`] (`join`): born in
+//! the cgroup2 directory, joining each v1 hierarchy by itself, without the
+//! RCU grace period a pid written to `cgroup.procs` costs.
+//!
 //! [`Cgroup::kill_and_remove`] kills with v2's `cgroup.kill`, else freezes (v1
 //! freezer or v2 `cgroup.freeze`) and SIGKILLs every member, then removes the
 //! directories, retrying while the kernel still counts dying tasks.
@@ -269,7 +273,9 @@ impl Cgroup {
         }
     }
 
-    /// Moves process `pid` (all its threads) into the cgroup, in every hierarchy.
+    /// Moves process `pid` (all its threads) into the cgroup, in every
+    /// hierarchy, through `cgroup.procs`: for a process berth did not clone,
+    /// and it may wait for an RCU grace period (see [`Entry`]).
     pub fn add_process(&self, pid: i32) -> Result<(), CgroupError> {
         for p in &self.places {
             ops::add_process(&p.dir, pid)?;

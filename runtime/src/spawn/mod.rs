@@ -76,9 +76,10 @@ pub fn run_observed(
         (None, None)
     };
     // The child joins its cgroup itself, then waits for its id maps and
-    // network before it does anything else.
+    // network, and for our word: if we die before it asked to die with us,
+    // the pipe's EOF ends it instead of a container nobody watches.
     let bridged = matches!(spec.net, NetMode::Bridge(_));
-    let sync = match spec.userns.is_some() || bridged {
+    let sync = match spec.cgroup.is_some() || spec.userns.is_some() || bridged {
         true => {
             Some(pipe_with(PipeFlags::CLOEXEC).map_err(|source| RuntimeError::Pipe { source })?)
         }
