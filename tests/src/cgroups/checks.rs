@@ -40,25 +40,7 @@ pub fn limits_membership_and_devices(fl: Flavor) {
     let text = std::fs::read_to_string(format!("/proc/{}/cgroup", held.pid())).expect("cgroup");
     let status = std::fs::read_to_string(format!("/proc/{}/status", held.pid())).expect("status");
     assert_eq!(held.wait(), ExitStatus::Exited(0));
-    let inside: Vec<&str> = text.lines().filter(|l| l.ends_with(&tail)).collect();
-    assert!(
-        text.lines()
-            .any(|l| l.starts_with("0::") && l.ends_with(&tail)),
-        "not in the cgroup2 cgroup: {text}"
-    );
-    if fl == Flavor::V1 {
-        for c in V1_CONTROLLERS {
-            let line = text.lines().find(|l| {
-                l.split(':')
-                    .nth(1)
-                    .is_some_and(|cs| cs.split(',').any(|x| x == c))
-            });
-            if let Some(line) = line {
-                assert!(line.ends_with(&tail), "{c}: {line}");
-            }
-        }
-    }
-    assert_eq!(inside.len(), g.cg().paths().len(), "{text}");
+    assert_member(fl, &text, &tail, g.cg().paths().len());
     let cpus = status
         .lines()
         .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
@@ -172,11 +154,18 @@ pub fn a_container_is_in_its_cgroup_in_every_hierarchy(fl: Flavor) {
     assert_eq!(status.expect("run"), ExitStatus::Signaled(libc::SIGKILL));
     let (text, dirs) = seen.expect("the container started");
     let text = text.expect("read its /proc/PID/cgroup");
-    let inside = text.lines().filter(|l| l.ends_with(&tail)).count();
+    assert_member(fl, &text, &tail, dirs);
+    assert_gone(&name);
+}
+
+/// `text`, a `/proc/PID/cgroup`, puts the process in cgroup `tail` in
+/// `dirs` hierarchies: cgroup2's and, on v1, each controller's berth uses.
+fn assert_member(fl: Flavor, text: &str, tail: &str, dirs: usize) {
+    let inside = text.lines().filter(|l| l.ends_with(tail)).count();
     assert_eq!(inside, dirs, "one line per hierarchy of its cgroup: {text}");
     assert!(
         text.lines()
-            .any(|l| l.starts_with("0::") && l.ends_with(&tail)),
+            .any(|l| l.starts_with("0::") && l.ends_with(tail)),
         "not in the cgroup2 cgroup: {text}"
     );
     if fl == Flavor::V1 {
@@ -187,11 +176,10 @@ pub fn a_container_is_in_its_cgroup_in_every_hierarchy(fl: Flavor) {
                     .is_some_and(|cs| cs.split(',').any(|x| x == c))
             });
             if let Some(line) = line {
-                assert!(line.ends_with(&tail), "{c}: {line}");
+                assert!(line.ends_with(tail), "{c}: {line}");
             }
         }
     }
-    assert_gone(&name);
 }
 
 fn libc_eperm() -> i32 {
