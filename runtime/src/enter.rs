@@ -328,7 +328,10 @@ fn open_namespaces(sys: &dyn Sys, pid: i32) -> Result<Vec<(Namespace, OwnedFd)>,
 enum EnterStep<'a> {
     /// A step of `run`'s container setup.
     Common(Step<'a>),
-    DieWithParent,
+    /// Dies with berth, whose pid is `parent`.
+    DieWithParent {
+        parent: Pid,
+    },
     Setns {
         ns: Namespace,
         fd: BorrowedFd<'a>,
@@ -343,7 +346,7 @@ impl EnterStep<'_> {
     fn run(&self, sys: &dyn Sys) -> Result<(), Errno> {
         match self {
             EnterStep::Common(step) => step.run(sys),
-            EnterStep::DieWithParent => sys.die_with_parent(),
+            EnterStep::DieWithParent { parent } => sys.die_with_parent(*parent),
             EnterStep::Setns { ns, fd } => sys.setns(*fd, *ns),
             EnterStep::SetUser { uid, gid } => sys.set_user(*uid, *gid),
         }
@@ -352,7 +355,7 @@ impl EnterStep<'_> {
     fn error(&self, source: Errno) -> RuntimeError {
         let e = match self {
             EnterStep::Common(step) => return step.error(source),
-            EnterStep::DieWithParent => EnterError::DieWithParent { source },
+            EnterStep::DieWithParent { .. } => EnterError::DieWithParent { source },
             EnterStep::Setns { ns, .. } => EnterError::Setns { ns: *ns, source },
             EnterStep::SetUser { uid, gid } => EnterError::SetUser {
                 uid: *uid,
@@ -381,7 +384,9 @@ impl<'a> Plan<'a> {
         seccomp: Option<&'a BpfProgram>,
     ) -> Self {
         use EnterStep::Common;
-        let mut steps = vec![EnterStep::DieWithParent];
+        let mut steps = vec![EnterStep::DieWithParent {
+            parent: nix::unistd::getpid(),
+        }];
         // Before setns: the relay is still host root.
         steps.extend(cgroup.into_iter().flat_map(Entry::steps).map(Common));
         for (ns, fd) in namespaces {

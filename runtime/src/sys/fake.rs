@@ -433,7 +433,7 @@ impl Sys for FakeSys {
         let _ = self.record(Call::ForgetChildren);
     }
 
-    fn die_with_parent(&self) -> Result<(), Errno> {
+    fn die_with_parent(&self, _parent: Pid) -> Result<(), Errno> {
         self.record(Call::DieWithParent)
     }
 

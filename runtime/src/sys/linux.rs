@@ -292,8 +292,13 @@ impl Sys for LinuxSys {
         signals::untrack_all();
     }
 
-    fn die_with_parent(&self) -> Result<(), Errno> {
-        rproc::set_parent_process_death_signal(Some(rproc::Signal::KILL))
+    fn die_with_parent(&self, parent: Pid) -> Result<(), Errno> {
+        rproc::set_parent_process_death_signal(Some(rproc::Signal::KILL))?;
+        // A parent gone before the request leaves us to a reaper.
+        match rproc::getppid() {
+            Some(p) if p.as_raw_nonzero().get() == parent.as_raw() => Ok(()),
+            _ => Err(Errno::SRCH),
+        }
     }
 
     fn join_cgroup(&self, file: BorrowedFd<'_>) -> Result<(), Errno> {

@@ -176,8 +176,9 @@ pub trait Sys {
     /// signals are forwarded only to the children it spawns itself, not to
     /// those its parent had. Atomics only: fakes record it.
     fn forget_children(&self);
-    /// Asks for SIGKILL if the parent dies; signal dispositions stay.
-    fn die_with_parent(&self) -> Result<(), Errno>;
+    /// Asks for SIGKILL if the parent, `parent`, dies; signal dispositions
+    /// stay. `ESRCH` if it died already: the signal would never come.
+    fn die_with_parent(&self, parent: Pid) -> Result<(), Errno>;
     /// Moves the calling process into a cgroup: writes "0", which means the
     /// writer, to `file`, its `tasks` (v1) or `cgroup.procs` (cgroup2).
     fn join_cgroup(&self, file: BorrowedFd<'_>) -> Result<(), Errno>;
