@@ -4,13 +4,14 @@
 //! `/proc/PID` directory, so they all belong to that one process, and forks
 //! a relay. The relay enters the container's cgroup first, through files
 //! the parent opened ([`crate::cgroup::Entry`]), then joins the user, mount,
-//! uts, ipc, net, pid and cgroup namespaces it does not already share. setns(pid) only places children, so the relay forks the
-//! command's process, a member of the container's pid namespace. That
-//! process confines itself as the init was (capabilities, optional uid/gid,
-//! a new session or the pty, no_new_privs, seccomp last) and execs. The
-//! relay waits for it and passes its exit status back on a pipe; it stays
-//! in the container's cgroup (one task against its pids limit), so stopping
-//! the container kills it, and the command with it (SIGKILL).
+//! uts, ipc, net, pid and cgroup namespaces it does not already share.
+//! setns(pid) only places children, so the relay forks the command's
+//! process, a member of the container's pid namespace. That process
+//! confines itself as the init was (capabilities, optional uid/gid, a new
+//! session or the pty, no_new_privs, seccomp last) and execs. The relay
+//! waits for it and passes its exit status back on a pipe; it stays in the
+//! container's cgroup (one task against its pids limit), so stopping the
+//! container kills it, and the command with it (SIGKILL).
 //!
 //! A failed step is reported over a CLOEXEC pipe, as in [`crate::run`]: step
 //! index and errno. The relay closes its copy once the command's process
@@ -207,17 +208,8 @@ pub fn enter(spec: &EnterSpec, sys: &dyn Sys) -> Result<ExitStatus> {
     } else {
         (None, None)
     };
-    let cgroup = match spec.cgroup.is_empty() {
-        true => None,
-        false => Some(Entry::open(&spec.cgroup)?),
-    };
-    let plan = Plan::new(
-        spec,
-        cgroup.as_ref(),
-        &namespaces,
-        pty.as_ref(),
-        seccomp.as_ref(),
-    );
+    let cgroup = Entry::open(&spec.cgroup)?;
+    let plan = Plan::new(spec, &cgroup, &namespaces, pty.as_ref(), seccomp.as_ref());
     let pipe = || pipe_with(PipeFlags::CLOEXEC).map_err(|source| RuntimeError::Pipe { source });
     let (rd, wr) = pipe()?;
     let (status_rd, status_wr) = pipe()?;
@@ -241,11 +233,9 @@ pub fn enter(spec: &EnterSpec, sys: &dyn Sys) -> Result<ExitStatus> {
                 born_in_cgroup,
             )
         };
-        match &cgroup {
-            Some(entry) => entry.spawn(sys, CloneFlags::empty(), &mut child),
-            None => sys.spawn(CloneFlags::empty(), &mut || child(false)),
-        }
-        .map_err(|source| EnterError::Relay { source })?
+        cgroup
+            .spawn(sys, CloneFlags::empty(), &mut child)
+            .map_err(|source| EnterError::Relay { source })?
     };
     // Ours must go: the report pipe's EOF is then the command's exec (or
     // the relay's failure), the status pipe's the relay's exit.
@@ -378,7 +368,7 @@ struct Plan<'a> {
 impl<'a> Plan<'a> {
     fn new(
         spec: &'a EnterSpec,
-        cgroup: Option<&'a Entry>,
+        cgroup: &'a Entry,
         namespaces: &'a [(Namespace, OwnedFd)],
         pty: Option<&'a PtyChild>,
         seccomp: Option<&'a BpfProgram>,
@@ -388,7 +378,7 @@ impl<'a> Plan<'a> {
             parent: nix::unistd::getpid(),
         }];
         // Before setns: the relay is still host root.
-        steps.extend(cgroup.into_iter().flat_map(Entry::steps).map(Common));
+        steps.extend(cgroup.steps().map(Common));
         for (ns, fd) in namespaces {
             steps.push(EnterStep::Setns {
                 ns: *ns,

@@ -63,10 +63,9 @@ const MASKED_PATHS: [&str; 11] = [
 ];
 
 /// What the child's steps borrow besides the spec.
-#[derive(Default)]
 pub(crate) struct ChildContext<'a> {
     /// The container's cgroup, which the child joins first.
-    pub cgroup: Option<&'a Entry>,
+    pub cgroup: &'a Entry,
     /// With [`RunSpec::tty`]: the pty steps come last and `spec.stdio` is
     /// not redirected (the pty replaces it).
     pub pty: Option<&'a PtyChild>,
@@ -81,7 +80,7 @@ pub(crate) struct ChildContext<'a> {
 pub(crate) fn setup_steps<'a>(spec: &'a RunSpec, ctx: &ChildContext<'a>) -> Vec<Step<'a>> {
     let root = spec.rootfs.as_path();
     let pty = ctx.pty;
-    let mut steps: Vec<Step<'a>> = ctx.cgroup.into_iter().flat_map(Entry::steps).collect();
+    let mut steps: Vec<Step<'a>> = ctx.cgroup.steps().collect();
     steps.push(Step::ResetSignals);
     let stdio = [&spec.stdio.stdin, &spec.stdio.stdout, &spec.stdio.stderr];
     let redirected = if pty.is_some() { 0 } else { stdio.len() };

@@ -47,6 +47,7 @@ pub(crate) struct Entry {
 impl Entry {
     /// Opens `dirs` (one per hierarchy, as [`super::Cgroup::paths`] gives
     /// them); a directory with a `tasks` file is v1's, any other cgroup2's.
+    /// No directories: an entry that joins nothing.
     pub(crate) fn open(dirs: &[PathBuf]) -> Result<Entry, CgroupError> {
         let mut entry = Entry::default();
         for dir in dirs {
@@ -66,7 +67,8 @@ impl Entry {
     }
 
     /// Clones `child` into the cgroup2 directory if there is one and the
-    /// kernel can; `child` is told whether it was, to skip that join.
+    /// kernel can, else plainly; `child` is told whether it was, to skip
+    /// that join.
     pub(crate) fn spawn(
         &self,
         sys: &dyn Sys,

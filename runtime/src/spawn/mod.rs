@@ -64,7 +64,13 @@ pub fn run_observed(
         Some(cfg) => Some(Cgroup::create(cfg)?),
         None => None,
     });
-    let entry = cgroup.0.as_ref().map(Cgroup::entry).transpose()?;
+    // Without a cgroup, an entry that joins nothing.
+    let entry = cgroup
+        .0
+        .as_ref()
+        .map(Cgroup::entry)
+        .transpose()?
+        .unwrap_or_default();
     // With a tty, the child sends its pty master back over a socketpair.
     let (parent_sock, pty) = if spec.tty {
         let (parent, child) = sys.socketpair().map_err(|source| RuntimeError::Pty {
@@ -95,7 +101,7 @@ pub fn run_observed(
         _ => None,
     };
     let ctx = ChildContext {
-        cgroup: entry.as_ref(),
+        cgroup: &entry,
         pty: pty.as_ref(),
         sync: sync.as_ref().map(|(rd, _)| rd.as_fd()),
         tree_sock: tree.as_ref().map(|(_, child)| child.as_fd()),
@@ -110,11 +116,9 @@ pub fn run_observed(
     let _held = HeldSignals(sys);
     let pid = {
         let mut child = |born_in_cgroup| child_main(&steps, &exec_plan, sys, &wr, born_in_cgroup);
-        match &entry {
-            Some(entry) => entry.spawn(sys, clone_flags(spec), &mut child),
-            None => sys.spawn(clone_flags(spec), &mut || child(false)),
-        }
-        .map_err(|source| RuntimeError::Clone { source })?
+        entry
+            .spawn(sys, clone_flags(spec), &mut child)
+            .map_err(|source| RuntimeError::Clone { source })?
     };
     // Ours must go so that the child's exec (or exit) is the pipe's EOF, and
     // its exit before sending a pty master the socket's.
