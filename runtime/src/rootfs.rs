@@ -69,8 +69,8 @@ pub(crate) struct ChildContext<'a> {
     /// With [`RunSpec::tty`]: the pty steps come last and `spec.stdio` is
     /// not redirected (the pty replaces it).
     pub pty: Option<&'a PtyChild>,
-    /// The read end of the pipe the parent releases the child with.
-    pub sync: Option<BorrowedFd<'a>>,
+    /// The pipe the parent releases the child with: read end, write end.
+    pub sync: (BorrowedFd<'a>, BorrowedFd<'a>),
     /// Where the idmapped rootfs arrives (user namespace with idmapping).
     pub tree_sock: Option<BorrowedFd<'a>>,
     pub seccomp: Option<&'a BpfProgram>,
@@ -92,9 +92,10 @@ pub(crate) fn setup_steps<'a>(spec: &'a RunSpec, ctx: &ChildContext<'a>) -> Vec<
             });
         }
     }
-    if let Some(fd) = ctx.sync {
-        steps.push(Step::AwaitParent { fd });
-    }
+    steps.push(Step::AwaitParent {
+        fd: ctx.sync.0,
+        parent_end: ctx.sync.1,
+    });
     if spec.userns.is_some() {
         steps.push(Step::BecomeRoot);
     }

@@ -46,9 +46,11 @@ pub(crate) enum Step<'a> {
     ResetSignals,
     /// Waits for the parent's word, given once it has written the child's id
     /// maps and attached its network; the pipe's EOF (the parent failed or
-    /// died) ends the child.
+    /// died) ends the child. `parent_end`, the child's inherited copy of the
+    /// write end, is closed first: while it is open, there is no EOF.
     AwaitParent {
         fd: BorrowedFd<'a>,
+        parent_end: BorrowedFd<'a>,
     },
     /// uid/gid 0 of the new user namespace, no supplementary groups.
     BecomeRoot,
@@ -135,7 +137,7 @@ impl Step<'_> {
         match self {
             Step::JoinCgroup { file, .. } => sys.join_cgroup(*file),
             Step::ResetSignals => sys.reset_signals(),
-            Step::AwaitParent { fd } => sys.await_parent(*fd),
+            Step::AwaitParent { fd, parent_end } => sys.await_parent(*fd, *parent_end),
             Step::BecomeRoot => sys.become_root(),
             Step::UnshareCgroup => sys.unshare(CloneFlags::CLONE_NEWCGROUP),
             Step::Setsid => sys.setsid(),

@@ -250,9 +250,9 @@ impl Berth {
                 self.store().root(),
                 &name,
             ));
-            // The container died with its berth; its cgroup is empty now.
+            // The container died with its berth; anything left is killed.
             let parent = c.run.cgroup_parent.as_deref();
-            if let Err(e) = berth_runtime::cgroup::remove_stale(parent, &name) {
+            if let Err(e) = berth_runtime::cgroup::kill_and_remove_stale(parent, &name) {
                 warn!(name, error = %e, "could not remove the container's cgroup");
             }
             if state.ipv4.is_some() {

@@ -182,7 +182,7 @@ pub enum CgroupError {
 
 /// A container's cgroup: one directory per hierarchy, created by
 /// [`Cgroup::create`]. Dropping it leaves the directories; remove them with
-/// [`Cgroup::kill_and_remove`] (or [`remove_stale`] after a crash).
+/// [`Cgroup::kill_and_remove`] (or [`kill_and_remove_stale`] after a crash).
 #[derive(Debug)]
 pub struct Cgroup {
     places: Vec<Place>,
@@ -304,16 +304,26 @@ impl Cgroup {
             }
         };
         note(self.kill_all());
+        note(self.remove());
+        first.map_or(Ok(()), Err)
+    }
+
+    /// Removes the directories, deepest hierarchy last; the first failure.
+    fn remove(&self) -> Result<(), CgroupError> {
+        let mut first = None;
         let deadline = Instant::now() + REMOVE_WITHIN;
         for p in self.places.iter().rev() {
-            note(ops::remove_dir(&p.dir, deadline));
+            if let Err(e) = ops::remove_dir(&p.dir, deadline) {
+                warn!(error = %e, "remove cgroup");
+                first.get_or_insert(e);
+            }
             ops::remove_parent_if_empty(p);
         }
         first.map_or(Ok(()), Err)
     }
 
     fn kill_all(&self) -> Result<(), CgroupError> {
-        // A directory already gone (removed by remove_stale) holds nobody.
+        // A directory already gone (removed by crash cleanup) holds nobody.
         let live: Vec<&Place> = self.places.iter().filter(|p| p.dir.is_dir()).collect();
         let v2 = live.iter().find(|p| p.version == Version::V2);
         let freezer = live
@@ -363,35 +373,44 @@ fn freezer_of(dirs: &[PathBuf]) -> Option<&PathBuf> {
         .or_else(|| dirs.iter().find(|d| d.join("cgroup.freeze").exists()))
 }
 
-/// Crash cleanup: removes `PARENT/NAME` in every hierarchy if no process is
-/// in it. `Ok(true)` if there was something to remove, `Ok(false)` if not.
-pub fn remove_stale(parent: Option<&Path>, name: &str) -> Result<bool, CgroupError> {
-    remove_stale_in(&Layout::host()?, parent, name)
+/// Crash cleanup, for a container whose berth is gone: removes `PARENT/NAME`
+/// in every hierarchy, first killing whatever is still in it. Only that
+/// container's processes join it, and one that outlived its berth (say, one
+/// caught between its clone and asking to die with its parent) would
+/// otherwise keep its cgroup, and run, for good. `Ok(true)` if there was
+/// something to remove, `Ok(false)` if not.
+pub fn kill_and_remove_stale(parent: Option<&Path>, name: &str) -> Result<bool, CgroupError> {
+    kill_and_remove_stale_in(&Layout::host()?, parent, name)
 }
 
-fn remove_stale_in(
+fn kill_and_remove_stale_in(
     layout: &Layout,
     parent: Option<&Path>,
     name: &str,
 ) -> Result<bool, CgroupError> {
     check_name(name)?;
-    let places = plan::places(layout, parent, name)?;
-    let existing: Vec<&Place> = places.iter().filter(|p| p.dir.is_dir()).collect();
-    for p in &existing {
-        ops::check_unused(&p.dir)?;
+    let mut places = plan::places(layout, parent, name)?;
+    places.retain(|p| p.dir.is_dir());
+    if places.is_empty() {
+        return Ok(false);
     }
-    let deadline = Instant::now() + REMOVE_WITHIN;
-    let mut result = Ok(!existing.is_empty());
-    for p in existing.iter().rev() {
-        if let Err(e) = ops::remove_dir(&p.dir, deadline) {
-            warn!(error = %e, "remove stale cgroup");
-            if result.is_ok() {
-                result = Err(e);
-            }
-        }
-        ops::remove_parent_if_empty(p);
+    let stale = Cgroup { places };
+    let left: usize = stale
+        .places
+        .iter()
+        .map(|p| ops::members(&p.dir).map_or(0, |m| m.len()))
+        .sum();
+    if left > 0 {
+        warn!(
+            name,
+            processes = left,
+            "killing what is left in the cgroup of a container whose berth is gone"
+        );
+        stale.kill_and_remove()?;
+    } else {
+        stale.remove()?;
     }
-    result
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -420,25 +439,27 @@ mod tests {
         (tmp, l)
     }
 
+    /// Killing what is left is checked on the real kernel (the cgroup
+    /// checks): a fake tree's pids would be real processes.
     #[test]
-    fn remove_stale_removes_empty_leftovers_and_refuses_busy_ones() {
+    fn crash_cleanup_removes_empty_leftovers_in_every_hierarchy() {
         let (tmp, l) = fake_hybrid();
-        assert!(!remove_stale_in(&l, None, "c1").unwrap(), "nothing there");
+        assert!(
+            !kill_and_remove_stale_in(&l, None, "c1").unwrap(),
+            "nothing there"
+        );
         let pids = tmp.path().join("sys/fs/cgroup/pids/berth/c1");
         let mem = tmp
             .path()
             .join("sys/fs/cgroup/memory/process_api/5863/berth/c1");
         std::fs::create_dir_all(&pids).unwrap();
         std::fs::create_dir_all(&mem).unwrap();
-        std::fs::write(pids.join("cgroup.procs"), "42\n").unwrap();
-        let e = remove_stale_in(&l, None, "c1").unwrap_err();
-        assert!(matches!(e, CgroupError::InUse { count: 1, .. }), "{e}");
-        assert!(mem.is_dir(), "nothing is removed while one is busy");
-        std::fs::write(pids.join("cgroup.procs"), "").unwrap();
-        // A fake tree's cgroup.procs is a real file: remove it as the kernel would.
-        std::fs::remove_file(pids.join("cgroup.procs")).unwrap();
-        assert!(remove_stale_in(&l, None, "c1").unwrap());
+        assert!(kill_and_remove_stale_in(&l, None, "c1").unwrap());
         assert!(!pids.exists() && !mem.exists());
+        assert!(
+            !kill_and_remove_stale_in(&l, None, "c1").unwrap(),
+            "gone already"
+        );
     }
 
     #[test]

@@ -484,27 +484,6 @@ fn without_clone3_run_and_enter_join_every_hierarchy_by_writes() {
 }
 
 #[test]
-fn die_with_parent_refuses_a_parent_that_is_gone() {
-    let me = nix::unistd::getpid();
-    let ask = |parent: Pid| {
-        let mut child = || match LinuxSys.die_with_parent(parent) {
-            Ok(()) => 0,
-            Err(Errno::SRCH) => 3,
-            Err(_) => 4,
-        };
-        let pid = LinuxSys
-            .spawn(CloneFlags::empty(), &mut child)
-            .expect("fork");
-        LinuxSys.wait(pid).expect("wait")
-    };
-    assert_eq!(ask(me), ExitStatus::Exited(0), "its own parent");
-    // Another pid as "the parent": what a child whose parent died (and
-    // which a reaper adopted) sees.
-    let other = Pid::from_raw(me.as_raw() + 1);
-    assert_eq!(ask(other), ExitStatus::Exited(3), "a parent that is gone");
-}
-
-#[test]
 fn enter_fails_cleanly_without_a_container() {
     // No such process (pid_max is at most 2^22).
     let spec = EnterSpec::new(i32::MAX, argv(&["true"]));

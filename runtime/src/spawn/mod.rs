@@ -81,16 +81,11 @@ pub fn run_observed(
     } else {
         (None, None)
     };
-    // The child joins its cgroup itself, then waits for its id maps and
-    // network, and for our word: if we die before it asked to die with us,
-    // the pipe's EOF ends it instead of a container nobody watches.
-    let bridged = matches!(spec.net, NetMode::Bridge(_));
-    let sync = match spec.cgroup.is_some() || spec.userns.is_some() || bridged {
-        true => {
-            Some(pipe_with(PipeFlags::CLOEXEC).map_err(|source| RuntimeError::Pipe { source })?)
-        }
-        false => None,
-    };
+    // The child joins its cgroup itself, asks to die with us, then waits
+    // for its id maps and network and for our word: if we die before it
+    // asked, the pipe's EOF ends it instead of a container nobody watches.
+    let (sync_rd, go) =
+        pipe_with(PipeFlags::CLOEXEC).map_err(|source| RuntimeError::Pipe { source })?;
     let tree = match &spec.userns {
         Some(ns) if ns.idmap_rootfs => {
             Some(sys.socketpair().map_err(|source| RuntimeError::UserNs {
@@ -103,7 +98,7 @@ pub fn run_observed(
     let ctx = ChildContext {
         cgroup: &entry,
         pty: pty.as_ref(),
-        sync: sync.as_ref().map(|(rd, _)| rd.as_fd()),
+        sync: (sync_rd.as_fd(), go.as_fd()),
         tree_sock: tree.as_ref().map(|(_, child)| child.as_fd()),
         seccomp: seccomp.as_ref(),
     };
@@ -136,11 +131,9 @@ pub fn run_observed(
         },
     };
     let prepared = prepare_child(sys, spec, pid, tree.as_ref().map(|(p, _)| p));
-    let released = prepared.and_then(|()| match &sync {
-        Some((_, go)) => sys
-            .release_child(go.as_fd())
-            .map_err(|source| RuntimeError::Sync { source }),
-        None => Ok(()),
+    let released = prepared.and_then(|()| {
+        sys.release_child(go.as_fd())
+            .map_err(|source| RuntimeError::Sync { source })
     });
     if let Err(e) = released {
         sys.kill(pid);

@@ -93,6 +93,7 @@ fn exact_call_sequence() {
         "HoldSignals",
         "Spawn { flags: CloneFlags(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID | CLONE_NEWNET) }",
         "ResetSignals",
+        "AwaitParent",
         "Setsid",
         "mount - - / -",
         "mount - /r /r -",
@@ -134,6 +135,7 @@ fn exact_call_sequence() {
             "NoNewPrivs",
             "seccomp",
             "exec /bin/sh",
+            "ReleaseChild",
             "Wait { pid: Pid(4242) }",
             "ReleaseSignals",
         ]
@@ -220,7 +222,7 @@ fn propagation_and_pivot_flags() {
     run(&spec(), &fake).unwrap();
     let calls = fake.calls();
     assert!(
-        matches!(&calls[4], Call::Mount { flags, .. } if *flags == nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE)
+        matches!(&calls[5], Call::Mount { flags, .. } if *flags == nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE)
     );
     assert!(calls.contains(&Call::Umount {
         target: ".".into(),
@@ -329,6 +331,7 @@ fn expected_variant(c: &Call) -> &'static str {
     match c {
         Call::ResetSignals | Call::HoldSignals => "Signals",
         Call::Spawn { .. } => "Clone",
+        Call::AwaitParent | Call::ReleaseChild => "Sync",
         Call::Wait { .. } => "Wait",
         Call::Mount { .. } => "Mount",
         Call::EnsureDir { .. } => "MakeDir",
@@ -418,8 +421,8 @@ fn failing_call_n_returns_its_steps_error() {
 
 #[test]
 fn failures_name_step_and_path() {
-    // Call 7 is the proc mount (see exact_call_sequence).
-    let fake = FakeSys::new().fail_nth(7, Errno::PERM);
+    // Call 8 is the proc mount (see exact_call_sequence).
+    let fake = FakeSys::new().fail_nth(8, Errno::PERM);
     match run(&spec(), &fake) {
         Err(RuntimeError::Mount {
             what: "proc",
@@ -521,8 +524,7 @@ fn tty_call_sequence_without_a_host_terminal() {
     let dropcaps = got.iter().position(|c| c.starts_with("DropCaps")).unwrap();
     assert_eq!(&got[..2], ["Socketpair", "HoldSignals"]);
     // The spec's stdio is the relay's, not the container's.
-    assert_eq!(got[3], "ResetSignals");
-    assert_eq!(got[4], "mount - - / -");
+    assert_eq!(got[3..6], ["ResetSignals", "AwaitParent", "mount - - / -"]);
     assert_eq!(
         got[dropcaps + 1..],
         [
@@ -539,6 +541,7 @@ fn tty_call_sequence_without_a_host_terminal() {
             "NoNewPrivs",
             "seccomp",
             "exec /bin/sh",
+            "ReleaseChild",
             "RecvFd",
             "SetNonblocking",
             "IsTerminal",

@@ -417,7 +417,7 @@ impl Sys for FakeSys {
         Ok(Some(a))
     }
 
-    fn await_parent(&self, _fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    fn await_parent(&self, _fd: BorrowedFd<'_>, _parent_end: BorrowedFd<'_>) -> Result<(), Errno> {
         self.record(Call::AwaitParent)
     }
 

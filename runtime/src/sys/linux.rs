@@ -253,7 +253,13 @@ impl Sys for LinuxSys {
         rproc::set_parent_process_death_signal(Some(rproc::Signal::KILL))
     }
 
-    fn await_parent(&self, fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    fn await_parent(&self, fd: BorrowedFd<'_>, parent_end: BorrowedFd<'_>) -> Result<(), Errno> {
+        // SAFETY: this runs in the child, a copy of the parent: the descriptor
+        // is this copy's, and the `OwnedFd` it was borrowed from is never
+        // dropped here (the child execs or `_exit`s), so nothing closes it twice.
+        if unsafe { libc::close(parent_end.as_raw_fd()) } != 0 {
+            return Err(last_errno());
+        }
         let mut byte = [0u8; 1];
         loop {
             match rustix::io::read(fd, &mut byte) {

@@ -162,9 +162,11 @@ pub trait Sys {
     /// Restores default signal dispositions and an empty mask, and asks for
     /// SIGKILL if the parent dies.
     fn reset_signals(&self) -> Result<(), Errno>;
-    /// Blocks until the parent's [`Sys::release_child`]; `ECANCELED` if the
-    /// parent closed the pipe instead (it failed to set the child up).
-    fn await_parent(&self, fd: BorrowedFd<'_>) -> Result<(), Errno>;
+    /// Closes `parent_end`, this copy's inherited write end of the pipe,
+    /// then blocks until the parent's [`Sys::release_child`] on it;
+    /// `ECANCELED` if the parent closed its end instead (it failed to set
+    /// the child up, or died).
+    fn await_parent(&self, fd: BorrowedFd<'_>, parent_end: BorrowedFd<'_>) -> Result<(), Errno>;
     /// In a new user namespace: drops supplementary groups and becomes its
     /// uid and gid 0.
     fn become_root(&self) -> Result<(), Errno>;
@@ -294,6 +296,8 @@ impl Drop for HeldSignals<'_> {
     }
 }
 
+#[cfg(test)]
+mod kernel_tests;
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use berth_bdev::process::Process;
-use berth_runtime::cgroup::{remove_stale, Cgroup, CgroupError, Limits};
+use berth_runtime::cgroup::{kill_and_remove_stale, Cgroup, CgroupError, Limits};
 use berth_runtime::{run_observed, ExitStatus, LinuxSys, RunSpec};
 
 use super::*;
@@ -262,35 +262,47 @@ pub fn kill_and_remove_kills_every_member(_fl: Flavor) {
     );
 }
 
-/// A leftover with a process in it is refused (create and remove_stale); an
-/// empty one is replaced by create and removed by remove_stale.
+/// A leftover with a process in it: create refuses it, crash cleanup kills
+/// the process and removes it. An empty one: create replaces it, crash
+/// cleanup removes it.
 pub fn leftovers_are_reclaimed_or_refused(_fl: Flavor) {
     let cfg = config("stale", Limits::default(), false);
     let parent = cfg.parent.clone();
-    let first = Guard::create(&cfg);
+    let busy = Guard::create(&cfg);
     let held = hold(&mut || 0);
-    if let Err(e) = first.cg().add_process(held.pid()) {
+    if let Err(e) = busy.cg().add_process(held.pid()) {
         panic!("add: {}", chain(&e));
     }
-    let e = remove_stale(parent.as_deref(), &cfg.name).expect_err("stale with a process");
-    assert!(is_in_use(&e), "{}", chain(&e));
-    assert!(e.to_string().contains("in use"), "{e}");
     let e = Cgroup::create(&cfg).expect_err("create over a busy leftover");
     assert!(is_in_use(&e), "{}", chain(&e));
-    for p in first.cg().paths() {
-        assert!(p.is_dir(), "{p:?} survived the refusals");
+    assert!(e.to_string().contains("in use"), "{e}");
+    for p in busy.cg().paths() {
+        assert!(p.is_dir(), "{p:?} survived the refusal");
     }
-    assert_eq!(held.wait(), ExitStatus::Exited(0));
-    // Now empty: create replaces it, as after a crash.
+    // What outlived its berth is killed with its cgroup.
+    match kill_and_remove_stale(parent.as_deref(), &cfg.name) {
+        Ok(true) => {}
+        other => panic!("crash cleanup of a busy leftover: {other:?}"),
+    }
+    assert_eq!(held.wait(), ExitStatus::Signaled(9));
+    assert_gone(&cfg.name);
+    busy.finish();
+    // An empty leftover: create replaces it, as after a crash.
+    let first = Guard::create(&cfg);
     let second = match Cgroup::create(&cfg) {
         Ok(cg) => Guard::create_from(cg, &cfg.name),
         Err(e) => panic!("create over an empty leftover: {}", chain(&e)),
     };
     assert_eq!(second.cg().paths(), first.cg().paths());
-    // Crash cleanup removes it while no process is in it, then finds nothing.
-    assert_eq!(remove_stale(parent.as_deref(), &cfg.name).ok(), Some(true));
+    assert_eq!(
+        kill_and_remove_stale(parent.as_deref(), &cfg.name).ok(),
+        Some(true)
+    );
     assert_gone(&cfg.name);
-    assert_eq!(remove_stale(parent.as_deref(), &cfg.name).ok(), Some(false));
+    assert_eq!(
+        kill_and_remove_stale(parent.as_deref(), &cfg.name).ok(),
+        Some(false)
+    );
     // Removing what is already gone is not an error.
     second.finish();
     first.finish();
