@@ -296,16 +296,13 @@ impl Cgroup {
     /// Kills every process in the cgroup and removes its directories, trying
     /// every step in every hierarchy; returns the first failure.
     pub fn kill_and_remove(self) -> Result<(), CgroupError> {
-        let mut first = None;
-        let mut note = |r: Result<(), CgroupError>| {
-            if let Err(e) = r {
-                warn!(error = %e, "cgroup kill and remove");
-                first.get_or_insert(e);
-            }
-        };
-        note(self.kill_all());
-        note(self.remove());
-        first.map_or(Ok(()), Err)
+        let killed = self.kill_all();
+        if let Err(e) = &killed {
+            warn!(error = %e, "kill the cgroup's processes");
+        }
+        // `remove` warns of its own failures.
+        let removed = self.remove();
+        killed.and(removed)
     }
 
     /// Removes the directories, deepest hierarchy last; the first failure.

@@ -208,22 +208,10 @@ pub struct Held {
 /// released.
 pub fn hold(child: &mut dyn FnMut() -> i32) -> Held {
     let (rd, wr) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).expect("pipe");
-    let mut wr = Some(wr);
     let pid = {
-        let wr_copy = &mut wr;
-        let rd = &rd;
-        let mut body = || {
-            // The child's copy of the write end must go, or EOF never comes.
-            drop(wr_copy.take());
-            let mut b = [0u8; 1];
-            loop {
-                match rustix::io::read(rd, &mut b) {
-                    Ok(1) => break,
-                    Err(Errno::INTR) => continue,
-                    _ => return 125,
-                }
-            }
-            child()
+        let mut body = || match LinuxSys.await_parent(rd.as_fd(), wr.as_fd()) {
+            Ok(()) => child(),
+            Err(_) => 125,
         };
         LinuxSys
             .spawn(CloneFlags::empty(), &mut body)
@@ -231,7 +219,7 @@ pub fn hold(child: &mut dyn FnMut() -> i32) -> Held {
     };
     Held {
         pid,
-        go: wr,
+        go: Some(wr),
         reaped: false,
     }
 }
@@ -244,7 +232,7 @@ impl Held {
     /// Lets the child run (a child killed meanwhile needs no word).
     pub fn go(&mut self) {
         if let Some(w) = self.go.take() {
-            match rustix::io::write(&w, b"g") {
+            match LinuxSys.release_child(w.as_fd()) {
                 Ok(_) | Err(Errno::PIPE) => {}
                 Err(e) => panic!("release the child: {e}"),
             }
