@@ -53,6 +53,11 @@ fn leftovers_are_reclaimed_or_refused() {
 }
 
 #[test]
+fn creates_racing_the_parent_removal_succeed() {
+    run(checks::creates_racing_the_parent_removal_succeed);
+}
+
+#[test]
 fn io_weight_is_set_or_refused_cleanly() {
     run(checks::io_weight_is_set_or_refused_cleanly);
 }

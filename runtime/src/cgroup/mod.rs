@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
-use tracing::warn;
+use tracing::{debug, warn};
 
 mod devices;
 mod join;
@@ -39,6 +39,10 @@ pub(crate) use join::Entry;
 use layout::{Layout, Version};
 pub use parse::{parse_cpus, parse_size};
 use plan::Place;
+
+/// How often create makes the parent chain again after another berth
+/// removed the parent under it.
+const PARENT_RACE_TRIES: u32 = 20;
 
 /// How long removal waits for dying tasks to leave a cgroup.
 const REMOVE_WITHIN: Duration = Duration::from_secs(2);
@@ -180,6 +184,21 @@ pub enum CgroupError {
     AttachDeviceProgram { path: PathBuf, source: Errno },
 }
 
+impl CgroupError {
+    /// The file or directory worked on was removed meanwhile: ENOENT, or
+    /// ENODEV from an open file of a cgroup being removed.
+    fn is_vanished(&self) -> bool {
+        let source = match self {
+            CgroupError::Read { source, .. }
+            | CgroupError::Write { source, .. }
+            | CgroupError::MakeDir { source, .. }
+            | CgroupError::EnableControllers { source, .. } => source,
+            _ => return false,
+        };
+        matches!(source.raw_os_error(), Some(libc::ENOENT | libc::ENODEV))
+    }
+}
+
 /// A container's cgroup: one directory per hierarchy, created by
 /// [`Cgroup::create`]. Dropping it leaves the directories; remove them with
 /// [`Cgroup::kill_and_remove`] (or [`kill_and_remove_stale`] after a crash).
@@ -231,15 +250,18 @@ impl Cgroup {
         let mut build = || -> Result<(), CgroupError> {
             for p in &places {
                 // A berth that removes its empty parent at that moment takes
-                // the parent from under us: make it again.
+                // the parent from under us (and another may make it again
+                // before we look): make the chain again. Once our directory
+                // is in it, the parent stays.
                 let mut tries = 0;
                 loop {
                     let made_it =
                         ops::ensure_chain(p, &needed).and_then(|()| ops::make_fresh(&p.dir));
                     match made_it {
-                        // The parent went while we filled it or made our
-                        // directory in it: start the chain again.
-                        Err(_) if !p.parent.is_dir() && tries < 5 => tries += 1,
+                        Err(e) if tries < PARENT_RACE_TRIES && e.is_vanished() => {
+                            debug!(dir = ?p.parent, error = %e, "parent cgroup removed meanwhile; again");
+                            tries += 1;
+                        }
                         other => break other?,
                     }
                 }

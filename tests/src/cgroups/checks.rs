@@ -308,6 +308,48 @@ pub fn leftovers_are_reclaimed_or_refused(_fl: Flavor) {
     first.finish();
 }
 
+/// Containers starting and stopping at once share berth's parent cgroup,
+/// which the last one out removes: a create racing that removal makes the
+/// parent again instead of failing (ENOENT, or ENODEV from a file of the
+/// parent being removed).
+pub fn creates_racing_the_parent_removal_succeed(_fl: Flavor) {
+    const THREADS: usize = 3;
+    const ROUNDS: usize = 60;
+    let failures: Vec<String> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..THREADS)
+            .map(|t| {
+                s.spawn(move || {
+                    let mut failed = Vec::new();
+                    for i in 0..ROUNDS {
+                        let cfg = config(&format!("race{t}-{i}"), Limits::default(), false);
+                        match Cgroup::create(&cfg) {
+                            Ok(cg) => {
+                                if let Err(e) = cg.kill_and_remove() {
+                                    failed.push(format!("remove {}: {}", cfg.name, chain(&e)));
+                                }
+                            }
+                            Err(e) => failed.push(format!("create {}: {}", cfg.name, chain(&e))),
+                        }
+                        assert_gone(&cfg.name);
+                    }
+                    failed
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("worker"))
+            .collect()
+    });
+    assert!(
+        failures.is_empty(),
+        "{} of {} failed:\n{}",
+        failures.len(),
+        THREADS * ROUNDS,
+        failures.join("\n")
+    );
+}
+
 /// io_weight is written where the kernel has a weight file, or refused
 /// clearly with nothing left behind.
 pub fn io_weight_is_set_or_refused_cleanly(fl: Flavor) {
@@ -380,6 +422,10 @@ pub fn all() -> Vec<(&'static str, Check)> {
         (
             "leftovers_are_reclaimed_or_refused",
             leftovers_are_reclaimed_or_refused,
+        ),
+        (
+            "creates_racing_the_parent_removal_succeed",
+            creates_racing_the_parent_removal_succeed,
         ),
         (
             "io_weight_is_set_or_refused_cleanly",
