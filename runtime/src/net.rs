@@ -5,6 +5,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
 
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
@@ -233,16 +234,43 @@ pub fn overlaps(a: (Ipv4Addr, u8), b: (Ipv4Addr, u8)) -> bool {
     u32::from(a.0) & m == u32::from(b.0) & m
 }
 
+/// How long a berth that finds a bridge down waits for the berth making it
+/// to bring it up before it brings it up itself.
+const BRIDGE_SETTLES_WITHIN: Duration = Duration::from_secs(1);
+
 /// Makes bridge `name` with `gateway/prefix` and brings it up, unless it
-/// exists. Returns whether it made it.
+/// exists. Returns whether it made it. Several berths may make it at once:
+/// one does (the others' requests fail with EEXIST) and the others wait until
+/// it is up, or make it themselves if the maker failed and removed it.
 pub fn ensure_bridge(name: &str, gateway: Ipv4Addr, prefix: u8) -> Result<bool, Errno> {
     let mut nl = Netlink::open()?;
-    if let Some(l) = nl.link(name)? {
-        if !l.header.flags.contains(LinkFlags::Up) {
+    let settle_by = Instant::now() + BRIDGE_SETTLES_WITHIN;
+    loop {
+        if let Some(l) = nl.link(name)? {
+            if l.header.flags.contains(LinkFlags::Up) {
+                return Ok(false);
+            }
+            // Down: another berth may still be adding its address.
+            if Instant::now() < settle_by {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            }
             nl.set_up(l.header.index, None)?;
+            return Ok(false);
         }
-        return Ok(false);
+        if make_bridge(&mut nl, name, gateway, prefix)? {
+            return Ok(true);
+        }
+        // EEXIST, yet not found by name (an altname?): give up in the end.
+        if Instant::now() > settle_by + BRIDGE_SETTLES_WITHIN {
+            return Err(Errno::EXIST);
+        }
     }
+}
+
+/// Creates bridge `name`, names it berth's, gives it its address and brings
+/// it up; removes it again if a step fails. False if another made it first.
+fn make_bridge(nl: &mut Netlink, name: &str, gateway: Ipv4Addr, prefix: u8) -> Result<bool, Errno> {
     let mut m = LinkMessage::default();
     m.attributes.extend([
         LinkAttribute::IfName(name.to_owned()),
@@ -251,7 +279,10 @@ pub fn ensure_bridge(name: &str, gateway: Ipv4Addr, prefix: u8) -> Result<bool, 
         LinkAttribute::Address(mac_of(gateway).to_vec()),
         LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Bridge)]),
     ]);
-    nl.change(RouteNetlinkMessage::NewLink(m), NLM_F_CREATE | NLM_F_EXCL)?;
+    match nl.change(RouteNetlinkMessage::NewLink(m), NLM_F_CREATE | NLM_F_EXCL) {
+        Err(Errno::EXIST) => return Ok(false),
+        other => other?,
+    }
     let made = (|| {
         let index = nl.index(name)?;
         let mut alias = LinkMessage::default();

@@ -207,3 +207,94 @@ fn networks_are_defined_checked_and_refused_clearly() {
     assert!(links().is_empty(), "left: {:?}", links());
     s.ok(&["destroy", &name]);
 }
+
+/// Containers started at the same moment on a network whose bridge does not
+/// exist yet: one makes it, the others use it; each gets its own address; the
+/// last one stopped takes it along.
+#[test]
+fn containers_started_at_once_share_one_new_bridge() {
+    if !own_netns_or_skip() {
+        return;
+    }
+    let s = Store::new();
+    let names: Vec<String> = (0..3)
+        .map(|i| unique_name(&format!("net-at-once{i}")))
+        .collect();
+    for n in &names {
+        s.ok(&["create", n]);
+        s.ok(&["config", "set", n, "net=bridge"]);
+    }
+    for round in 0..4 {
+        let started: Vec<_> = names
+            .iter()
+            .map(|n| s.berth_in_thread(&["start", n, "--", "/bin/sh", "-c", IDLE]))
+            .collect();
+        for (n, t) in names.iter().zip(started) {
+            if let Err(e) = t.join().unwrap() {
+                panic!("round {round}: start {n}: {}", e.stderr);
+            }
+        }
+        let mut addrs: Vec<Ipv4Addr> = names.iter().map(|n| ipv4_of(&s, n).unwrap()).collect();
+        addrs.sort();
+        addrs.dedup();
+        assert_eq!(addrs.len(), names.len(), "round {round}: {addrs:?}");
+        assert_eq!(
+            links().len(),
+            1 + names.len(),
+            "round {round}: {:?}",
+            links()
+        );
+        let stopped: Vec<_> = names
+            .iter()
+            .map(|n| s.berth_in_thread(&["stop", n]))
+            .collect();
+        for (n, t) in names.iter().zip(stopped) {
+            if let Err(e) = t.join().unwrap() {
+                panic!("round {round}: stop {n}: {}", e.stderr);
+            }
+        }
+        assert!(links().is_empty(), "round {round}: left {:?}", links());
+    }
+    for n in &names {
+        assert_run_left_nothing(n, None);
+        s.ok(&["destroy", n]);
+    }
+}
+
+/// Several berths making the same bridge at once: one makes it, the others
+/// find it, none fails.
+#[test]
+fn a_bridge_made_by_several_at_once_is_made_once() {
+    if !own_netns_or_skip() {
+        return;
+    }
+    let gateway = Ipv4Addr::new(10, 99, 0, 1);
+    for round in 0..20 {
+        let barrier = std::sync::Barrier::new(4);
+        let made: Vec<bool> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        barrier.wait();
+                        berth_runtime::net::ensure_bridge("race0", gateway, 24)
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| match w.join().unwrap() {
+                    Ok(made) => made,
+                    Err(e) => panic!("round {round}: {}", std::io::Error::from(e)),
+                })
+                .collect()
+        });
+        assert_eq!(
+            made.iter().filter(|m| **m).count(),
+            1,
+            "round {round}: {made:?}"
+        );
+        assert_eq!(links(), ["race0"], "round {round}");
+        assert!(berth_runtime::net::remove_bridge_if_unused("race0").unwrap());
+        assert!(links().is_empty(), "round {round}: {:?}", links());
+    }
+}
