@@ -21,6 +21,7 @@ use netlink_packet_route::route::{
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use rustix::io::Errno;
+use tracing::warn;
 
 /// What marks a bridge as made by berth (its `ifalias`): only such a bridge
 /// is removed once its last container left it.
@@ -210,6 +211,13 @@ fn alias_of(l: &LinkMessage) -> Option<&str> {
     })
 }
 
+fn mac_of_link(l: &LinkMessage) -> Option<&[u8]> {
+    l.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Address(m) => Some(m.as_slice()),
+        _ => None,
+    })
+}
+
 fn controller_of(l: &LinkMessage) -> Option<u32> {
     l.attributes.iter().find_map(|a| match a {
         LinkAttribute::Controller(c) => Some(*c),
@@ -255,7 +263,16 @@ pub fn ensure_bridge(name: &str, gateway: Ipv4Addr, prefix: u8) -> Result<bool, 
                 std::thread::sleep(Duration::from_millis(5));
                 continue;
             }
-            nl.set_up(l.header.index, None)?;
+            if mac_of_link(&l) == Some(&mac_of(gateway)[..]) {
+                // Berth's own MAC, still down: its maker died half-way.
+                warn!(
+                    bridge = name,
+                    "finishing a bridge a killed berth left half-made"
+                );
+                configure_bridge(&mut nl, l.header.index, gateway, prefix)?;
+            } else {
+                nl.set_up(l.header.index, None)?;
+            }
             return Ok(false);
         }
         if make_bridge(&mut nl, name, gateway, prefix)? {
@@ -283,22 +300,35 @@ fn make_bridge(nl: &mut Netlink, name: &str, gateway: Ipv4Addr, prefix: u8) -> R
         Err(Errno::EXIST) => return Ok(false),
         other => other?,
     }
-    let made = (|| {
-        let index = nl.index(name)?;
-        let mut alias = LinkMessage::default();
-        alias.header.index = index;
-        alias
-            .attributes
-            .push(LinkAttribute::IfAlias(BRIDGE_ALIAS.to_owned()));
-        nl.change(RouteNetlinkMessage::SetLink(alias), 0)?;
-        nl.add_address(index, gateway, prefix)?;
-        nl.set_up(index, None)
-    })();
+    let made = nl
+        .index(name)
+        .and_then(|index| configure_bridge(nl, index, gateway, prefix));
     if let Err(e) = made {
         let _ = nl.index(name).and_then(|i| nl.delete(i));
         return Err(e);
     }
     Ok(true)
+}
+
+/// Marks bridge `index` as berth's, gives it its address (unless it has it)
+/// and brings it up.
+fn configure_bridge(
+    nl: &mut Netlink,
+    index: u32,
+    gateway: Ipv4Addr,
+    prefix: u8,
+) -> Result<(), Errno> {
+    let mut alias = LinkMessage::default();
+    alias.header.index = index;
+    alias
+        .attributes
+        .push(LinkAttribute::IfAlias(BRIDGE_ALIAS.to_owned()));
+    nl.change(RouteNetlinkMessage::SetLink(alias), 0)?;
+    match nl.add_address(index, gateway, prefix) {
+        Ok(()) | Err(Errno::EXIST) => {}
+        Err(e) => return Err(e),
+    }
+    nl.set_up(index, None)
 }
 
 /// Removes bridge `name` if berth made it and no port is left on it.

@@ -298,3 +298,45 @@ fn a_bridge_made_by_several_at_once_is_made_once() {
         assert!(links().is_empty(), "round {round}: {:?}", links());
     }
 }
+
+/// A bridge its maker left half-made when killed (berth's MAC, down, no
+/// address, not marked as berth's) is finished by the next berth that needs
+/// it, so it is usable and goes with its last container; somebody else's
+/// down bridge is only brought up, and never removed.
+#[test]
+fn a_half_made_bridge_is_finished_and_a_foreign_one_left_alone() {
+    if !own_netns_or_skip() {
+        return;
+    }
+    let ip = |args: &[&str]| {
+        cmd::run(&HostRunner, "ip", args)
+            .unwrap_or_else(|e| panic!("ip {args:?}: {e}"))
+            .stdout
+    };
+    let gateway = Ipv4Addr::new(10, 99, 0, 1);
+    ip(&[
+        "link",
+        "add",
+        "half0",
+        "address",
+        "02:be:0a:63:00:01",
+        "type",
+        "bridge",
+    ]);
+    assert!(!berth_runtime::net::ensure_bridge("half0", gateway, 24).unwrap());
+    let shown = ip(&["-4", "addr", "show", "half0"]);
+    assert!(
+        shown.contains("inet 10.99.0.1/24") && shown.contains("UP"),
+        "{shown}"
+    );
+    assert!(berth_runtime::net::remove_bridge_if_unused("half0").unwrap());
+
+    ip(&["link", "add", "theirs0", "type", "bridge"]);
+    assert!(!berth_runtime::net::ensure_bridge("theirs0", gateway, 24).unwrap());
+    let shown = ip(&["-4", "addr", "show", "theirs0"]);
+    assert!(!shown.contains("inet "), "{shown}");
+    assert!(ip(&["link", "show", "theirs0"]).contains(",UP"));
+    assert!(!berth_runtime::net::remove_bridge_if_unused("theirs0").unwrap());
+    ip(&["link", "del", "theirs0"]);
+    assert!(links().is_empty(), "left: {:?}", links());
+}
