@@ -11,6 +11,7 @@ use libseccomp::{
 use rustix::fs::MemfdFlags;
 use rustix::io::Errno;
 use rustix::thread::CapabilitySet;
+use sha2::{Digest, Sha256};
 use tracing::debug;
 
 use super::names::{Action, Op};
@@ -97,8 +98,10 @@ impl SeccompProfile {
 
 /// [`compile`], through a cache directory: the program for the same plan
 /// (rules, architectures and kernel-dependent choices), berth and libseccomp
-/// versions is read back instead of compiled again. A cache that cannot be
-/// read or written only costs the compile.
+/// versions is read back instead of compiled again. Each entry ends with the
+/// SHA-256 of its key and program, so a torn write or another plan's program
+/// under a colliding name is compiled again, never loaded. A cache that
+/// cannot be read or written only costs the compile.
 pub(crate) fn compile_cached(plan: &Plan, dir: &Path) -> Result<BpfProgram, SeccompError> {
     let version = ScmpVersion::current()
         .map(|v| format!("{}.{}.{}", v.major, v.minor, v.micro))
@@ -109,13 +112,24 @@ pub(crate) fn compile_cached(plan: &Plan, dir: &Path) -> Result<BpfProgram, Secc
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     });
     let path = dir.join(format!("{hash:016x}.bpf"));
+    let digest = |program: &[u8]| {
+        Sha256::new()
+            .chain_update(&key)
+            .chain_update(program)
+            .finalize()
+    };
     if let Ok(bytes) = std::fs::read(&path) {
-        if let Ok(prog) = BpfProgram::from_bytes(&bytes) {
-            return Ok(prog);
+        if let Some((program, sum)) = bytes.split_last_chunk::<DIGEST_LEN>() {
+            if digest(program)[..] == sum[..] {
+                if let Ok(prog) = BpfProgram::from_bytes(program) {
+                    return Ok(prog);
+                }
+            }
         }
+        debug!(path = %path.display(), "seccomp cache entry does not check out; compiling");
     }
     let prog = compile(plan)?;
-    let bytes: Vec<u8> = prog
+    let mut bytes: Vec<u8> = prog
         .0
         .iter()
         .flat_map(|f| {
@@ -127,6 +141,8 @@ pub(crate) fn compile_cached(plan: &Plan, dir: &Path) -> Result<BpfProgram, Secc
             b
         })
         .collect();
+    let sum = digest(&bytes);
+    bytes.extend_from_slice(&sum);
     // Written aside and renamed: a reader never sees half a program.
     let tmp = dir.join(format!(".{hash:016x}.{}", std::process::id()));
     let stored = std::fs::create_dir_all(dir)
@@ -138,6 +154,9 @@ pub(crate) fn compile_cached(plan: &Plan, dir: &Path) -> Result<BpfProgram, Secc
     }
     Ok(prog)
 }
+
+/// The length of a cache entry's SHA-256.
+const DIGEST_LEN: usize = 32;
 
 pub(crate) fn compile(plan: &Plan) -> Result<BpfProgram, SeccompError> {
     let mut ctx = ScmpFilterContext::new(scmp_action(plan.default))
@@ -239,16 +258,40 @@ mod tests {
         assert_eq!(entries.len(), 1, "one program, no temp file left");
         let entry = entries[0].path();
         assert_eq!(compile_cached(&plan, dir.path()).unwrap(), fresh);
-        // A torn or foreign file is compiled again and rewritten.
-        std::fs::write(&entry, b"junk").unwrap();
-        assert_eq!(compile_cached(&plan, dir.path()).unwrap(), fresh);
-        assert_eq!(std::fs::read(&entry).unwrap().len(), fresh.len() * 8);
+        let good = std::fs::read(&entry).unwrap();
+        assert_eq!(good.len(), fresh.len() * 8 + DIGEST_LEN);
+        // Junk, a torn entry (its last instruction lost) and one whose digest
+        // does not match are compiled again and rewritten.
+        let torn = [
+            &good[..good.len() - DIGEST_LEN - 8],
+            &good[good.len() - DIGEST_LEN..],
+        ]
+        .concat();
+        let mut flipped = good.clone();
+        flipped[0] ^= 1;
+        for bad in [b"junk".to_vec(), torn, flipped] {
+            std::fs::write(&entry, &bad).unwrap();
+            assert_eq!(compile_cached(&plan, dir.path()).unwrap(), fresh);
+            assert_eq!(std::fs::read(&entry).unwrap(), good);
+        }
         // Other capabilities are another program.
         let other = SeccompProfile::default_profile()
             .unwrap()
             .plan(CapabilitySet::all(), &Host::current().unwrap());
-        assert_ne!(compile_cached(&other, dir.path()).unwrap(), fresh);
+        let other_prog = compile_cached(&other, dir.path()).unwrap();
+        assert_ne!(other_prog, fresh);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+        // Another plan's entry under this plan's name (a colliding hash) is
+        // not loaded for it.
+        let others_entry = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| *p != entry)
+            .unwrap();
+        std::fs::copy(&others_entry, &entry).unwrap();
+        assert_eq!(compile_cached(&plan, dir.path()).unwrap(), fresh);
+        assert_eq!(std::fs::read(&entry).unwrap(), good);
     }
 
     /// `BPF_JMP | BPF_JEQ | BPF_K`: how the filter compares the arch word.
