@@ -5,11 +5,13 @@ use std::io::Write;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
+pub use crate::atomic_file::AtomicFile;
 use crate::error::{BdevError, Result};
 use crate::revert::Revert;
 
-/// Writes `data` to `path` atomically: a temp file beside it, fsync, rename, fsync
-/// the directory. Readers see the old content or the new, never a torn file.
+/// Writes `data` to `path` atomically through an [`AtomicFile`]: fsync,
+/// rename, fsync the directory. Readers see the old content or the new, never
+/// a torn file, and a writer killed half-way leaves nothing.
 pub fn atomic_write(path: &Path, data: &[u8]) -> Result<()> {
     write_replacing(path, data, true)
 }
@@ -22,36 +24,9 @@ pub fn replace_file(path: &Path, data: &[u8]) -> Result<()> {
 }
 
 fn write_replacing(path: &Path, data: &[u8], durable: bool) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        if durable {
-            f.sync_all()?;
-        }
-        fs::rename(&tmp, path)?;
-        if durable {
-            File::open(dir)?.sync_all()?;
-        }
-        Ok(())
-    };
-    write().map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        BdevError::Io {
-            op: "write",
-            path: path.to_path_buf(),
-            source: e,
-        }
-    })
+    let mut f = AtomicFile::create(path)?;
+    f.write_all(data).map_err(BdevError::io("write", path))?;
+    f.commit(durable)
 }
 
 /// Creates `path` and its parents.

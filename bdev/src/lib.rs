@@ -5,6 +5,7 @@
 //! attach a loop device ([`loopdev`]), copy a tree ([`copy`]) and delete one
 //! ([`delete`]). It knows no concrete backend.
 
+mod atomic_file;
 pub mod backend;
 pub mod cmd;
 pub mod copy;

@@ -2,10 +2,11 @@
 
 use std::fs::File;
 use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use berth_bdev::fsutil::AtomicFile;
 use berth_core::ops::{Compress, Encoding, ExportRequest, ImportRequest, ImportedAny};
 use berth_core::Berth;
 use clap::{Args, ValueEnum};
@@ -124,10 +125,12 @@ pub fn export(cli: &Cli, a: &ExportArgs) -> anyhow::Result<ExitCode> {
             .map(|()| ExitCode::SUCCESS)
             .map_err(|e| anyhow::anyhow!("{e:#}"));
     }
-    let partial = Partial::create(&a.file)?;
-    let mut file = partial.file()?;
+    // FILE is replaced only by a complete, synced export; a failed or killed
+    // export leaves FILE as it was and nothing beside it.
+    let mut file = AtomicFile::create(&a.file)?;
     let sum = export_one(&b, a, &req, &mut file)?;
-    partial.keep(file)?;
+    berth_core::journal::crash_point("export", "written");
+    file.commit(true)?;
     let kind = if sum.encoding == "tar" {
         "portable".to_owned()
     } else {
@@ -204,60 +207,4 @@ pub fn import(cli: &Cli, a: &ImportArgs) -> anyhow::Result<ExitCode> {
     };
     say(line)?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// The export file while it is written: `.NAME.partial-PID` beside it,
-/// renamed over FILE only once complete and synced, removed otherwise, so
-/// FILE is never a half-written export.
-struct Partial {
-    tmp: PathBuf,
-    dest: PathBuf,
-    kept: bool,
-}
-
-impl Partial {
-    fn create(dest: &Path) -> anyhow::Result<Partial> {
-        let name = dest
-            .file_name()
-            .with_context(|| format!("{} names no file", dest.display()))?;
-        let tmp = dest.with_file_name(format!(
-            ".{}.partial-{}",
-            name.to_string_lossy(),
-            std::process::id()
-        ));
-        Ok(Partial {
-            tmp,
-            dest: dest.to_path_buf(),
-            kept: false,
-        })
-    }
-
-    fn file(&self) -> anyhow::Result<File> {
-        File::create_new(&self.tmp).with_context(|| format!("create {}", self.tmp.display()))
-    }
-
-    fn keep(mut self, file: File) -> anyhow::Result<()> {
-        file.sync_all()
-            .with_context(|| format!("sync {}", self.tmp.display()))?;
-        drop(file);
-        std::fs::rename(&self.tmp, &self.dest)
-            .with_context(|| format!("rename to {}", self.dest.display()))?;
-        let dir = match self.dest.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .with_context(|| format!("sync {}", dir.display()))?;
-        self.kept = true;
-        Ok(())
-    }
-}
-
-impl Drop for Partial {
-    fn drop(&mut self) {
-        if !self.kept {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
-    }
 }

@@ -530,20 +530,28 @@ fn pipes_through_the_binary_and_crashes_leave_nothing() {
     );
     b.ok(&["import", &file.to_string_lossy(), &c2]);
     assert!(b.ok(&["ls"]).contains(&c2));
-    // No partial file is left beside an export that failed.
-    let bad = a.root().join("nope.tar");
+    // An export that fails, or is killed once the stream is written, leaves
+    // FILE as it was and nothing beside it.
+    let out = tempfile::tempdir().unwrap();
+    let bad = out.path().join("nope.tar");
     assert!(a
         .berth(&["export", "no-such", &bad.to_string_lossy()])
         .is_err());
-    let leftovers: Vec<_> = fs::read_dir(a.root())
+    let kept = out.path().join("kept.tar.gz");
+    fs::write(&kept, b"the previous export").unwrap();
+    let killed = a.berth_env(
+        &[("BERTH_CRASH_AT", "export:written")],
+        &["export", &c1, &kept.to_string_lossy()],
+    );
+    assert!(
+        killed.is_err_and(|f| f.killed()),
+        "the crash point was not reached"
+    );
+    assert_eq!(fs::read(&kept).unwrap(), b"the previous export");
+    let left: Vec<_> = fs::read_dir(out.path())
         .unwrap()
         .flatten()
         .map(|e| e.file_name())
         .collect();
-    assert!(
-        !leftovers
-            .iter()
-            .any(|n| n.to_string_lossy().contains("partial")),
-        "{leftovers:?}"
-    );
+    assert_eq!(left, ["kept.tar.gz"], "left beside the exports");
 }
