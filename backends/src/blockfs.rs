@@ -283,6 +283,7 @@ pub(crate) fn grow(
     create_dir_all(at)?;
     let grown = (|| {
         let guard = mount(at)?;
+        berth_bdev::process::crash_point("grow", "mounted");
         let r = run(runner, prog, &args).map_err(BdevError::from);
         let released = guard.release();
         r?;

@@ -119,21 +119,38 @@ pub fn require_host(backend: &'static str, caps: &crate::backend::Caps) -> Resul
     Ok(())
 }
 
-/// Whether files in `dir` can be reflinked (FICLONE), found by trying it.
+/// Whether files in `dir` can be reflinked (FICLONE), found by trying it on
+/// two unnamed (`O_TMPFILE`) files, so that a berth killed meanwhile leaves
+/// nothing; named ones where the filesystem has no `O_TMPFILE`.
 pub fn reflink_supported(dir: &Path) -> bool {
-    let a = dir.join(format!(".berth-reflink-probe-a.{}", std::process::id()));
-    let b = dir.join(format!(".berth-reflink-probe-b.{}", std::process::id()));
-    let ok = (|| -> std::io::Result<bool> {
-        // FICLONE needs a source open for reading.
-        let mut src = OpenOptions::new()
+    let unnamed = || {
+        rustix::fs::open(
+            dir,
+            rustix::fs::OFlags::TMPFILE | rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::from_raw_mode(0o600),
+        )
+        .map(File::from)
+    };
+    let (a, b) = (
+        dir.join(format!(".berth-reflink-probe-a.{}", std::process::id())),
+        dir.join(format!(".berth-reflink-probe-b.{}", std::process::id())),
+    );
+    let named = |p: &Path| {
+        OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(true)
-            .open(&a)?;
+            .open(p)
+    };
+    let ok = (|| -> std::io::Result<bool> {
+        // FICLONE needs a source open for reading.
+        let (mut src, dst) = match (unnamed(), unnamed()) {
+            (Ok(src), Ok(dst)) => (src, dst),
+            _ => (named(&a)?, named(&b)?),
+        };
         src.write_all(&[0u8; 4096])?;
         src.sync_all()?;
-        let dst = File::create(&b)?;
         Ok(rustix::fs::ioctl_ficlone(dst.as_fd(), src.as_fd()).is_ok())
     })()
     .unwrap_or(false);

@@ -81,6 +81,38 @@ pub enum Stopped {
     Killed,
 }
 
+/// Test-only crash points: with `BERTH_CRASH_AT=OP:STEP` in the environment,
+/// a debug build kills itself (SIGKILL, no cleanup) when it reaches that step,
+/// so tests can interrupt an operation exactly there. Release builds ignore it.
+pub fn crash_point(op: &str, step: &str) {
+    if cfg!(debug_assertions) {
+        if let Ok(at) = std::env::var("BERTH_CRASH_AT") {
+            if at.split_once(':') == Some((op, step)) {
+                let _ = kill_process(rustix::process::getpid(), Signal::KILL);
+            }
+        }
+    }
+}
+
+/// `PID-STARTTIME` of this process: names what it owns in shared
+/// directories, so that cleanup after a crash never takes a live one's.
+pub fn own_tag() -> String {
+    let pid = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
+    let start = Process::of(pid).map_or(0, |p| p.starttime);
+    format!("{pid}-{start}")
+}
+
+/// Whether the process an [`own_tag`] names still runs.
+pub fn tag_alive(tag: &str) -> bool {
+    let Some((pid, start)) = tag.split_once('-') else {
+        return false;
+    };
+    match (pid.parse::<i32>(), start.parse::<u64>()) {
+        (Ok(pid), Ok(starttime)) => Process { pid, starttime }.alive(),
+        _ => false,
+    }
+}
+
 /// One running process, pinned by its start time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Process {

@@ -244,21 +244,7 @@ pub fn undo_rename(r: &Renamed) -> Result<()> {
     Ok(())
 }
 
-/// Test-only crash points: with `BERTH_CRASH_AT=OP:STEP` in the environment,
-/// a debug build kills itself (SIGKILL, no cleanup) when it reaches that step,
-/// so tests can interrupt an operation exactly there. Release builds ignore it.
-pub fn crash_point(op: &str, step: &str) {
-    if cfg!(debug_assertions) {
-        if let Ok(at) = std::env::var("BERTH_CRASH_AT") {
-            if at.split_once(':') == Some((op, step)) {
-                let _ = rustix::process::kill_process(
-                    rustix::process::getpid(),
-                    rustix::process::Signal::KILL,
-                );
-            }
-        }
-    }
-}
+pub use berth_bdev::process::crash_point;
 
 #[cfg(test)]
 mod tests {

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod conformance;
 pub mod consistency;
 pub mod fidelity;
+pub mod grow;
 pub mod harness;
 pub mod ops;
 pub mod pools;

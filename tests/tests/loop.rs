@@ -380,3 +380,9 @@ fn snapshots_are_read_only_and_need_a_quiet_volume() {
     assert!(!image(&snap).exists());
     h.backend.destroy(&v).expect("destroy");
 }
+
+/// A berth killed while growing an xfs volume leaves nothing that blocks it.
+#[test]
+fn a_resize_killed_while_growing_leaves_nothing_that_blocks_the_volume() {
+    berth_tests::grow::killed_grow_leaves_nothing("loop");
+}

@@ -11,9 +11,15 @@ use berth_bdev::{BdevError, Result};
 const DETACH_WAIT: Duration = Duration::from_secs(2);
 
 /// Fails if a loop device (only a writable one, if asked) holds `img`: the image
-/// is mounted, and a copy or an offline resize would see a filesystem in flux. A
-/// device that an unmount is just releasing gets a moment to go.
-pub(super) fn refuse_if_attached(img: &Path, op: &'static str, only_writable: bool) -> Result<()> {
+/// is mounted, and a copy or an offline resize would see a filesystem in flux.
+/// Once one is found, `clean_stale` removes what dead processes left holding
+/// images, and a device that an unmount is just releasing gets a moment to go.
+pub(super) fn refuse_if_attached(
+    img: &Path,
+    op: &'static str,
+    only_writable: bool,
+    clean_stale: impl FnOnce() -> Result<()>,
+) -> Result<()> {
     let busy = || {
         loopdev::devices_backed_by(img)
             .into_iter()
@@ -23,6 +29,7 @@ pub(super) fn refuse_if_attached(img: &Path, op: &'static str, only_writable: bo
     let Some(mut dev) = busy() else {
         return Ok(());
     };
+    clean_stale()?;
     while start.elapsed() < DETACH_WAIT {
         std::thread::sleep(Duration::from_millis(20));
         match busy() {

@@ -7,6 +7,7 @@
 //! reflinked image copies: O(1), copy-on-write, and independent of their origin.
 
 mod attach;
+mod grow;
 mod spec;
 
 use crate::blockfs as fs;
@@ -33,7 +34,6 @@ use tracing::debug;
 
 use crate::layout::{Located, PoolDir};
 use crate::lookup::{self, Entry, NoOptions};
-use attach::refuse_if_attached;
 pub use fs::detect;
 pub use spec::LoopSpec;
 
@@ -118,7 +118,7 @@ impl Loop {
     fn copy_image(&self, src: &Path, dst: &Path, why: CopyFor, rv: &mut Revert) -> Result<()> {
         let fstype = fs::detect_path(src, || LoopSpec::spec(src).to_string())?;
         fs::require_tools(NAME, fstype)?;
-        refuse_if_attached(src, why.refusal(), true)?;
+        self.refuse_if_attached(src, why.refusal(), true)?;
         // A copy that is not reflinked writes every allocated block of the source.
         let needed = std::fs::metadata(src)
             .map_err(BdevError::io("stat", src))?
@@ -141,25 +141,6 @@ impl Loop {
         std::fs::set_permissions(dst, Permissions::from_mode(0o644))
             .map_err(BdevError::io("set the mode of", dst))?;
         fs::new_uuid(&*self.runner, fstype, dst)
-    }
-
-    /// Grows the filesystem on the unmounted, already grown `img` to fill it;
-    /// one that only grows online is mounted for the moment.
-    fn grow_fs(&self, img: &Path, fstype: FsType) -> Result<()> {
-        let name = img
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let at = self
-            .root()
-            .join(format!(".resize-{name}.{}", std::process::id()));
-        fs::grow(&*self.runner, fstype, img, false, &at, |at| {
-            // Attached after the image grew, so the device already has the new size.
-            let dev = LoopDevice::attach(img, false)?;
-            fs::mount_device(fstype, dev.path(), at, false)?;
-            // Autoclear: the mount holds the device, and the unmount frees it.
-            Ok(MountGuard::mounted(at))
-        })
     }
 }
 
@@ -185,6 +166,10 @@ impl CopyFor {
 impl Backend for Loop {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    fn cleanup_stale(&self) -> Result<()> {
+        self.clean_stale_grow_mounts().map(|_| ())
     }
 
     fn caps(&self) -> Caps {
@@ -256,7 +241,7 @@ impl Backend for Loop {
         let ro = read_only || loc.is_snapshot();
         // Two writers (or a reader beside a writer) on one image corrupt or
         // mislead: a read-write mount wants the image to itself.
-        refuse_if_attached(img, "refuse to mount", ro)?;
+        self.refuse_if_attached(img, "refuse to mount", ro)?;
         let fstype = fs::detect_path(img, || v.to_string())?;
         let dev = LoopDevice::attach(img, ro)?;
         fs::mount_device(fstype, dev.path(), at, ro)?;
@@ -272,7 +257,7 @@ impl Backend for Loop {
             lookup::already_gone(v);
             return Ok(());
         }
-        refuse_if_attached(img, "refuse to destroy", false)?;
+        self.refuse_if_attached(img, "refuse to destroy", false)?;
         // Whatever state it is in: an image without a filesystem goes the same way.
         remove_tree(img, self.root())
     }
@@ -388,7 +373,7 @@ impl Backend for Loop {
 
     fn check_fs(&self, v: &VolumeSpec) -> Result<()> {
         let img = &self.locate(v)?.at;
-        refuse_if_attached(img, "refuse to check", false)?;
+        self.refuse_if_attached(img, "refuse to check", false)?;
         let fstype = fs::detect_path(img, || v.to_string())?;
         fs::fsck(&*self.runner, fstype, img)
     }
@@ -408,22 +393,23 @@ impl Backend for Loop {
                 ),
             });
         }
-        if size == have {
-            return Ok(());
-        }
         let fstype = fs::detect_path(img, || v.to_string())?;
         fs::require_tools(NAME, fstype)?;
-        refuse_if_attached(img, "refuse to resize", false)?;
-        let f = OpenOptions::new()
-            .write(true)
-            .open(img)
-            .map_err(BdevError::io("open image", img))?;
-        f.set_len(size).map_err(BdevError::io("grow image", img))?;
+        self.refuse_if_attached(img, "refuse to resize", false)?;
         let mut rv = Revert::new();
-        // A filesystem that failed to grow still fits the old size.
-        rv.add(format!("shrink {} back", img.display()), move || {
-            f.set_len(have)
-        });
+        // At the size already, the filesystem is still grown: a berth killed
+        // after growing the image left it smaller than the image.
+        if size > have {
+            let f = OpenOptions::new()
+                .write(true)
+                .open(img)
+                .map_err(BdevError::io("open image", img))?;
+            f.set_len(size).map_err(BdevError::io("grow image", img))?;
+            // A filesystem that failed to grow still fits the old size.
+            rv.add(format!("shrink {} back", img.display()), move || {
+                f.set_len(have)
+            });
+        }
         self.grow_fs(img, fstype)?;
         rv.commit();
         Ok(())
@@ -546,7 +532,9 @@ mod tests {
         let v = LoopSpec::spec(img);
         let e = l.resize(&v, 1 << 10).unwrap_err().to_string();
         assert!(e.contains("only grow"), "{e}");
-        l.resize(&v, 1 << 20).unwrap();
+        // At its size already, the filesystem is still looked at (and grown).
+        let e = l.resize(&v, 1 << 20).unwrap_err().to_string();
+        assert!(e.contains("no ext2/3/4, xfs or btrfs filesystem"), "{e}");
     }
 
     #[test]

@@ -54,10 +54,13 @@ impl Export {
         make_run_dir(run)?;
         let run = fs::canonicalize(run).map_err(BdevError::io("resolve", run))?;
         if let Some(pid) = live_daemon(&run) {
-            return Err(BdevError::Exists {
-                what: "mount of qcow2 image",
-                name: format!("{} (qemu-storage-daemon pid {pid})", image.display()),
-            });
+            // Unless all that used it was left by a berth that is gone.
+            if !(unmount_dead_grows(&run)? && clean_if_stale(&run)?) {
+                return Err(BdevError::Exists {
+                    what: "mount of qcow2 image",
+                    name: format!("{} (qemu-storage-daemon pid {pid})", image.display()),
+                });
+            }
         }
         // Whatever a dead daemon left here goes first.
         clean_dead(&run)?;
@@ -256,6 +259,9 @@ pub(super) fn remove_run_root_if_empty(dir: &Path) {
 pub(super) fn clean_if_stale(entry: &Path) -> Result<bool> {
     let run = fs::canonicalize(entry).map_err(BdevError::io("resolve", entry))?;
     let live = live_daemon(&run);
+    if live.is_some() {
+        unmount_dead_grows(&run)?;
+    }
     if live.is_some() && in_use(&run) {
         return Ok(false);
     }
@@ -265,6 +271,54 @@ pub(super) fn clean_if_stale(entry: &Path) -> Result<bool> {
     // With a live daemon no loop device uses the export, so this is its teardown.
     clean_dead(&run)?;
     Ok(true)
+}
+
+/// What a grow mount point's name has between the volume and its owner's
+/// tag: `POOL/.run/NAME:grow.PID-STARTTIME`.
+pub(super) const GROW_MARK: &str = ":grow";
+
+/// Whether `entry` of `POOL/.run` is a grow mount point whose berth is gone
+/// (one named without an owner is from an older berth, gone too).
+pub(super) fn is_dead_grow(entry: &Path) -> bool {
+    let Some(name) = entry.file_name().and_then(OsStr::to_str) else {
+        return false;
+    };
+    match name.split_once(GROW_MARK) {
+        Some((_, rest)) => rest
+            .strip_prefix('.')
+            .is_none_or(|tag| !process::tag_alive(tag)),
+        None => false,
+    }
+}
+
+/// Unmounts the filesystems that the grows of berths that are gone left
+/// mounted from loop devices over `run`'s export (the loop devices go with
+/// them), and their mount points. Returns whether there were any.
+pub(super) fn unmount_dead_grows(run: &Path) -> Result<bool> {
+    let mut found = false;
+    for dev in loops_on(&run.join(EXPORT)) {
+        let dev = dev.to_string_lossy().into_owned();
+        let dead: Vec<PathBuf> = mount::mounts()
+            .into_iter()
+            .filter(|m| m.source == dev && is_dead_grow(&m.mount_point))
+            .map(|m| m.mount_point)
+            .collect();
+        for at in dead {
+            found = true;
+            warn!(mount = %at.display(), "unmounting the grow mount of a berth that is gone");
+            if mount::unmount(&at).is_err() {
+                mount::unmount_detach(&at)?;
+            }
+            let _ = fs::remove_dir(&at);
+        }
+    }
+    if found {
+        // Autoclear: the devices go once nothing holds them.
+        wait_until(Duration::from_secs(2), || {
+            loops_on(&run.join(EXPORT)).is_empty()
+        });
+    }
+    Ok(found)
 }
 
 /// Removes what a dead daemon left in `run`, including filesystems still mounted

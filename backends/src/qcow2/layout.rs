@@ -61,6 +61,10 @@ impl Qcow2 {
     ) -> Result<()> {
         let run = self.run_dir(&loc.key());
         if let Some(pid) = export::live_daemon(&run) {
+            // What a berth killed while growing the volume left goes first.
+            if export::unmount_dead_grows(&run)? && export::clean_if_stale(&run)? {
+                return Ok(());
+            }
             if !writable_only || export::is_writable(&run) {
                 debug!(volume = %v, pid, "mounted through this qemu-storage-daemon");
                 return Err(BdevError::VolumeBusy {

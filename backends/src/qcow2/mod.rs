@@ -160,7 +160,12 @@ impl Qcow2 {
     /// one read-write export (`blockfs::grow`).
     fn grow_fs(&self, v: &VolumeSpec, loc: &Located<PathBuf>) -> Result<()> {
         // Where xfs and btrfs, which grow only while mounted, are mounted for it.
-        let at = self.run_root().join(format!("{}:grow", loc.name));
+        let at = self.run_root().join(format!(
+            "{}{}.{}",
+            loc.name,
+            export::GROW_MARK,
+            berth_bdev::process::own_tag()
+        ));
         self.with_export(&loc.key(), &loc.at, |export| {
             let fstype = bfs::detect_path(export, || v.to_string())?;
             // ext4 grows offline, on the export file: an online ext4 grow needs
@@ -189,12 +194,17 @@ impl Qcow2 {
             let is_grow = p
                 .file_name()
                 .and_then(OsStr::to_str)
-                .is_some_and(|n| n.contains(':'));
+                .is_some_and(|n| n.contains(export::GROW_MARK));
             let r = if is_grow {
-                // A resize interrupted by a crash left its mount point.
-                mount::unmount(&p)
-                    .map_err(BdevError::from)
-                    .and_then(|()| fs::remove_dir(&p).map_err(BdevError::io("remove", &p)))
+                // A resize interrupted by a crash left its mount point; a
+                // live berth's grow is left alone.
+                if export::is_dead_grow(&p) {
+                    mount::unmount(&p)
+                        .map_err(BdevError::from)
+                        .and_then(|()| fs::remove_dir(&p).map_err(BdevError::io("remove", &p)))
+                } else {
+                    Ok(())
+                }
             } else {
                 export::clean_if_stale(&p).map(drop)
             };

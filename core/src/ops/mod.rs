@@ -39,6 +39,8 @@ pub mod run;
 mod snapshot;
 
 pub use adopt::{AdoptMode, AdoptRequest, Adopted, DISABLED_CONFIG};
+/// `PID-STARTTIME` tags: what a process owns in shared directories.
+pub use berth_bdev::process::{own_tag as process_tag, tag_alive};
 pub use clone::{plan_clone, CloneRequest};
 pub use create::CreateRequest;
 pub use destroy::{DestroyRequest, Destroyed};
@@ -336,24 +338,6 @@ impl Berth {
             drop_xattrs: false,
         };
         self.full_copy(backend, src, to, rv, progress)
-    }
-}
-
-/// `PID-STARTTIME` of this process: names what it owns in shared directories.
-pub fn process_tag() -> String {
-    let pid = std::process::id();
-    let start = crate::store::proc_starttime(pid).unwrap_or(0);
-    format!("{pid}-{start}")
-}
-
-/// Whether the process a [`process_tag`] names still runs.
-pub fn tag_alive(tag: &str) -> bool {
-    let Some((pid, start)) = tag.split_once('-') else {
-        return false;
-    };
-    match (pid.parse::<i32>(), start.parse::<u64>()) {
-        (Ok(pid), Ok(starttime)) => berth_bdev::process::Process { pid, starttime }.alive(),
-        _ => false,
     }
 }
 
