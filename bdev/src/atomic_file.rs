@@ -90,11 +90,6 @@ impl AtomicFile {
         })
     }
 
-    /// The file, open for writing.
-    pub fn file(&mut self) -> &mut File {
-        &mut self.file
-    }
-
     /// Puts the file in place of `dest`. With `durable`, the data and the
     /// directory entry are synced first and after, so it survives a crash.
     pub fn commit(mut self, durable: bool) -> Result<()> {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use berth_bdev::cmd::{self, HostRunner, Runner};
 use berth_bdev::mount;
-use berth_core::ops::{process_tag, tag_alive};
+use berth_bdev::process::{own_tag, tag_alive};
 use tracing::{info, warn};
 
 use crate::error::{BenchError, Result};
@@ -29,7 +29,7 @@ pub struct Session {
 impl Session {
     pub fn open(root: &Path, berth: &Path) -> Result<Session> {
         clean_stale(root);
-        let tag = process_tag();
+        let tag = own_tag();
         let dir = root.join("bench").join(&tag);
         berth_bdev::fsutil::create_dir_all(&dir)?;
         Ok(Session {

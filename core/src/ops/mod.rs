@@ -39,8 +39,6 @@ pub mod run;
 mod snapshot;
 
 pub use adopt::{AdoptMode, AdoptRequest, Adopted, DISABLED_CONFIG};
-/// `PID-STARTTIME` tags: what a process owns in shared directories.
-pub use berth_bdev::process::{own_tag as process_tag, tag_alive};
 pub use clone::{plan_clone, CloneRequest};
 pub use create::CreateRequest;
 pub use destroy::{DestroyRequest, Destroyed};
@@ -179,7 +177,7 @@ impl Berth {
     /// This process's scratch directory for mount points of copies: one per
     /// process, so that cleanup after a crash never touches a live one.
     pub fn scratch(&self) -> PathBuf {
-        self.store.scratch().join(process_tag())
+        self.store.scratch().join(berth_bdev::process::own_tag())
     }
 
     /// Locks containers for an operation: `exclusive` ones it changes,

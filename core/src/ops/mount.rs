@@ -177,7 +177,7 @@ impl Berth {
         if let Ok(entries) = std::fs::read_dir(&scratch) {
             for e in entries.flatten() {
                 let tag = e.file_name().to_string_lossy().into_owned();
-                if !super::tag_alive(&tag) {
+                if !berth_bdev::process::tag_alive(&tag) {
                     stale_scratch |= !mount::mounts_under(&e.path()).is_empty();
                     self.clean_scratch_of(&tag);
                 }
